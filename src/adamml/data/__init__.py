@@ -1,0 +1,1 @@
+"""Video files -> decoded, cached media -> segment-sampled datasets."""

@@ -1,0 +1,1 @@
+"""Metrics, GFLOPs accounting, paper-style tables and plots."""

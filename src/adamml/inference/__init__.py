@@ -1,0 +1,1 @@
+"""Run a trained model on arbitrary video files."""

@@ -1,0 +1,1 @@
+"""Backbones, per-modality recognition sub-networks, fusion heads, the policy network, AdaMML."""

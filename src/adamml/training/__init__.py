@@ -1,0 +1,1 @@
+"""The three-stage AdaMML recipe: unimodal, fusion baselines, adaptive policy."""
