@@ -77,6 +77,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     lr_steps: list[int] = field(default_factory=lambda: [20, 40, 50])
     warmup_iters: int = 0
+    fusion_epochs: int = 10  # stage 2: recognition nets from stage 1, fusion head trained
     # stage 3 (AdaMML)
     adamml_epochs: int = 20
     warmup_epochs: int = 5
@@ -92,6 +93,7 @@ class TrainConfig:
     # runtime
     precision: str = "auto"  # auto | 32 | bf16 | 16 (mixed precision on GPU)
     log_every: int = 10
+    eval_every: int = 1  # validate every N epochs (0: only at the end of each stage)
     progress: bool = True
     max_steps_per_epoch: int | None = None
 

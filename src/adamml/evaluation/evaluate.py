@@ -1,0 +1,332 @@
+"""Evaluate trained models the way the paper reports them, and the ``adamml evaluate`` command.
+
+Every method is scored on the same videos: top-1/top-5 accuracy, mean class accuracy, video
+mAP, the per-modality selection rate and the GFLOPs per video (multiply-adds counted from the
+real modules by adamml.models.flops). AdaMML is evaluated with real conditional execution and a
+deterministic (argmax) policy unless sampling is asked for with a seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from adamml.config import ExperimentConfig, ModelConfig, _from_dict
+from adamml.data.types import ClipSettings
+from adamml.training.distributed import Runtime
+
+
+@dataclass
+class EvalResult:
+    metrics: dict  # fractions; "score" is top1 (or mAP for multi-label sets)
+    gathered: dict  # per-video arrays: indices, scores, labels, decisions, gflops, videos
+
+
+@functools.lru_cache(maxsize=32)
+def _costs_cached(model_cfg_json: str, clip_json: str) -> dict[str, float]:
+    from adamml.models.flops import modality_costs
+
+    model_cfg = _from_dict(ModelConfig, json.loads(model_cfg_json), "model")
+    clip = _from_dict(ClipSettings, json.loads(clip_json), "clip")
+    return modality_costs(model_cfg, clip)
+
+
+def segment_costs(model_cfg: ModelConfig, clip: ClipSettings) -> dict[str, float]:
+    """GMACs per segment of each recognition sub-network and of the policy ("policy")."""
+    import dataclasses
+
+    return _costs_cached(
+        json.dumps(dataclasses.asdict(model_cfg), sort_keys=True),
+        json.dumps(dataclasses.asdict(clip), sort_keys=True),
+    )
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: nn.Module,
+    loader,
+    kind: str,
+    model_cfg: ModelConfig,
+    cfg: ExperimentConfig,
+    runtime: Runtime,
+    *,
+    decisions_fn=None,
+    sample: bool = False,
+    seed: int = 0,
+    progress: bool = False,
+) -> EvalResult:
+    """Score ``model`` on ``loader``.
+
+    kind: "unimodal" / "fusion" (every modality on every segment) or "adamml".
+    decisions_fn(batch_size, K, modalities, device) -> (B, K, M) forces decisions (random
+    policies); the policy network then does not run and its cost is not counted.
+    """
+    from adamml.evaluation.metrics import MetricAccumulator, gflops_per_video
+
+    costs = segment_costs(model_cfg, cfg.data.clip)
+    modalities = list(model_cfg.modalities)
+    modality_cost = [costs[m] for m in modalities]
+    acc = MetricAccumulator(modalities=modalities)
+    was_training = model.training
+    model.eval()
+    generator = torch.Generator(device=runtime.device).manual_seed(seed) if sample else None
+    iterator = loader
+    if progress and runtime.is_main:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(loader, desc=f"evaluate {kind}", leave=False, dynamic_ncols=True)
+    for batch in iterator:
+        batch = {k: (v.to(runtime.device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+        if kind == "adamml":
+            forced = None
+            if decisions_fn is not None:
+                x = batch[modalities[0]]
+                forced = decisions_fn(x.shape[0], x.shape[1], modalities, runtime.device)
+            out = model(batch, mode="conditional", decisions=forced, sample=sample, generator=generator)
+            decisions = out.decisions
+            policy_cost = 0.0 if forced is not None else costs["policy"]
+        else:
+            out = model(batch)
+            x = batch[modalities[0]]
+            decisions = torch.ones(x.shape[0], x.shape[1], len(modalities))
+            policy_cost = 0.0
+        gflops = gflops_per_video(decisions.float().cpu(), modality_cost, policy_cost)
+        acc.update(
+            indices=batch["index"].cpu(),
+            scores=out.logits.float().cpu(),
+            labels=batch["label"].cpu(),
+            multi_hot=batch["multi_hot"].cpu() if cfg.data.multi_label else None,
+            decisions=decisions.float().cpu(),
+            gflops=gflops,
+            videos=list(batch["video"]),
+        )
+    model.train(was_training)
+    metrics = acc.compute()
+    metrics["score"] = metrics["mAP"] if cfg.data.multi_label else metrics["top1"]
+    return EvalResult(metrics=metrics, gathered=acc.gathered())
+
+
+# ---- loading trained models ------------------------------------------------------------------
+
+
+def model_from_checkpoint(path: str | Path) -> tuple[nn.Module, str, ModelConfig, ExperimentConfig, dict]:
+    """Rebuild the network a checkpoint was trained as, with its weights."""
+    from adamml.training.checkpoint import load_checkpoint
+
+    state = load_checkpoint(path)
+    for key in ("kind", "model", "config"):
+        if key not in state:
+            raise ValueError(f"{path}: not an adamml training checkpoint (no {key!r} entry)")
+    cfg = _from_dict(ExperimentConfig, state["config"], "config")
+    model_cfg = _from_dict(ModelConfig, state.get("model_config") or state["config"]["model"], "model")
+    kind = state["kind"]
+    model = build_model(kind, model_cfg, cfg.data.clip)
+    model.load_state_dict(state["model"])
+    model.eval()
+    return model, kind, model_cfg, cfg, state
+
+
+def build_model(kind: str, model_cfg: ModelConfig, clip: ClipSettings) -> nn.Module:
+    if kind == "adamml":
+        from adamml.models.adamml import build_adamml
+
+        return build_adamml(model_cfg, clip)
+    from adamml.models.multimodal import build_multimodal
+
+    return build_multimodal(model_cfg, clip, fusion=model_cfg.fusion)
+
+
+PRETTY = {"rgb": "RGB", "audio": "Audio", "flow": "Flow", "rgbdiff": "RGBDiff"}
+
+
+def method_name(kind: str, model_cfg: ModelConfig) -> str:
+    if kind == "unimodal":
+        return PRETTY.get(model_cfg.modalities[0], model_cfg.modalities[0])
+    if kind == "fusion":
+        names = {"average": "Average", "weighted": "Weighted", "classwise": "Class-wise weighted", "fc": "FC"}
+        return f"{names.get(model_cfg.fusion, model_cfg.fusion)} fusion"
+    return "AdaMML"
+
+
+def find_stage_checkpoints(run_dir: Path) -> list[Path]:
+    """best.pt of every stage folder of a run, unimodal first, AdaMML last."""
+    order = {"unimodal": 0, "fusion": 1, "adamml": 2}
+    found = [p for p in Path(run_dir).glob("*/best.pt")]
+    return sorted(found, key=lambda p: (order.get(p.parent.name.split("_")[0], 3), p.parent.name))
+
+
+def evaluate_run(
+    checkpoints: list[Path],
+    *,
+    data_root: str | None = None,
+    split: str | None = None,
+    runtime: Runtime | None = None,
+    random_policy: bool = True,
+    sample: bool = False,
+    seed: int = 0,
+    out_dir: Path | None = None,
+    batch_size: int | None = None,
+    plots: bool = True,
+    progress: bool = True,
+) -> tuple[list, str]:
+    """Evaluate checkpoints on one split; returns (MethodResult list, the paper-style table)."""
+    from adamml.evaluation.report import MethodResult, format_table, write_csv, write_json
+    from adamml.models.adamml import RandomPolicy
+    from adamml.training.engine import make_loader
+    from adamml.training.stages import build_datasets, input_modalities
+
+    runtime = runtime or Runtime()
+    results: list = []
+    all_modalities: list[str] = []
+    adamml_outputs = None
+    loaders: dict = {}
+    for path in checkpoints:
+        model, kind, model_cfg, cfg, _ = model_from_checkpoint(path)
+        model.to(runtime.device)
+        if data_root:
+            cfg.data.root = data_root
+        if split:
+            cfg.data.val_split = split
+        needed = tuple(input_modalities(kind, model_cfg))
+        if needed not in loaders:
+            _, val_set, class_names = build_datasets(cfg, list(needed), with_train=False)
+            loaders[needed] = (make_loader(val_set, batch_size or cfg.train.batch_size, runtime, train=False, seed=0, num_workers=cfg.data.num_workers), class_names)
+        loader, class_names = loaders[needed]
+        for m in model_cfg.modalities:
+            if m not in all_modalities:
+                all_modalities.append(m)
+        res = evaluate_model(model, loader, kind, model_cfg, cfg, runtime, sample=sample, seed=seed, progress=progress)
+        metric_name = "mAP" if cfg.data.multi_label else "top1"
+        rates = {m: res.metrics[f"selection_{m}"] for m in model_cfg.modalities}
+        results.append(MethodResult(
+            method=method_name(kind, model_cfg), accuracy=100 * res.metrics["score"], metric=metric_name,
+            selection={m: 100 * r for m, r in rates.items()}, gflops=res.metrics["gflops"],
+            extra={k: v for k, v in res.metrics.items() if k not in ("score",)} | {"checkpoint": str(path)},
+        ))
+        if kind == "adamml":
+            adamml_outputs = (model, model_cfg, cfg, res, loader, class_names)
+            if random_policy:
+                rnd = RandomPolicy(rates, seed=seed)
+                rres = evaluate_model(model, loader, kind, model_cfg, cfg, runtime, decisions_fn=rnd, progress=progress)
+                results.append(MethodResult(
+                    method="Random policy (AdaMML's rates)", accuracy=100 * rres.metrics["score"], metric=metric_name,
+                    selection={m: 100 * rres.metrics[f"selection_{m}"] for m in model_cfg.modalities},
+                    gflops=rres.metrics["gflops"], extra=dict(rres.metrics),
+                ))
+    metric = results[0].metric if results else "top1"
+    table = format_table(results, all_modalities, metric=metric)
+    if out_dir is not None and runtime.is_main:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_csv(results, out_dir / "results.csv", all_modalities)
+        write_json(results, out_dir / "results.json")
+        (out_dir / "results.txt").write_text(table + "\n")
+        if plots:
+            write_plots(results, adamml_outputs, out_dir)
+    return results, table
+
+
+def _thumbnail(rgb: torch.Tensor) -> np.ndarray:
+    """(T, 3, H, W) normalised clip -> uint8 (H, W, 3) middle frame for the figures."""
+    from adamml.layouts import IMAGENET_MEAN, IMAGENET_STD
+
+    frame = rgb[rgb.shape[0] // 2].float().cpu()
+    frame = frame * torch.tensor(IMAGENET_STD)[:, None, None] + torch.tensor(IMAGENET_MEAN)[:, None, None]
+    return (frame.clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy()
+
+
+def write_plots(results: list, adamml_outputs, out_dir: Path, num_videos: int = 6) -> list[Path]:
+    from adamml.evaluation.plots import (
+        plot_accuracy_vs_gflops,
+        plot_policy_strips,
+        plot_selection_by_class,
+    )
+
+    written = [plot_accuracy_vs_gflops(results, out_dir / "accuracy_vs_gflops.png")]
+    if adamml_outputs is None:
+        return written
+    model, model_cfg, cfg, res, loader, class_names = adamml_outputs
+    g = res.gathered
+    written.append(plot_selection_by_class(g["decisions"], g["labels"], class_names, model_cfg.modalities, out_dir / "selection_by_class.png"))
+    # One video per class where possible, in class order: the paper's qualitative figure.
+    dataset = loader.dataset
+    chosen, seen = [], set()
+    for row, idx in enumerate(g["indices"]):
+        label = int(g["labels"][row])
+        if label not in seen:
+            seen.add(label)
+            chosen.append((row, int(idx)))
+        if len(chosen) >= num_videos:
+            break
+    videos = []
+    for row, idx in chosen:
+        sample = dataset[idx]
+        entry: dict = {
+            "title": Path(str(sample["video"])).name,
+            "decisions": g["decisions"][row],
+            "modalities": list(model_cfg.modalities),
+            "label": class_names[int(g["labels"][row])],
+            "prediction": class_names[int(np.argmax(g["scores"][row]))],
+        }
+        if "rgb" in sample:
+            entry["thumbnails"] = np.stack([_thumbnail(seg) for seg in sample["rgb"]])
+        if "audio" in sample:
+            entry["spectrogram"] = sample["audio"][:, 0].numpy()
+        videos.append(entry)
+    written.append(plot_policy_strips(videos, out_dir / "policy_strips.png"))
+    return written
+
+
+# ---- command line --------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", action="append", default=[], help="a checkpoint (repeatable)")
+    parser.add_argument("--run-dir", help="a training output dir: evaluates every stage's best.pt")
+    parser.add_argument("--data", help="dataset root (default: the one the model was trained on)")
+    parser.add_argument("--split", help="split to evaluate (default: the config's val split)")
+    parser.add_argument("--out", help="write results.csv/json/txt and plots here")
+    parser.add_argument("--no-random-policy", action="store_true", help="skip the random-policy baseline")
+    parser.add_argument("--sample", action="store_true", help="sample the policy (Gumbel noise) instead of argmax")
+    parser.add_argument("--seed", type=int, default=0, help="seed for --sample and random policies")
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--no-plots", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from adamml.training.distributed import setup, teardown
+
+    checkpoints = [Path(p) for p in args.checkpoint]
+    if args.run_dir:
+        found = find_stage_checkpoints(Path(args.run_dir))
+        if not found:
+            print(f"{args.run_dir}: no <stage>/best.pt checkpoints found", file=sys.stderr)
+            return 2
+        checkpoints += found
+    if not checkpoints:
+        print("give --checkpoint CKPT (repeatable) or --run-dir DIR", file=sys.stderr)
+        return 2
+    runtime = setup()
+    try:
+        _, table = evaluate_run(
+            checkpoints, data_root=args.data, split=args.split, runtime=runtime,
+            random_policy=not args.no_random_policy, sample=args.sample, seed=args.seed,
+            out_dir=Path(args.out) if args.out else None, batch_size=args.batch_size,
+            plots=not args.no_plots,
+        )
+    finally:
+        teardown()
+    if runtime.is_main:
+        print(table)
+        if args.out:
+            print(f"results written to {args.out}/")
+    return 0

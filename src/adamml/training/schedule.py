@@ -1,0 +1,37 @@
+"""The recipe's epochs as an explicit list, so a run can stop anywhere and resume exactly.
+
+Stage 1 (unimodal) and stage 2 (fusion) are plain epochs. Stage 3 (AdaMML) follows the
+reference's ``train_adamml.py``: a warm-up with the policy frozen, then alternating epochs
+(recognition networks, then policy, the other frozen), then a fine-tune with the policy fixed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from adamml.config import TrainConfig
+
+
+@dataclass(frozen=True)
+class Phase:
+    segment: str  # "train" | "warmup" | "alternate" | "finetune": optimisers restart per segment
+    trains: str  # "all" | "recognition" | "policy": what this epoch updates
+    segment_epoch: int  # epoch index inside the segment (for LR schedules)
+    segment_epochs: int  # number of epochs (LR-schedule steps) of the segment
+
+
+def plain_schedule(epochs: int) -> list[Phase]:
+    return [Phase("train", "all", e, epochs) for e in range(epochs)]
+
+
+def adamml_schedule(cfg: TrainConfig) -> list[Phase]:
+    phases = [Phase("warmup", "recognition", e, cfg.warmup_epochs) for e in range(cfg.warmup_epochs)]
+    block = max(1, cfg.alternate_every)
+    epoch = 0
+    while epoch < cfg.adamml_epochs:
+        n = min(block, cfg.adamml_epochs - epoch)
+        phases += [Phase("alternate", "recognition", epoch + i, cfg.adamml_epochs) for i in range(n)]
+        phases += [Phase("alternate", "policy", epoch + i, cfg.adamml_epochs) for i in range(n)]
+        epoch += n
+    phases += [Phase("finetune", "recognition", e, cfg.finetune_epochs) for e in range(cfg.finetune_epochs)]
+    return phases

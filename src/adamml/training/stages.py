@@ -1,0 +1,248 @@
+"""The recipe's three stages as functions: unimodal networks, fusion baselines, AdaMML.
+
+Each stage writes ``<train.output_dir>/<stage name>/`` with ``config.yaml``, ``log.csv``,
+``last.pt`` (resume point) and ``best.pt`` (best validation score). Later stages initialise
+their recognition networks from ``unimodal_<modality>/best.pt`` (SPEC section 4).
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from adamml.config import ExperimentConfig, ModelConfig, to_dict
+from adamml.training.checkpoint import load_checkpoint
+from adamml.training.distributed import Runtime
+from adamml.training.engine import (
+    Task,
+    adamml_step,
+    multistep_lr,
+    segment_loss_step,
+    train_task,
+)
+from adamml.training.schedule import Phase, adamml_schedule, plain_schedule
+
+STAGES = ("unimodal", "fusion", "adamml")
+
+
+def stage_dir(cfg: ExperimentConfig, kind: str, name: str | None = None) -> Path:
+    root = Path(cfg.train.output_dir)
+    if kind == "unimodal":
+        return root / f"unimodal_{name}"
+    if kind == "fusion":
+        return root / f"fusion_{name or cfg.model.fusion}"
+    return root / "adamml"
+
+
+def unimodal_model_config(model_cfg: ModelConfig, modality: str) -> ModelConfig:
+    if modality not in model_cfg.backbones:
+        raise ValueError(
+            f"modality {modality!r} has no backbone in the config (model.backbones has "
+            f"{', '.join(model_cfg.backbones)})"
+        )
+    cfg = copy.deepcopy(model_cfg)
+    cfg.modalities = [modality]
+    cfg.backbones = {modality: model_cfg.backbones[modality]}
+    return cfg
+
+
+def input_modalities(kind: str, model_cfg: ModelConfig) -> list[str]:
+    """The tensors a stage needs from the dataset (AdaMML's policy looks at rgbdiff for flow)."""
+    needed = list(model_cfg.modalities)
+    if kind == "adamml" and "flow" in needed and "rgbdiff" not in needed:
+        needed.append(model_cfg.policy.flow_proxy)
+    return needed
+
+
+def build_datasets(cfg: ExperimentConfig, modalities: list[str], *, with_train: bool = True):
+    """Train and validation datasets reading the extraction cache (or the videos directly)."""
+    from adamml.data.cache import VideoCache
+    from adamml.data.datasets import VideoDataset
+    from adamml.data.formats import discover
+
+    data = cfg.data
+    dataset_name = None if data.dataset in ("folder", "csv", "list") else data.dataset
+    cache = None
+    if data.use_cache:
+        cache = VideoCache(Path(data.cache) if data.cache else Path(data.root) / "cache", data.decode)
+    train_entries, class_names = discover(data.root, data.train_split, dataset_name) if with_train else ([], None)
+    val_entries, class_names = discover(data.root, data.val_split, dataset_name, class_names=class_names)
+    common = dict(
+        modalities=modalities, clip=data.clip, decode=data.decode, cache=cache,
+        multi_label=data.multi_label, seed=cfg.train.seed,
+    )
+    train_set = VideoDataset(train_entries, class_names, train=True, **common) if with_train else None
+    val_set = VideoDataset(val_entries, class_names, train=False, num_segments=data.eval_segments, **common)
+    return train_set, val_set, class_names
+
+
+def load_recognition_from_unimodal(recognition: nn.ModuleDict, cfg: ExperimentConfig, *, required: bool = False) -> list[str]:
+    """Copy stage-1 weights into each recognition network; returns the modalities loaded."""
+    loaded = []
+    for modality, net in recognition.items():
+        path = stage_dir(cfg, "unimodal", modality) / "best.pt"
+        if not path.exists():
+            message = f"{path}: no stage-1 checkpoint for {modality}; its network starts from scratch"
+            if required:
+                raise FileNotFoundError(message + " (run `adamml train --stage unimodal` first)")
+            warnings.warn(message, stacklevel=2)
+            continue
+        state = load_checkpoint(path)["model"]
+        prefix = f"recognition.{modality}."
+        sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if not sub:
+            raise ValueError(f"{path}: holds no weights for a {modality} recognition network")
+        try:
+            net.load_state_dict(sub)
+        except RuntimeError as exc:
+            raise ValueError(f"{path}: does not match the {modality} network of this config: {exc}") from None
+        loaded.append(modality)
+    return loaded
+
+
+def _sgd(params, cfg: ExperimentConfig, lr: float) -> torch.optim.SGD:
+    return torch.optim.SGD(params, lr=lr, momentum=cfg.train.momentum, weight_decay=cfg.train.weight_decay)
+
+
+def _plain_task(kind: str, model: nn.Module, cfg: ExperimentConfig, base_lr: float, milestones: list[int], head_lr: float | None = None) -> Task:
+    def make_optimizers(phase: Phase) -> dict[str, torch.optim.Optimizer]:
+        groups = [{"params": [p for p in model.recognition.parameters() if p.requires_grad], "lr_scale": 1.0}]
+        head = [p for p in model.fusion.parameters() if p.requires_grad]
+        if head:
+            groups.append({"params": head, "lr_scale": (head_lr or base_lr) / base_lr})
+        return {"all": _sgd(groups, cfg, base_lr)}
+
+    def phase_lrs(phase: Phase) -> dict[str, float]:
+        return {"all": multistep_lr(base_lr, milestones, phase.segment_epoch)}
+
+    return Task(
+        kind=kind,
+        model=model,
+        modalities=list(model.modalities),
+        step=segment_loss_step(cfg.data.multi_label),
+        make_optimizers=make_optimizers,
+        phase_lrs=phase_lrs,
+    )
+
+
+def _make_evaluator(cfg: ExperimentConfig, kind: str, model_cfg: ModelConfig, runtime: Runtime):
+    from adamml.evaluation.evaluate import evaluate_model
+
+    def evaluate(model: nn.Module, loader, temperature: float) -> dict:
+        return evaluate_model(model, loader, kind, model_cfg, cfg, runtime).metrics
+
+    return evaluate
+
+
+def train_unimodal(cfg: ExperimentConfig, modality: str, runtime: Runtime, *, resume: bool = False, fault_after_steps: int | None = None) -> dict:
+    from adamml.models.multimodal import build_multimodal
+
+    model_cfg = unimodal_model_config(cfg.model, modality)
+    train_set, val_set, _ = build_datasets(cfg, [modality])
+    model = build_multimodal(model_cfg, cfg.data.clip)
+    task = _plain_task("unimodal", model, cfg, cfg.train.lr, cfg.train.lr_steps)
+    return train_task(
+        task, plain_schedule(cfg.train.epochs), cfg, train_set, val_set, runtime,
+        stage_dir(cfg, "unimodal", modality),
+        evaluate=_make_evaluator(cfg, "unimodal", model_cfg, runtime),
+        resume=resume, extra_state={"model_config": to_dict(model_cfg)},
+        fault_after_steps=fault_after_steps,
+    )
+
+
+def train_fusion(cfg: ExperimentConfig, method: str, runtime: Runtime, *, resume: bool = False) -> dict:
+    from adamml.models.multimodal import build_multimodal
+
+    model_cfg = copy.deepcopy(cfg.model)
+    model_cfg.fusion = method
+    train_set, val_set, _ = build_datasets(cfg, list(model_cfg.modalities))
+    model = build_multimodal(model_cfg, cfg.data.clip, fusion=method)
+    if not resume:
+        load_recognition_from_unimodal(model.recognition, cfg)
+    task = _plain_task("fusion", model, cfg, cfg.train.adamml_lr, [], head_lr=cfg.train.lr)
+    return train_task(
+        task, plain_schedule(cfg.train.fusion_epochs), cfg, train_set, val_set, runtime,
+        stage_dir(cfg, "fusion", method),
+        evaluate=_make_evaluator(cfg, "fusion", model_cfg, runtime), resume=resume,
+        extra_state={"model_config": to_dict(model_cfg)},
+    )
+
+
+def adamml_task(model: nn.Module, cfg: ExperimentConfig) -> Task:
+    tcfg = cfg.train
+    modalities = list(cfg.model.modalities)
+    missing = [m for m in modalities if m not in tcfg.cost_weights]
+    if missing:
+        raise ValueError(f"train.cost_weights has no weight for {', '.join(missing)}")
+    weights = torch.tensor([tcfg.cost_weights[m] for m in modalities], dtype=torch.float32)
+
+    def set_trainable(phase: Phase) -> None:
+        if phase.trains == "policy":
+            model.freeze_recognition()
+            model.unfreeze_policy()
+        else:
+            model.freeze_policy()
+            model.unfreeze_recognition()
+
+    def make_optimizers(phase: Phase) -> dict[str, torch.optim.Optimizer]:
+        fusion_params = list(model.fusion.parameters())
+        fusion_ids = {id(p) for p in fusion_params}
+        recognition = [p for p in model.recognition_parameters() if id(p) not in fusion_ids]
+        groups = [{"params": recognition, "lr_scale": 1.0}]
+        if fusion_params:
+            groups.append({"params": fusion_params, "lr_scale": tcfg.lr / tcfg.adamml_lr})
+        return {
+            "recognition": _sgd(groups, cfg, tcfg.adamml_lr),
+            "policy": torch.optim.Adam(model.policy_parameters(), lr=tcfg.policy_lr, weight_decay=tcfg.weight_decay),
+        }
+
+    def phase_lrs(phase: Phase) -> dict[str, float]:
+        milestones = tcfg.adamml_lr_steps if phase.segment == "alternate" else []
+        return {
+            "recognition": multistep_lr(tcfg.adamml_lr, milestones, phase.segment_epoch),
+            "policy": multistep_lr(tcfg.policy_lr, milestones, phase.segment_epoch),
+        }
+
+    return Task(
+        kind="adamml",
+        model=model,
+        modalities=modalities,
+        step=adamml_step(weights, tcfg.gamma, cfg.data.multi_label),
+        make_optimizers=make_optimizers,
+        phase_lrs=phase_lrs,
+        set_trainable=set_trainable,
+    )
+
+
+def train_adamml(cfg: ExperimentConfig, runtime: Runtime, *, resume: bool = False, fault_after_steps: int | None = None) -> dict:
+    from adamml.models.adamml import build_adamml
+
+    train_set, val_set, _ = build_datasets(cfg, input_modalities("adamml", cfg.model))
+    model = build_adamml(cfg.model, cfg.data.clip)
+    if not resume:
+        load_recognition_from_unimodal(model.recognition, cfg)
+    return train_task(
+        adamml_task(model, cfg), adamml_schedule(cfg.train), cfg, train_set, val_set, runtime,
+        stage_dir(cfg, "adamml"),
+        evaluate=_make_evaluator(cfg, "adamml", cfg.model, runtime), resume=resume,
+        extra_state={"model_config": to_dict(cfg.model)}, fault_after_steps=fault_after_steps,
+    )
+
+
+def run_recipe(cfg: ExperimentConfig, runtime: Runtime, *, stage: str = "all", modality: str | None = None,
+               fusion: str | None = None, resume: bool = False) -> dict[str, dict]:
+    """Run one stage, or the whole recipe in order (stage="all")."""
+    results: dict[str, dict] = {}
+    if stage in ("unimodal", "all"):
+        for m in [modality] if modality else cfg.model.modalities:
+            results[f"unimodal_{m}"] = train_unimodal(cfg, m, runtime, resume=resume)
+    if stage in ("fusion", "all"):
+        method = fusion or cfg.model.fusion
+        results[f"fusion_{method}"] = train_fusion(cfg, method, runtime, resume=resume)
+    if stage in ("adamml", "all"):
+        results["adamml"] = train_adamml(cfg, runtime, resume=resume)
+    return results
