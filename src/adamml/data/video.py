@@ -1,0 +1,345 @@
+"""Decode any video file (or an official frame folder) into a :class:`DecodedVideo`.
+
+Everything training needs comes from one pass over the file with PyAV: frames resampled to a
+fixed rate and resized, the audio track downmixed and resampled, and optionally optical
+flow. Errors name the file and say what is wrong, because a dataset of thousands of videos
+always holds a few broken ones and the user has to find them.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+
+from adamml.data.types import DecodedVideo, DecodeSettings, VideoDecodeError
+
+__all__ = [
+    "MissingAudioWarning",
+    "decode_video",
+    "decode_frame_folder",
+    "decode_audio_file",
+    "resize_short_side",
+]
+
+
+class MissingAudioWarning(UserWarning):
+    """A video has no audio track: its spectrogram will be all zeros."""
+
+
+def resize_short_side(image: np.ndarray, short_side: int | None) -> np.ndarray:
+    """Resize (H, W, C) so min(H, W) == short_side, keeping the aspect (INTER_AREA)."""
+    if not short_side or short_side <= 0:
+        return image
+    h, w = image.shape[:2]
+    if min(h, w) == short_side:
+        return image
+    if h <= w:
+        new_h, new_w = short_side, max(1, round(w * short_side / h))
+    else:
+        new_h, new_w = max(1, round(h * short_side / w)), short_side
+    return cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_AREA)
+
+
+def _open(path: Path) -> av.container.InputContainer:
+    if not path.exists():
+        raise VideoDecodeError(f"{path}: file not found")
+    if path.is_dir():
+        raise VideoDecodeError(f"{path}: is a folder, not a video file (use decode_frame_folder)")
+    if path.stat().st_size == 0:
+        raise VideoDecodeError(f"{path}: file is empty (0 bytes)")
+    try:
+        return av.open(str(path), mode="r")
+    except (av.error.FFmpegError, OSError, ValueError) as exc:
+        raise VideoDecodeError(
+            f"{path}: cannot be opened as a video ({exc}); the file is corrupt, truncated or "
+            "not a media file"
+        ) from None
+
+
+class _FrameResampler:
+    """Pick, for each target time k/fps, the decoded frame nearest to it (ties: the earlier).
+
+    Only the chosen frames are converted and resized, so a 60 fps source subsampled to 8 fps
+    costs little more than decoding.
+    """
+
+    def __init__(self, fps: float, short_side: int | None) -> None:
+        self.fps = fps
+        self.short_side = short_side
+        self.out: list[np.ndarray] = []
+        self.prev: tuple[float, av.VideoFrame] | None = None
+        self._array_of: av.VideoFrame | None = None  # the frame _cached was converted from
+        self._cached: np.ndarray | None = None
+
+    def _array(self, frame: av.VideoFrame) -> np.ndarray:
+        if self._array_of is not frame:
+            self._cached = resize_short_side(frame.to_ndarray(format="rgb24"), self.short_side)
+            self._array_of = frame
+        return self._cached  # type: ignore[return-value]
+
+    def _target(self) -> float:
+        return len(self.out) / self.fps
+
+    def push(self, t: float, frame: av.VideoFrame) -> None:
+        while self._target() <= t:
+            target = self._target()
+            if self.prev is not None and abs(self.prev[0] - target) <= abs(t - target):
+                chosen = self.prev[1]
+            else:
+                chosen = frame
+            self.out.append(self._array(chosen))
+        self.prev = (t, frame)
+
+    def finish(self, end_time: float) -> np.ndarray:
+        """Fill targets up to ``end_time`` (exclusive) with the last frame."""
+        if self.prev is None:
+            return np.zeros((0, 0, 0, 3), np.uint8)
+        while self._target() < end_time - 1e-6:
+            self.out.append(self._array(self.prev[1]))
+        if not self.out:  # a single frame shorter than one output period
+            self.out.append(self._array(self.prev[1]))
+        return np.stack(self.out)
+
+
+class _AudioCollector:
+    """Downmix to mono and resample with FFmpeg's swresample (handles 5.1 and any rate)."""
+
+    def __init__(self, sample_rate: int) -> None:
+        self.resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+        self.chunks: list[np.ndarray] = []
+
+    def push(self, frame: av.AudioFrame | None) -> None:
+        for out in self.resampler.resample(frame):
+            self.chunks.append(out.to_ndarray().reshape(-1))
+
+    def finish(self) -> np.ndarray:
+        self.push(None)  # flush
+        if not self.chunks:
+            return np.zeros(0, np.float32)
+        return np.clip(np.concatenate(self.chunks).astype(np.float32), -1.0, 1.0)
+
+
+def _frame_times(frames: Iterator[av.VideoFrame], rate: float) -> Iterator[tuple[float, av.VideoFrame]]:
+    """Presentation times in seconds from the first frame; robust to missing or bad pts."""
+    start: float | None = None
+    last = -math.inf
+    for index, frame in enumerate(frames):
+        t = float(frame.time) if frame.pts is not None and frame.time is not None else None
+        if t is None:
+            t = (last + 1.0 / rate) if last > -math.inf else index / rate
+        if start is None:
+            start = t
+        t -= start
+        if t <= last:  # duplicated / non-monotonic timestamps: assume one frame period
+            t = last + 1.0 / rate
+        last = t
+        yield t, frame
+
+
+def decode_video(path: str | Path, settings: DecodeSettings) -> DecodedVideo:
+    """Decode frames (uint8 (N, H, W, 3) at ``settings.fps``) and mono audio from a file.
+
+    Frames: the frame nearest each time k/fps, resized to ``settings.short_side``.
+    Audio: float32 (S,) at ``settings.sample_rate``. Flow (uint8 (N-1, H, W, 2)) when
+    ``settings.flow`` names a method.
+    """
+    path = Path(path)
+    if settings.fps <= 0:
+        raise ValueError(f"{path}: fps must be positive, got {settings.fps}")
+    container = _open(path)
+    with container:
+        if not container.streams.video:
+            kinds = ", ".join(s.type for s in container.streams) or "none"
+            raise VideoDecodeError(f"{path}: has no video stream (streams found: {kinds})")
+        vstream = container.streams.video[0]
+        vstream.thread_type = "AUTO"
+        astream = container.streams.audio[0] if container.streams.audio else None
+        rate = float(vstream.average_rate or vstream.guessed_rate or 25.0) or 25.0
+
+        resampler = _FrameResampler(settings.fps, settings.short_side)
+        audio = _AudioCollector(settings.sample_rate) if astream is not None else None
+        streams = [vstream] + ([astream] if astream is not None else [])
+
+        def video_frames() -> Iterator[av.VideoFrame]:
+            for packet in container.demux(streams):
+                try:
+                    decoded = packet.decode()
+                except av.error.FFmpegError as exc:
+                    if packet.stream.type == "video":
+                        raise VideoDecodeError(
+                            f"{path}: video stream is corrupt at t={_packet_time(packet)} ({exc})"
+                        ) from None
+                    raise VideoDecodeError(
+                        f"{path}: audio stream is corrupt at t={_packet_time(packet)} ({exc})"
+                    ) from None
+                for frame in decoded:
+                    if packet.stream.type == "video":
+                        yield frame
+                    elif audio is not None:
+                        audio.push(frame)
+
+        last_t = None
+        try:
+            for t, frame in _frame_times(video_frames(), rate):
+                resampler.push(t, frame)
+                last_t = t
+        except (av.error.FFmpegError, OSError) as exc:
+            raise VideoDecodeError(f"{path}: decoding failed ({exc}); the file may be truncated") from None
+        if last_t is None:
+            raise VideoDecodeError(f"{path}: no video frame could be decoded (corrupt or truncated file)")
+        frames = resampler.finish(last_t + 1.0 / rate)
+        waveform = audio.finish() if audio is not None else np.zeros(0, np.float32)
+        meta = {
+            "source_fps": rate,
+            "source_size": [vstream.codec_context.width, vstream.codec_context.height],
+            "video_codec": vstream.codec_context.name,
+            "audio_codec": astream.codec_context.name if astream is not None else None,
+            "audio_channels": astream.codec_context.channels if astream is not None else 0,
+            "audio_source_rate": astream.codec_context.sample_rate if astream is not None else 0,
+        }
+
+    audio_missing = astream is None or waveform.size == 0
+    if audio_missing:
+        _missing_audio(path, settings, "has no audio track" if astream is None else "audio track is empty")
+    flow = None
+    if settings.flow:
+        from adamml.modalities.flow import compute_flow
+
+        flow = compute_flow(frames, settings.flow)
+    return DecodedVideo(
+        frames=frames,
+        fps=float(settings.fps),
+        audio=waveform,
+        sample_rate=settings.sample_rate,
+        audio_missing=audio_missing,
+        flow=flow,
+        source=str(path),
+        meta=meta,
+    )
+
+
+def _packet_time(packet: av.Packet) -> str:
+    try:
+        return f"{float(packet.pts * packet.time_base):.2f}s"
+    except (TypeError, ValueError):
+        return "?"
+
+
+def _missing_audio(path: Path, settings: DecodeSettings, problem: str) -> None:
+    if settings.strict_audio:
+        raise VideoDecodeError(f"{path}: {problem} (strict audio: every video must have sound)")
+    warnings.warn(f"{path}: {problem}; its spectrogram will be all zeros", MissingAudioWarning, stacklevel=3)
+
+
+def decode_audio_file(path: str | Path, sample_rate: int) -> np.ndarray:
+    """Decode the first audio stream of any file PyAV reads to float32 mono (S,) at ``sample_rate``."""
+    path = Path(path)
+    container = _open(path)
+    with container:
+        if not container.streams.audio:
+            raise VideoDecodeError(f"{path}: has no audio stream")
+        collector = _AudioCollector(sample_rate)
+        try:
+            for frame in container.decode(container.streams.audio[0]):
+                collector.push(frame)
+        except av.error.FFmpegError as exc:
+            raise VideoDecodeError(f"{path}: audio decoding failed ({exc})") from None
+        return collector.finish()
+
+
+_IMG_RE = re.compile(r"^img_(\d+)\.jpg$")
+
+
+def _read_image(path: Path, flags: int) -> np.ndarray:
+    image = cv2.imread(str(path), flags)
+    if image is None:
+        raise VideoDecodeError(f"{path}: cannot be read as an image (missing or corrupt)")
+    return image
+
+
+def decode_frame_folder(
+    folder: str | Path,
+    settings: DecodeSettings,
+    start: int | None = None,
+    end: int | None = None,
+    audio_path: str | Path | None = None,
+) -> DecodedVideo:
+    """Read the official AdaMML/TSN layout: ``img_00001.jpg``..., ``x_/y_00001.jpg``, a .wav.
+
+    ``start``/``end`` are 1-based inclusive frame numbers (from the list file); by default
+    every ``img_*.jpg`` in the folder. Frames are taken as already at ``settings.fps``. Flow
+    JPEGs are kept as the quantised uint8 flow (bound 20), (N-1, H, W, 2). The audio comes
+    from ``audio_path``, else ``<folder>.wav`` beside it or ``<folder>/audio.wav`` when present.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise VideoDecodeError(f"{folder}: frame folder not found")
+    if start is None or end is None:
+        numbers = sorted(int(m.group(1)) for p in folder.iterdir() if (m := _IMG_RE.match(p.name)))
+        if not numbers:
+            raise VideoDecodeError(f"{folder}: no img_NNNNN.jpg frames in this folder")
+        start = numbers[0] if start is None else start
+        end = numbers[-1] if end is None else end
+    if end < start:
+        raise VideoDecodeError(f"{folder}: empty frame range {start}..{end}")
+    frames = []
+    for n in range(start, end + 1):
+        bgr = _read_image(folder / f"img_{n:05d}.jpg", cv2.IMREAD_COLOR)
+        frames.append(resize_short_side(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), settings.short_side))
+    shapes = {f.shape for f in frames}
+    if len(shapes) > 1:
+        raise VideoDecodeError(f"{folder}: frames have different sizes {sorted(shapes)}")
+    frames_arr = np.stack(frames)
+
+    flow = None
+    if (folder / f"x_{start:05d}.jpg").exists():
+        fields = []
+        for n in range(start, end):  # N-1 fields between N frames
+            xp, yp = folder / f"x_{n:05d}.jpg", folder / f"y_{n:05d}.jpg"
+            if not xp.exists():
+                break
+            x = _read_image(xp, cv2.IMREAD_GRAYSCALE)
+            y = _read_image(yp, cv2.IMREAD_GRAYSCALE)
+            xy = np.stack([x, y], axis=-1)
+            if xy.shape[:2] != frames_arr.shape[1:3]:
+                xy = cv2.resize(xy, frames_arr.shape[2:0:-1], interpolation=cv2.INTER_AREA)
+            fields.append(xy)
+        if fields:
+            while len(fields) < len(frames) - 1:  # a short flow folder: repeat the last field
+                fields.append(fields[-1])
+            flow = np.stack(fields)
+    if flow is None and settings.flow:
+        from adamml.modalities.flow import compute_flow
+
+        flow = compute_flow(frames_arr, settings.flow)
+
+    candidates = [Path(audio_path)] if audio_path is not None else [
+        folder.with_name(folder.name + ".wav"),
+        folder / "audio.wav",
+    ]
+    found = next((p for p in candidates if p.is_file()), None)
+    if found is not None:
+        waveform = decode_audio_file(found, settings.sample_rate)
+    else:
+        waveform = np.zeros(0, np.float32)
+    audio_missing = waveform.size == 0
+    if audio_missing:
+        problem = f"audio file {candidates[0]} not found" if found is None else "audio file is empty"
+        _missing_audio(folder, settings, problem)
+    return DecodedVideo(
+        frames=frames_arr,
+        fps=float(settings.fps),
+        audio=waveform,
+        sample_rate=settings.sample_rate,
+        audio_missing=audio_missing,
+        flow=flow,
+        source=str(folder),
+        meta={"start": start, "end": end, "audio_file": str(found) if found else None},
+    )
