@@ -1,0 +1,234 @@
+"""The training/evaluation dataset: decoded (or cached) videos -> the sample dict of layouts.py.
+
+One sample = K segments of one video, each modality sampled at the same frame indices and
+cropped with the same :class:`~adamml.modalities.spatial.Crop`, so the policy and the
+recognition networks look at the same moment and region. Randomness comes from a numpy
+Generator seeded by (seed, epoch, index): a sample is the same whatever the number of
+workers or their order, and changes from epoch to epoch through :meth:`VideoDataset.set_epoch`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from adamml.data.formats import DatasetError, discover, frame_folder_audio
+from adamml.data.sampling import sample_indices, segment_centres_s
+from adamml.data.types import ClipSettings, DecodedVideo, DecodeSettings, VideoEntry
+from adamml.layouts import check_modalities
+
+if TYPE_CHECKING:
+    from adamml.config import ExperimentConfig
+    from adamml.data.cache import VideoCache
+
+STACKED = ("flow", "rgbdiff")  # modalities that need L frames after each sampled frame
+
+
+def _tensor(value: Any) -> torch.Tensor:
+    """Modality functions may return numpy or torch; samples are float32 tensors."""
+    return torch.as_tensor(np.ascontiguousarray(value) if isinstance(value, np.ndarray) else value).float()
+
+
+class VideoDataset(Dataset):
+    """Samples of K segments per video, for the requested modalities only.
+
+    ``__getitem__`` returns the dict documented in :mod:`adamml.layouts`: "rgb" (K, T, 3, S, S),
+    "flow" (K, T, 2L, S, S), "rgbdiff" (K, T, 3L, S, S), "audio" (K, 1, F, frames),
+    "audio_missing", "label", "multi_hot" (C,), "index", "video". ``multi_hot`` is always
+    present (one-hot for single-label sets) so batches collate the same way for every set.
+    """
+
+    def __init__(
+        self,
+        entries: list[VideoEntry],
+        class_names: list[str],
+        *,
+        modalities: list[str],
+        clip: ClipSettings,
+        decode: DecodeSettings,
+        train: bool,
+        cache: VideoCache | None = None,
+        num_segments: int | None = None,
+        multi_label: bool = False,
+        seed: int = 0,
+    ) -> None:
+        if not entries:
+            raise DatasetError("no videos given to VideoDataset (the split is empty)")
+        self.entries = list(entries)
+        self.class_names = list(class_names)
+        self.modalities = check_modalities(modalities)
+        self.clip = clip
+        self.decode = decode
+        self.train = train
+        self.cache = cache
+        self.num_segments = int(num_segments if num_segments is not None else clip.num_segments)
+        self.multi_label = multi_label
+        self.seed = int(seed)
+        self.epoch = 0
+        # RGB-only samples may use the video's last frames; stacks need L frames after.
+        needs_stack = any(m in STACKED for m in self.modalities)
+        self._sampling_clip = clip if needs_stack else dataclasses.replace(clip, stack_length=0)
+        num_classes = len(self.class_names)
+        for entry in self.entries:
+            if not entry.labels:
+                raise DatasetError(f"{entry.source or entry.path}: video has no label")
+            bad = [i for i in entry.labels if not 0 <= i < num_classes]
+            if bad:
+                raise DatasetError(
+                    f"{entry.source or entry.path}: label index {bad[0]} out of range 0..{num_classes - 1}"
+                )
+            if not multi_label and len(entry.labels) > 1:
+                raise DatasetError(
+                    f"{entry.source or entry.path}: {len(entry.labels)} labels on a single-label "
+                    "dataset; set data.multi_label: true for multi-label sets"
+                )
+        if cache is None and "flow" in self.modalities and not decode.flow:
+            if any(not Path(e.path).is_dir() for e in self.entries):
+                raise DatasetError(
+                    "modality 'flow' requested but decode.flow is not set: set "
+                    "data.decode.flow to 'tvl1' (the paper's) or 'dis' to compute it while "
+                    "decoding, or extract a cache with flow first (adamml extract)"
+                )
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Change the random draws (offsets, crops) for a new epoch, reproducibly."""
+        self.epoch = int(epoch)
+
+    def rng(self, index: int) -> np.random.Generator:
+        """The Generator of one sample: a function of (seed, epoch, index) only."""
+        return np.random.default_rng([self.seed, self.epoch, int(index)])
+
+    # ------------------------------------------------------------------ loading
+
+    def load(self, entry: VideoEntry) -> DecodedVideo:
+        """Decoded media of one entry: from the cache when there is one, else decoded now."""
+        path = Path(entry.path)
+        if self.cache is not None:
+            if not self.cache.has(path):
+                raise DatasetError(
+                    f"{path}: not in the cache at {getattr(self.cache, 'root', '?')}. Run "
+                    "`adamml extract` on this dataset first with the same decode settings "
+                    f"(fps={self.decode.fps}, short_side={self.decode.short_side}, "
+                    f"sample_rate={self.decode.sample_rate}, flow={self.decode.flow}), "
+                    "or set data.use_cache: false to decode while training"
+                )
+            decoded = self.cache.load(path)
+        elif path.is_dir():
+            from adamml.data.video import decode_frame_folder
+
+            decoded = decode_frame_folder(
+                path, self.decode, entry.start, entry.end, audio_path=frame_folder_audio(path)
+            )
+        else:
+            from adamml.data.video import decode_video
+
+            decoded = decode_video(path, self.decode)
+        if decoded.num_frames < 1:
+            raise DatasetError(f"{path}: decoded to zero frames")
+        if "flow" in self.modalities and decoded.flow is None:
+            where = "the cache entry" if self.cache is not None else "decoding"
+            raise DatasetError(
+                f"{path}: modality 'flow' requested but {where} has no optical flow; re-run "
+                "`adamml extract` with flow enabled (data.decode.flow: tvl1 or dis)"
+            )
+        return decoded
+
+    # ------------------------------------------------------------------ samples
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < len(self.entries):
+            raise IndexError(f"index {index} out of range for {len(self.entries)} videos")
+        entry = self.entries[index]
+        decoded = self.load(entry)
+        rng = self.rng(index)
+        n = decoded.num_frames
+        indices = sample_indices(n, self._sampling_clip, self.train, rng, num_segments=self.num_segments)
+        sample: dict[str, Any] = {}
+        visual = [m for m in self.modalities if m != "audio"]
+        if visual:
+            from adamml.modalities.spatial import choose_crop
+
+            height, width = decoded.frames.shape[1:3]
+            crop = choose_crop(height, width, self.clip.crop_size, self.train, rng)
+            size, stack = self.clip.crop_size, self.clip.stack_length
+            if "rgb" in visual:
+                from adamml.modalities.rgb import rgb_clip
+
+                sample["rgb"] = _tensor(rgb_clip(decoded.frames, indices, crop, size))
+            if "flow" in visual:
+                from adamml.modalities.flow import flow_clip
+
+                sample["flow"] = _tensor(flow_clip(decoded.flow, indices, stack, crop, size))
+            if "rgbdiff" in visual:
+                from adamml.modalities.rgbdiff import rgbdiff_clip
+
+                sample["rgbdiff"] = _tensor(rgbdiff_clip(decoded.frames, indices, stack, crop, size))
+        if "audio" in self.modalities:
+            from adamml.modalities.audio import log_spectrogram
+
+            centres = segment_centres_s(indices, decoded.fps)
+            # A frame folder listed from frame `start` shares its WAV with the whole video.
+            start = entry.start if entry.start is not None and Path(entry.path).is_dir() else 1
+            centres = centres + (start - 1) / decoded.fps
+            sample["audio"] = _tensor(
+                log_spectrogram(decoded.audio, decoded.sample_rate, centres, self.clip, decoded.audio_missing)
+            )
+        multi_hot = torch.zeros(len(self.class_names), dtype=torch.float32)
+        multi_hot[entry.labels] = 1.0
+        sample["audio_missing"] = torch.tensor(bool(decoded.audio_missing))
+        sample["label"] = torch.tensor(entry.labels[0], dtype=torch.int64)
+        sample["multi_hot"] = multi_hot
+        sample["index"] = torch.tensor(index, dtype=torch.int64)
+        sample["video"] = str(entry.path)
+        return sample
+
+
+def build_datasets(
+    config: ExperimentConfig, *, modalities: list[str] | None = None
+) -> tuple[VideoDataset, VideoDataset, list[str]]:
+    """Train and validation datasets of an experiment config, and the class names.
+
+    Modalities default to the model's, plus "rgbdiff" when "flow" is used with the policy's
+    RGB-difference proxy (SPEC: the policy never computes flow to decide). The cache is
+    ``data.cache`` or ``<root>/cache`` unless ``data.use_cache`` is false.
+    """
+    from adamml.data.catalog import DATASETS
+
+    data = config.data
+    if not data.root:
+        raise DatasetError("data.root is not set: give the folder that holds the dataset")
+    root = Path(data.root)
+    info = DATASETS.get(data.dataset)
+    dataset_name = data.dataset if info is not None else None
+    train_entries, class_names = discover(root, data.train_split, dataset_name)
+    val_entries, _ = discover(root, data.val_split, dataset_name, class_names=class_names)
+    if len(class_names) != config.model.num_classes:
+        raise DatasetError(
+            f"{root}: the dataset has {len(class_names)} classes but model.num_classes is "
+            f"{config.model.num_classes}; set model.num_classes: {len(class_names)}"
+        )
+    if modalities is None:
+        modalities = list(config.model.modalities)
+        if "flow" in modalities and config.model.policy.flow_proxy == "rgbdiff" and "rgbdiff" not in modalities:
+            modalities.append("rgbdiff")
+    cache = None
+    if data.use_cache:
+        from adamml.data.cache import VideoCache
+
+        cache = VideoCache(Path(data.cache) if data.cache else root / "cache", data.decode)
+    multi_label = data.multi_label or (info.multi_label if info is not None else False)
+    common = dict(
+        modalities=modalities, clip=data.clip, decode=data.decode, cache=cache,
+        multi_label=multi_label, seed=config.train.seed,
+    )
+    train_ds = VideoDataset(train_entries, class_names, train=True, **common)
+    val_ds = VideoDataset(val_entries, class_names, train=False, num_segments=data.eval_segments, **common)
+    return train_ds, val_ds, class_names
