@@ -1,0 +1,274 @@
+"""The AdaMML policy: a light network that decides, per segment, which modalities to compute.
+
+SPEC section 2. Per-modality MobileNetV2 feature extractors look at *cheap* inputs (a few
+low-resolution RGB frames, the spectrogram, RGB differences in place of optical flow), a joint
+MLP mixes their features, an LSTM cell carries context from segment to segment (fed with the
+previous step's decision logits), and one 2-way head per modality says skip (0) or use (1).
+Decisions are hard {0, 1} samples drawn with Gumbel-Softmax; the straight-through estimator
+lets the recognition loss and the cost penalty train the policy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+from torchvision import models as tvm
+
+from adamml.config import ModelConfig
+from adamml.data.types import ClipSettings
+from adamml.models.backbones import adapt_first_conv, create_backbone, get_backbone_spec
+from adamml.models.temporal import TemporalMaxPool
+
+# What the policy looks at to decide about each recognition modality. Flow is never computed
+# just to decide whether to compute it: its proxy is configurable (PolicyConfig.flow_proxy).
+_VISUAL_SOURCES = ("rgb", "rgbdiff", "flow")
+
+
+@dataclass
+class PolicyOutput:
+    """decisions: float (B, K, M) in {0, 1} (1 = use), straight-through when hard in training;
+    logits: (B, K, M, 2) raw head outputs (index 1 = use);
+    probs: (B, K, M) softmax probability of "use" (no noise, temperature 1)."""
+
+    decisions: torch.Tensor
+    logits: torch.Tensor
+    probs: torch.Tensor
+
+
+def policy_frame_indices(frames_per_segment: int, policy_frames: int) -> list[int]:
+    """Every other frame of the segment's clip, at most ``policy_frames`` of them (reference:
+    4 of 8)."""
+    return list(range(0, frames_per_segment, 2))[: max(1, policy_frames)]
+
+
+def gumbel_decisions(
+    logits: torch.Tensor,
+    *,
+    temperature: float,
+    hard: bool = True,
+    sample: bool = True,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """(..., 2) logits -> (...,) "use" decisions.
+
+    Our own Gumbel-Softmax rather than ``F.gumbel_softmax`` because evaluation with sampling
+    must be repeatable from a recorded seed (a ``generator``). ``sample=False`` drops the noise
+    (deterministic argmax); ``hard=True`` returns {0, 1} with the straight-through gradient of
+    the relaxed softmax at ``temperature``.
+    """
+    if temperature <= 0:
+        raise ValueError(f"Gumbel-Softmax temperature must be > 0, got {temperature}")
+    scores = logits
+    if sample:
+        # Gumbel(0, 1) = -log(Exp(1)); exponential_ takes a generator, unlike F.gumbel_softmax.
+        noise = torch.empty_like(logits).exponential_(generator=generator).log().neg()
+        scores = logits + noise
+    soft = F.softmax(scores / temperature, dim=-1)
+    if not hard:
+        return soft[..., 1]
+    one_hot = F.one_hot(scores.argmax(dim=-1), num_classes=2).to(soft.dtype)
+    return (one_hot - soft.detach() + soft)[..., 1]
+
+
+class FrameFeatures(nn.Module):
+    """MobileNetV2 features of a few frames, pooled over time: (N, T, C, H, W) -> (N, D).
+
+    As in the reference, temporal max pooling (kernel 3, stride 2) sits inside the network,
+    before the last two spatially down-sampling blocks, so 4 frames become 2 and then 1 and the
+    deep (costly) layers see fewer frames. Frames left after that are max-pooled at the end.
+    """
+
+    def __init__(self, trunk: nn.Module, frames: int, output_dim: int):
+        super().__init__()
+        self.frames = frames
+        blocks = list(trunk.features)
+        strided = [i for i, b in enumerate(blocks) if getattr(b, "stride", 1) == 2]
+        pool_at = set(strided[-2:]) if frames > 1 else set()
+        layers: list[nn.Module] = []
+        t = frames
+        for i, block in enumerate(blocks):
+            if i in pool_at and t > 1:
+                pool = TemporalMaxPool(t, kernel=3, stride=2)
+                layers.append(pool)
+                t = pool.out_frames
+            layers.append(block)
+        self.features = nn.Sequential(*layers)
+        self.frames_out = t
+        self.output_dim = output_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, t = x.shape[:2]
+        if t != self.frames:
+            raise ValueError(f"policy extractor built for {self.frames} frames, got {t}")
+        y = self.features(rearrange(x, "n t c h w -> (n t) c h w"))
+        y = F.adaptive_avg_pool2d(y, 1).flatten(1)
+        return rearrange(y, "(n t) d -> n t d", n=n).amax(dim=1)
+
+
+class SpectrogramFeatures(nn.Module):
+    """MobileNetV2 features of the segment's log spectrogram: (N, 1, F, S) -> (N, D)."""
+
+    def __init__(self, trunk: nn.Module, output_dim: int):
+        super().__init__()
+        self.features = trunk.features
+        self.output_dim = output_dim
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.adaptive_avg_pool2d(self.features(x), 1).flatten(1)
+
+
+class PolicyNetwork(nn.Module):
+    """Per-segment modality selection with an LSTM over segments.
+
+    ``modalities`` (M, the recognition modalities, in the model's order) get one decision each;
+    ``sources`` maps each to the input the policy looks at ("flow" -> "rgbdiff" by default).
+    One extractor per distinct source, so flow and rgbdiff share one when both are modalities.
+    """
+
+    def __init__(
+        self,
+        *,
+        modalities: list[str],
+        sources: dict[str, str],
+        extractors: nn.ModuleDict,
+        joint_dim: int,
+        hidden_size: int,
+        frame_indices: list[int],
+        resolution: int,
+    ):
+        super().__init__()
+        self.modalities = list(modalities)
+        self.sources = dict(sources)
+        self.extractors = extractors
+        self.frame_indices = list(frame_indices)
+        self.resolution = int(resolution)
+        feature_dim = sum(e.output_dim for e in extractors.values())
+        self.joint = nn.Sequential(
+            nn.Linear(feature_dim, joint_dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(joint_dim, joint_dim),
+            nn.ReLU(inplace=True),
+        )
+        num = len(self.modalities)
+        self.lstm = nn.LSTMCell(joint_dim + 2 * num, hidden_size)
+        self.heads = nn.ModuleDict({m: nn.Linear(hidden_size, 2) for m in self.modalities})
+
+    def policy_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The cheap inputs, keyed by source, from a batch in the adamml.layouts layout.
+
+        Visual (B, K, T, C, H, W) -> every other frame, resized to the policy resolution:
+        (B, K, T', C, r, r). Audio (B, K, 1, F, S) is used as it is.
+        """
+        out = {}
+        for source in self.extractors:
+            if source not in batch:
+                raise KeyError(
+                    f"the policy needs batch[{source!r}] (it decides about "
+                    f"{', '.join(m for m, s in self.sources.items() if s == source)}); "
+                    f"the batch has {', '.join(sorted(batch))}"
+                )
+            x = batch[source]
+            if source in _VISUAL_SOURCES:
+                x = x[:, :, self.frame_indices]
+                b, k, t = x.shape[:3]
+                if x.shape[-2:] != (self.resolution, self.resolution):
+                    x = F.interpolate(
+                        rearrange(x, "b k t c h w -> (b k t) c h w"),
+                        size=(self.resolution, self.resolution),
+                        mode="bilinear",
+                        align_corners=False,
+                    )
+                    x = rearrange(x, "(b k t) c h w -> b k t c h w", b=b, k=k, t=t)
+            out[source] = x
+        return out
+
+    def forward(
+        self,
+        inputs: dict[str, torch.Tensor],
+        *,
+        temperature: float,
+        hard: bool = True,
+        sample: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> PolicyOutput:
+        """inputs: from :meth:`policy_inputs`, each (B, K, ...). Returns a PolicyOutput."""
+        feats = []
+        b = k = None
+        for source, extractor in self.extractors.items():
+            x = inputs[source]
+            b, k = x.shape[:2]
+            y = extractor(rearrange(x, "b k ... -> (b k) ..."))
+            feats.append(rearrange(y, "(b k) d -> b k d", b=b, k=k))
+        joint = self.joint(torch.cat(feats, dim=-1))  # (B, K, joint_dim)
+
+        num = len(self.modalities)
+        prev = joint.new_zeros(b, 2 * num)  # previous step's logits; none before segment 0
+        state = None
+        all_logits = []
+        for t in range(k):
+            h, c = self.lstm(torch.cat([joint[:, t], prev], dim=-1), state)
+            state = (h, c)
+            step = torch.stack([self.heads[m](h) for m in self.modalities], dim=1)  # (B, M, 2)
+            all_logits.append(step)
+            prev = step.flatten(1)
+        logits = torch.stack(all_logits, dim=1)  # (B, K, M, 2)
+        decisions = gumbel_decisions(
+            logits, temperature=temperature, hard=hard, sample=sample, generator=generator
+        )
+        return PolicyOutput(decisions=decisions, logits=logits, probs=logits.softmax(-1)[..., 1])
+
+
+def _policy_backbone(name: str, width_mult: float, in_channels: int) -> tuple[nn.Module, int]:
+    """A framewise trunk from the backbone table (random weights) and its feature width.
+
+    ``width_mult`` other than 1 rebuilds a MobileNetV2 at that width (the table holds widths
+    1.0 and 0.25 only).
+    """
+    spec = get_backbone_spec(name)
+    if spec.family != "framewise":
+        raise ValueError(
+            f"policy backbone {name!r} is a {spec.family} network: the policy needs a light "
+            "framewise one (mobilenet_v2, mobilenet_v2_tiny, efficientnet_b0)"
+        )
+    if width_mult != 1.0:
+        if not name.startswith("mobilenet_v2"):
+            raise ValueError(f"policy.width_mult applies to MobileNetV2 only, not {name!r}")
+        net = tvm.mobilenet_v2(weights=None, width_mult=width_mult)
+        if in_channels != 3:
+            adapt_first_conv(net, in_channels, inflate=False)
+    else:
+        net = create_backbone(name, in_channels)
+    return net, int(getattr(net, "last_channel", spec.feature_dim))
+
+
+def build_policy(model_cfg: ModelConfig, clip: ClipSettings) -> PolicyNetwork:
+    """The policy for ``model_cfg.modalities``, with random weights (it is trained in stage 3)."""
+    pcfg = model_cfg.policy
+    sources = {}
+    for m in model_cfg.modalities:
+        sources[m] = pcfg.flow_proxy if m == "flow" else m
+    if pcfg.flow_proxy not in ("rgbdiff", "flow"):
+        raise ValueError(f"policy.flow_proxy must be 'rgbdiff' or 'flow', got {pcfg.flow_proxy!r}")
+    indices = policy_frame_indices(clip.frames_per_segment, pcfg.frames)
+    channels = {"rgb": 3, "rgbdiff": 3 * clip.stack_length, "flow": 2 * clip.stack_length}
+    extractors = nn.ModuleDict()
+    for source in dict.fromkeys(sources.values()):
+        in_channels = 1 if source == "audio" else channels[source]
+        net, dim = _policy_backbone(pcfg.backbone, pcfg.width_mult, in_channels)
+        if source == "audio":
+            extractors[source] = SpectrogramFeatures(net, dim)
+        else:
+            extractors[source] = FrameFeatures(net, len(indices), dim)
+    return PolicyNetwork(
+        modalities=list(model_cfg.modalities),
+        sources=sources,
+        extractors=extractors,
+        joint_dim=pcfg.joint_dim,
+        hidden_size=pcfg.hidden_size,
+        frame_indices=indices,
+        resolution=pcfg.resolution,
+    )
