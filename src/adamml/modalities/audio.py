@@ -1,0 +1,109 @@
+"""The audio modality: a log spectrogram of a fixed window centred on each segment (SPEC 2).
+
+Paper defaults at 24 kHz: a 1.28 s window (30,720 samples), n_fft 511 (256 bins), 10 ms Hann
+window (240 samples) zero-padded to n_fft, 5 ms hop (120 samples), centred frames with
+constant padding of n_fft // 2 = 255 -> 256 bins x 256 frames (1 + (30720 + 510 - 511) // 120;
+the "257 frames" sometimes quoted holds for an even n_fft of 512), value log(|X|^2 + 1e-6).
+``ClipSettings.audio_frames`` then crops or zero-pads the time axis (a no-op at 256).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
+
+import numpy as np
+import torch
+import torchaudio
+
+from adamml.data.types import ClipSettings
+
+__all__ = ["audio_window", "log_spectrogram", "spectrogram_shape", "LOG_EPS"]
+
+LOG_EPS = 1e-6
+
+
+def audio_window(num_samples: int, sample_rate: int, centre_s: float, window_s: float) -> tuple[int, int]:
+    """Sample range [start, stop) of a ``window_s`` window centred on ``centre_s``.
+
+    A window crossing the start or the end of the track is shifted inside it (the reference's
+    rule); a track shorter than the window gives (0, num_samples) and the caller repeats it.
+    """
+    required = int(round(window_s * sample_rate))
+    if num_samples <= required:
+        return 0, num_samples
+    start = int(round((centre_s - window_s / 2.0) * sample_rate))
+    start = min(max(start, 0), num_samples - required)
+    return start, start + required
+
+
+def _hop_and_win(sample_rate: int, clip: ClipSettings) -> tuple[int, int]:
+    win = int(round(clip.win_ms * sample_rate / 1000.0))
+    hop = int(round(clip.hop_ms * sample_rate / 1000.0))
+    if win > clip.n_fft:
+        raise ValueError(
+            f"STFT window {win} samples ({clip.win_ms} ms at {sample_rate} Hz) exceeds n_fft {clip.n_fft}"
+        )
+    return hop, win
+
+
+def spectrogram_shape(sample_rate: int, clip: ClipSettings) -> tuple[int, int]:
+    """(freq bins, time frames) that :func:`log_spectrogram` produces per segment."""
+    hop, _ = _hop_and_win(sample_rate, clip)
+    bins = clip.n_mels if clip.spectrogram == "mel" else clip.n_fft // 2 + 1
+    # torch.stft with center=True pads n_fft // 2 on both sides
+    samples = int(round(clip.audio_window_s * sample_rate)) + 2 * (clip.n_fft // 2)
+    frames = clip.audio_frames or 1 + (samples - clip.n_fft) // hop
+    return bins, frames
+
+
+@lru_cache(maxsize=8)
+def _transform(sample_rate: int, kind: str, n_fft: int, win: int, hop: int, n_mels: int) -> torch.nn.Module:
+    common = dict(
+        n_fft=n_fft, win_length=win, hop_length=hop, window_fn=torch.hann_window,
+        power=2.0, center=True, pad_mode="constant",
+    )
+    if kind == "linear":
+        return torchaudio.transforms.Spectrogram(**common)
+    if kind == "mel":
+        return torchaudio.transforms.MelSpectrogram(sample_rate=sample_rate, n_mels=n_mels, **common)
+    raise ValueError(f"unknown spectrogram kind {kind!r}: expected 'linear' or 'mel'")
+
+
+def log_spectrogram(
+    waveform: np.ndarray,
+    sample_rate: int,
+    centres_s: Sequence[float],
+    clip: ClipSettings,
+    missing: bool = False,
+) -> np.ndarray:
+    """Mono float32 (S,) -> float32 (K, 1, F, Frames), one window per segment centre.
+
+    A missing or empty track gives all zeros of the same shape (the model then sees silence
+    as "no information", as in the reference).
+    """
+    bins, out_frames = spectrogram_shape(sample_rate, clip)
+    k = len(centres_s)
+    waveform = np.asarray(waveform, np.float32).reshape(-1)
+    if missing or waveform.size == 0:
+        return np.zeros((k, 1, bins, out_frames), np.float32)
+    required = int(round(clip.audio_window_s * sample_rate))
+    windows = np.empty((k, required), np.float32)
+    for i, centre in enumerate(centres_s):
+        start, stop = audio_window(waveform.size, sample_rate, float(centre), clip.audio_window_s)
+        piece = waveform[start:stop]
+        if piece.size < required:  # short track: repeat it to fill the window
+            piece = np.tile(piece, -(-required // piece.size))[:required]
+        windows[i] = piece
+    hop, win = _hop_and_win(sample_rate, clip)
+    transform = _transform(sample_rate, clip.spectrogram, clip.n_fft, win, hop, clip.n_mels)
+    with torch.no_grad():
+        power = transform(torch.from_numpy(windows))  # (K, F, frames)
+    spec = torch.log(power + LOG_EPS).numpy()
+    if clip.audio_frames:
+        have = spec.shape[-1]
+        if have >= clip.audio_frames:
+            spec = spec[..., : clip.audio_frames]
+        else:  # zero-pad the time axis (zero = log-power of e^0, the reference pads images with 0)
+            spec = np.pad(spec, ((0, 0), (0, 0), (0, clip.audio_frames - have)))
+    return np.ascontiguousarray(spec[:, None].astype(np.float32))
