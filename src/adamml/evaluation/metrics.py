@@ -338,3 +338,23 @@ class MetricAccumulator:
         if st["gflops"] is not None:
             out["gflops"] = mean_gflops(st["gflops"])
         return out
+
+
+def per_class_selection_rates(
+    decisions: ArrayLike, labels: ArrayLike, num_classes: int
+) -> np.ndarray:
+    """What the policy chose per class: float64 (C, M), NaN rows for classes without videos.
+
+    decisions: (N, K, M); labels: (N,). Row c = fraction of the segments of class-c videos
+    on which each modality ran.
+    """
+    d = _to_numpy(decisions, "decisions")
+    if d.ndim != 3:
+        raise ValueError(f"decisions: expected shape (N, K, M), got {d.shape}")
+    _, y = _check_scores_labels(np.zeros((d.shape[0], num_classes)), labels)
+    per_video = d.mean(axis=1)  # (N, M)
+    sums = np.zeros((num_classes, d.shape[2]))
+    np.add.at(sums, y, per_video)
+    counts = np.bincount(y, minlength=num_classes)[:, None].astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return sums / counts
