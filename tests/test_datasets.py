@@ -231,3 +231,14 @@ def test_build_datasets_uses_cache_folder(videos: Path, tmp_path: Path) -> None:
     config = config_for(videos, use_cache=True, cache=str(tmp_path / "c"))
     train_ds, _, _ = build_datasets(config)
     assert train_ds.cache is not None and train_ds.cache.root == tmp_path / "c"
+
+
+def test_frame_folder_listed_from_a_later_frame_reads_the_matching_audio(tmp_path: Path) -> None:
+    """The WAV covers the whole folder; a list entry from frame 26 must hear the second half."""
+    frames = moving_frames(50, 48, 64, seed=5)  # 2 s at 25 fps
+    audio = np.concatenate([np.zeros(16_000, np.float32), tone(1.0, 16_000)])  # silent, then a tone
+    make_frame_folder(tmp_path / "v", frames, None, audio, 16_000)
+    one = ClipSettings(num_segments=1, frames_per_segment=4, frame_stride=2, stack_length=2, crop_size=32)
+    halves = [VideoEntry(path=tmp_path / "v", labels=[0], start=s, end=e) for s, e in ((1, 25), (26, 50))]
+    first, second = (dataset([h], ["x"], modalities=["audio"], clip=one)[0]["audio"] for h in halves)
+    assert second.mean() > first.mean() + 1.0  # log power: the tone is far louder than silence

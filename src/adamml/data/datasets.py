@@ -99,7 +99,11 @@ class VideoDataset(Dataset):
         return len(self.entries)
 
     def set_epoch(self, epoch: int) -> None:
-        """Change the random draws (offsets, crops) for a new epoch, reproducibly."""
+        """Change the random draws (offsets, crops) for a new epoch, reproducibly.
+
+        Call it before creating the epoch's DataLoader iterator: workers copy the dataset
+        when the iterator starts, so with ``persistent_workers=True`` they keep the old epoch.
+        """
         self.epoch = int(epoch)
 
     def rng(self, index: int) -> np.random.Generator:
@@ -124,9 +128,9 @@ class VideoDataset(Dataset):
         elif path.is_dir():
             from adamml.data.video import decode_frame_folder
 
-            decoded = decode_frame_folder(
-                path, self.decode, entry.start, entry.end, audio_path=frame_folder_audio(path)
-            )
+            # Name the expected WAV when there is none, so the missing-audio warning says it.
+            audio = frame_folder_audio(path) or path.with_name(path.name + ".wav")
+            decoded = decode_frame_folder(path, self.decode, entry.start, entry.end, audio_path=audio)
         else:
             from adamml.data.video import decode_video
 
