@@ -349,3 +349,9 @@ def test_sports1m_labels_need_487_lines(tmp_path: Path) -> None:
     (tmp_path / "short.txt").write_text("a\nb\n")
     with pytest.raises(DatasetError, match="2 classes, expected 487"):
         read_sports1m_classes(tmp_path / "short.txt")
+
+
+def test_named_dataset_without_full_class_list_is_an_error(tmp_path: Path) -> None:
+    touch(tmp_path / "train" / "archery" / "a.mp4")
+    with pytest.raises(DatasetError, match=r"Mini-Sports1M has 487 classes but 1 were found; write .*classes\.txt"):
+        discover(tmp_path, "train", "mini_sports1m")

@@ -303,10 +303,18 @@ def discover(
         list_names += list(info.list_files.get(split, ()))
     list_file = _first_file(root / n for n in list_names)
     if list_file is not None:
-        return read_official_list(list_file, root, class_names)
-    if (root / f"{split}.csv").is_file():
-        return read_csv(root / f"{split}.csv", root, class_names)
-    if (root / split).is_dir():
-        return read_class_folders(root / split, class_names)
-    looked = ", ".join([*list_names, f"{split}.csv", f"{split}/<class>/<video>"])
-    raise DatasetError(f"{root}: no {split!r} split found; looked for {looked}")
+        found = read_official_list(list_file, root, class_names)
+    elif (root / f"{split}.csv").is_file():
+        found = read_csv(root / f"{split}.csv", root, class_names)
+    elif (root / split).is_dir():
+        found = read_class_folders(root / split, class_names)
+    else:
+        looked = ", ".join([*list_names, f"{split}.csv", f"{split}/<class>/<video>"])
+        raise DatasetError(f"{root}: no {split!r} split found; looked for {looked}")
+    if info is not None and len(found[1]) != info.num_classes:
+        # Names guessed from one split of a benchmark would silently shift class indices.
+        raise DatasetError(
+            f"{root}: {info.title} has {info.num_classes} classes but {len(found[1])} were found; "
+            f"write {root / 'classes.txt'} from {info.class_source}"
+        )
+    return found
