@@ -242,3 +242,8 @@ def test_frame_folder_listed_from_a_later_frame_reads_the_matching_audio(tmp_pat
     halves = [VideoEntry(path=tmp_path / "v", labels=[0], start=s, end=e) for s, e in ((1, 25), (26, 50))]
     first, second = (dataset([h], ["x"], modalities=["audio"], clip=one)[0]["audio"] for h in halves)
     assert second.mean() > first.mean() + 1.0  # log power: the tone is far louder than silence
+
+
+def test_build_datasets_for_evaluation_only(videos: Path) -> None:
+    train_ds, val_ds, names = build_datasets(config_for(videos), with_train=False)
+    assert train_ds is None and names == ["bell", "drum"] and len(val_ds) == 2

@@ -196,9 +196,11 @@ class VideoDataset(Dataset):
 
 
 def build_datasets(
-    config: ExperimentConfig, *, modalities: list[str] | None = None
-) -> tuple[VideoDataset, VideoDataset, list[str]]:
+    config: ExperimentConfig, *, modalities: list[str] | None = None, with_train: bool = True
+) -> tuple[VideoDataset | None, VideoDataset, list[str]]:
     """Train and validation datasets of an experiment config, and the class names.
+
+    ``with_train=False`` (evaluation) skips the training split and returns None for it.
 
     Modalities default to the model's, plus "rgbdiff" when "flow" is used with the policy's
     RGB-difference proxy (SPEC: the policy never computes flow to decide). The cache is
@@ -212,8 +214,10 @@ def build_datasets(
     root = Path(data.root)
     info = DATASETS.get(data.dataset)
     dataset_name = data.dataset if info is not None else None
-    train_entries, class_names = discover(root, data.train_split, dataset_name)
-    val_entries, _ = discover(root, data.val_split, dataset_name, class_names=class_names)
+    class_names: list[str] | None = None
+    if with_train:
+        train_entries, class_names = discover(root, data.train_split, dataset_name)
+    val_entries, class_names = discover(root, data.val_split, dataset_name, class_names=class_names)
     if len(class_names) != config.model.num_classes:
         raise DatasetError(
             f"{root}: the dataset has {len(class_names)} classes but model.num_classes is "
@@ -233,6 +237,6 @@ def build_datasets(
         modalities=modalities, clip=data.clip, decode=data.decode, cache=cache,
         multi_label=multi_label, seed=config.train.seed,
     )
-    train_ds = VideoDataset(train_entries, class_names, train=True, **common)
+    train_ds = VideoDataset(train_entries, class_names, train=True, **common) if with_train else None
     val_ds = VideoDataset(val_entries, class_names, train=False, num_segments=data.eval_segments, **common)
     return train_ds, val_ds, class_names
