@@ -9,7 +9,8 @@ Three layouts are read, and :func:`discover` tries them in this order:
        path start_frame end_frame label [label ...]
 
    ``path`` is relative to ``root`` (or absolute) and is usually a *frame folder* holding
-   ``img_00001.jpg`` ... (or ``00001.jpg`` ...), TV-L1 flow as ``x_00001.jpg``/``y_00001.jpg``;
+   ``img_00001.jpg`` ..., TV-L1 flow as ``x_00001.jpg``/``y_00001.jpg`` (the reference's bare
+   ``00001.jpg`` names are not read: rename them);
    it may also be a video file. Frame numbers are 1-based and inclusive. Labels are class
    indices (0-based), or class names when a class list is known. The audio of a frame folder
    ``F`` is read from ``F.wav`` (a WAV beside the folder) or ``F/audio.wav`` (inside it); see
