@@ -20,6 +20,15 @@ B, K, T, H = 2, 3, 4, 32
 CLIP = ClipSettings(num_segments=K, frames_per_segment=T, stack_length=2, crop_size=H)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny convolutions run far faster on one thread than on two contended ones."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def tiny_cfg(modalities: list[str], **policy) -> ModelConfig:
     pcfg = dict(backbone="mobilenet_v2_tiny", frames=4, resolution=24, joint_dim=32, hidden_size=16)
     pcfg.update(policy)
