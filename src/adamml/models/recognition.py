@@ -1,0 +1,253 @@
+"""Per-modality recognition sub-networks: one segment in, segment logits and features out.
+
+Layouts (adamml.layouts, without the batch's K dimension, which callers fold into N):
+
+    visual  (N, T, C, H, W)   C = 3 (rgb), 2L (flow), 3L (rgbdiff)
+    audio   (N, 1, F, S)      log spectrogram
+
+Two families, named by ``BackboneSpec.family``:
+
+- "resnet": the reference's TSN-like network. The torchvision ResNet's own stem and stages
+  (``conv1 bn1 relu maxpool layer1..4``) run on the frames folded into the batch, with
+  ``TemporalMaxPool`` after stages 1, 2 and 3 (T, ceil(T/2), ... frames: 8 -> 4 -> 2 -> 1);
+  then global average pooling, the mean over the frames left, dropout and ``fc``.
+- "framewise": MobileNetV2 / EfficientNet ``features`` on every frame, globally pooled and
+  averaged over frames (no temporal pooling: these are the light audio nets and the
+  EfficientNet pairing of the paper), then ``classifier = Sequential(Dropout, Linear)``.
+
+Parameter names are torchvision's (``conv1.weight``, ``features.0.0.weight``, ``fc.weight``,
+``classifier.1.weight``), so an ImageNet state dict loads without renaming.
+"""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange, reduce
+from torch import nn
+
+from adamml.config import ModelConfig
+from adamml.data.types import ClipSettings
+from adamml.layouts import check_modalities
+from adamml.models.backbones import create_backbone, get_backbone_spec, load_pretrained
+from adamml.models.temporal import TemporalMaxPool
+
+
+def modality_channels(modality: str, clip: ClipSettings) -> int:
+    """Input channels per frame position: rgb 3, flow 2L, rgbdiff 3L, audio 1."""
+    channels = {
+        "rgb": 3,
+        "flow": 2 * clip.stack_length,
+        "rgbdiff": 3 * clip.stack_length,
+        "audio": 1,
+    }
+    check_modalities([modality])
+    return channels[modality]
+
+
+def spectrogram_shape(clip: ClipSettings, sample_rate: int = 24_000) -> tuple[int, int]:
+    """(F, S) of one segment's spectrogram, as ``adamml.modalities.audio`` computes it.
+
+    F = n_fft // 2 + 1 (linear) or n_mels; S = ``clip.audio_frames`` when set (every shipped
+    config sets it), else the centred STFT's frame count, which depends on ``sample_rate``
+    only through rounding (256 for 1.28 s at a 5 ms hop).
+    """
+    if clip.audio_frames:
+        bins = clip.n_mels if clip.spectrogram == "mel" else clip.n_fft // 2 + 1
+        return bins, clip.audio_frames
+    from adamml.modalities.audio import spectrogram_shape as audio_shape
+
+    return audio_shape(sample_rate, clip)
+
+
+class RecognitionNet(nn.Module):
+    """Base of the sub-networks: ``forward(x) -> (logits (N, C), features (N, D))``.
+
+    ``features`` are the pooled, frame-averaged activations the classifier sees (before
+    dropout), what feature-level fusion ("fc") uses.
+    """
+
+    def __init__(self, modality: str, num_classes: int, feature_dim: int, frames: int) -> None:
+        super().__init__()
+        self.modality = modality
+        self.num_classes = num_classes
+        self.feature_dim = feature_dim
+        self.frames = frames  # T for visual modalities, 1 for audio
+
+    def input_shape(self, clip: ClipSettings) -> tuple[int, ...]:
+        """Shape of one sample (no batch): (T, C, H, W) visual, (1, F, S) audio."""
+        if self.modality == "audio":
+            return (1, *spectrogram_shape(clip))
+        return (
+            clip.frames_per_segment,
+            modality_channels(self.modality, clip),
+            clip.crop_size,
+            clip.crop_size,
+        )
+
+    def _fold(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, T, C, H, W) or audio (N, 1, F, S) -> (N*T, C, H, W), checking T."""
+        if self.modality == "audio":
+            if x.dim() != 4:
+                raise ValueError(f"audio input must be (N, 1, F, S), got {tuple(x.shape)}")
+            return x
+        if x.dim() != 5 or x.shape[1] != self.frames:
+            raise ValueError(
+                f"{self.modality} input must be (N, T={self.frames}, C, H, W), got {tuple(x.shape)}"
+            )
+        return rearrange(x, "n t c h w -> (n t) c h w")
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.forward_features(x)
+        return self.classify(features), features
+
+
+class TSNResNet(RecognitionNet):
+    """A torchvision ResNet with temporal max pooling after stages 1-3 (the reference's net)."""
+
+    def __init__(
+        self,
+        resnet: nn.Module,
+        *,
+        modality: str,
+        num_classes: int,
+        frames: int,
+        temporal_pool: bool = True,
+        dropout: float = 0.5,
+    ) -> None:
+        feature_dim = resnet.fc.in_features
+        super().__init__(modality, num_classes, feature_dim, frames)
+        self.conv1, self.bn1, self.relu, self.maxpool = (
+            resnet.conv1,
+            resnet.bn1,
+            resnet.relu,
+            resnet.maxpool,
+        )
+        self.layer1, self.layer2, self.layer3, self.layer4 = (
+            resnet.layer1,
+            resnet.layer2,
+            resnet.layer3,
+            resnet.layer4,
+        )
+        t = frames
+        pools = []
+        for _ in range(3):
+            if temporal_pool and t > 1:
+                pool = TemporalMaxPool(t, kernel=3, stride=2)
+                t = pool.out_frames
+                pools.append(pool)
+            else:
+                pools.append(nn.Identity())
+        self.pool1, self.pool2, self.pool3 = pools
+        self.frames_out = t  # frames layer4 sees
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(feature_dim, num_classes)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        y = self.maxpool(self.relu(self.bn1(self.conv1(self._fold(x)))))
+        y = self.pool1(self.layer1(y))
+        y = self.pool2(self.layer2(y))
+        y = self.pool3(self.layer3(y))
+        y = self.layer4(y)
+        return reduce(y, "(n t) d h w -> n d", "mean", n=n)
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.dropout(features))
+
+
+class FramewiseNet(RecognitionNet):
+    """A 2D ``features`` trunk (MobileNetV2, EfficientNet) on each frame, averaged over frames."""
+
+    def __init__(
+        self,
+        trunk: nn.Module,
+        *,
+        modality: str,
+        num_classes: int,
+        frames: int,
+        feature_dim: int,
+        dropout: float = 0.5,
+    ) -> None:
+        super().__init__(modality, num_classes, feature_dim, frames)
+        self.features = trunk.features
+        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(feature_dim, num_classes))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        y = self.features(self._fold(x))
+        return reduce(y, "(n t) d h w -> n d", "mean", n=n)
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(features)
+
+
+def build_recognition_net(
+    modality: str,
+    backbone: str,
+    *,
+    num_classes: int,
+    clip: ClipSettings,
+    temporal_pool: bool = True,
+    dropout: float = 0.5,
+    pretrained: str | None = None,
+) -> RecognitionNet:
+    """The sub-network for one modality, random weights unless ``pretrained`` names a file.
+
+    ``pretrained`` is a local file (torchvision state dict, or our checkpoint of this
+    sub-network); RGB first-conv weights are inflated for flow/rgbdiff/audio inputs and a
+    classifier with another class count is left freshly initialised.
+    """
+    spec = get_backbone_spec(backbone)
+    in_channels = modality_channels(modality, clip)
+    frames = 1 if modality == "audio" else clip.frames_per_segment
+    model = create_backbone(backbone, in_channels)
+    net: RecognitionNet
+    if spec.family == "resnet":
+        net = TSNResNet(
+            model,
+            modality=modality,
+            num_classes=num_classes,
+            frames=frames,
+            temporal_pool=temporal_pool,
+            dropout=dropout,
+        )
+    else:
+        feature_dim = int(getattr(model, "last_channel", spec.feature_dim))
+        net = FramewiseNet(
+            model,
+            modality=modality,
+            num_classes=num_classes,
+            frames=frames,
+            feature_dim=feature_dim,
+            dropout=dropout,
+        )
+    if pretrained:
+        load_pretrained(net, pretrained)
+    return net
+
+
+def build_recognition_nets(model_cfg: ModelConfig, clip: ClipSettings) -> nn.ModuleDict:
+    """One sub-network per ``model_cfg.modalities`` entry, keyed and ordered by modality."""
+    nets = nn.ModuleDict()
+    for modality in check_modalities(model_cfg.modalities):
+        if modality not in model_cfg.backbones:
+            raise ValueError(
+                f"model.backbones has no entry for modality {modality!r} "
+                f"(it has {', '.join(model_cfg.backbones) or 'none'})"
+            )
+        nets[modality] = build_recognition_net(
+            modality,
+            model_cfg.backbones[modality],
+            num_classes=model_cfg.num_classes,
+            clip=clip,
+            temporal_pool=model_cfg.temporal_pool,
+            dropout=model_cfg.dropout,
+            pretrained=model_cfg.pretrained.get(modality) or None,
+        )
+    return nets
