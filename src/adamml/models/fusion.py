@@ -1,0 +1,220 @@
+"""Late-fusion heads: segment outputs of the M recognition sub-networks -> video logits.
+
+Every head has the same call::
+
+    forward(segment_logits (B, K, M, C),
+            features: list of M tensors (B, K, D_m) or None,
+            mask: (B, K, M) float in {0, 1} or None (None = everything computed))
+        -> video logits (B, C)
+
+and the same rules for what the policy skipped (mask 0):
+
+- a masked (segment, modality) pair contributes nothing, neither its logits nor its features
+  (its values are ignored, so callers may leave zeros or garbage there);
+- each segment is fused from the modalities selected on it; the video logits are the mean of
+  the fused segment logits over the segments where at least one modality was selected
+  (a segment with nothing selected is left out of the mean);
+- a video with nothing selected on any segment gets all-zero logits, i.e. uniform
+  probabilities.
+
+The mask is used multiplicatively, so with the policy's straight-through decisions the
+gradient reaches the policy through it.
+"""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+from torch import nn
+
+
+def _check(
+    segment_logits: torch.Tensor, mask: torch.Tensor | None, num_modalities: int
+) -> torch.Tensor:
+    if segment_logits.dim() != 4 or segment_logits.shape[2] != num_modalities:
+        raise ValueError(
+            f"segment logits must be (B, K, M={num_modalities}, C), got {tuple(segment_logits.shape)}"
+        )
+    if mask is None:
+        return segment_logits.new_ones(segment_logits.shape[:3])
+    if mask.shape != segment_logits.shape[:3]:
+        raise ValueError(
+            f"mask must be (B, K, M) = {tuple(segment_logits.shape[:3])}, got {tuple(mask.shape)}"
+        )
+    return mask.to(segment_logits.dtype)
+
+
+def average_segments(fused: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, K, C) fused segment logits -> (B, C): mean over segments with any modality selected.
+
+    A video with no selected segment gets zeros (uniform probabilities).
+    """
+    # 1 where the segment has at least one modality; keeps the straight-through gradient.
+    used = mask.amax(dim=2)  # (B, K)
+    count = used.detach().sum(dim=1, keepdim=True).clamp(min=1.0)  # (B, 1)
+    return (fused * used.unsqueeze(-1)).sum(dim=1) / count
+
+
+def _weighted_segments(
+    segment_logits: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
+    """Per segment: sum_m w_m mask_m logit_m / sum_m w_m mask_m (weights (M, C) or (M, 1))."""
+    w = weights.unsqueeze(0).unsqueeze(0) * mask.unsqueeze(-1)  # (B, K, M, C)
+    norm = w.sum(dim=2)  # (B, K, C); 0 only where nothing was selected
+    # Divide by 1 on empty segments (numerator 0) so no huge gradient reaches their mask.
+    norm = torch.where(norm > 0, norm, torch.ones_like(norm))
+    return (w * segment_logits).sum(dim=2) / norm
+
+
+class UnimodalFusion(nn.Module):
+    """One modality: its segment logits averaged over the segments where it ran."""
+
+    requires_features = False
+
+    def __init__(
+        self, modalities: list[str], num_classes: int, feature_dims: list[int] | None = None
+    ):
+        super().__init__()
+        if len(modalities) != 1:
+            raise ValueError(f"unimodal fusion takes exactly one modality, got {modalities}")
+        self.modalities = list(modalities)
+        self.output_dim = num_classes
+
+    def forward(self, segment_logits, features=None, mask=None):
+        mask = _check(segment_logits, mask, 1)
+        fused = segment_logits[:, :, 0] * mask
+        return average_segments(fused, mask)
+
+
+class AverageFusion(nn.Module):
+    """Plain mean of the selected modalities' logits on each segment."""
+
+    requires_features = False
+
+    def __init__(
+        self, modalities: list[str], num_classes: int, feature_dims: list[int] | None = None
+    ):
+        super().__init__()
+        self.modalities = list(modalities)
+        self.output_dim = num_classes
+
+    def forward(self, segment_logits, features=None, mask=None):
+        mask = _check(segment_logits, mask, len(self.modalities))
+        weights = segment_logits.new_ones(len(self.modalities), 1)
+        return average_segments(_weighted_segments(segment_logits, mask, weights), mask)
+
+
+class WeightedFusion(nn.Module):
+    """Learned per-modality weights w = softmax(alpha) (M free logits, start equal).
+
+    The reference keeps M-1 free weights and 1 - sum for the last, which can go negative; a
+    softmax keeps every weight positive and the sum 1. On a segment where only some modalities
+    ran, their weights are renormalised to sum 1, so a lone modality keeps its logit scale.
+    """
+
+    requires_features = False
+
+    def __init__(
+        self, modalities: list[str], num_classes: int, feature_dims: list[int] | None = None
+    ):
+        super().__init__()
+        self.modalities = list(modalities)
+        self.output_dim = num_classes
+        self.alpha = nn.Parameter(torch.zeros(len(self.modalities)))
+
+    def weights(self) -> torch.Tensor:
+        """(M,) fusion weights, positive, summing to 1."""
+        return self.alpha.softmax(dim=0)
+
+    def forward(self, segment_logits, features=None, mask=None):
+        mask = _check(segment_logits, mask, len(self.modalities))
+        w = self.weights().unsqueeze(-1)  # (M, 1)
+        return average_segments(_weighted_segments(segment_logits, mask, w), mask)
+
+
+class ClasswiseFusion(nn.Module):
+    """Learned per-modality, per-class weights: softmax over modalities for each class (M, C)."""
+
+    requires_features = False
+
+    def __init__(
+        self, modalities: list[str], num_classes: int, feature_dims: list[int] | None = None
+    ):
+        super().__init__()
+        self.modalities = list(modalities)
+        self.output_dim = num_classes
+        self.alpha = nn.Parameter(torch.zeros(len(self.modalities), num_classes))
+
+    def weights(self) -> torch.Tensor:
+        """(M, C) weights; each class's column sums to 1."""
+        return self.alpha.softmax(dim=0)
+
+    def forward(self, segment_logits, features=None, mask=None):
+        mask = _check(segment_logits, mask, len(self.modalities))
+        return average_segments(_weighted_segments(segment_logits, mask, self.weights()), mask)
+
+
+class FCFusion(nn.Module):
+    """The paper's "Fusion*": an MLP on the concatenated features of each segment.
+
+    Features (B, K, D_m) of skipped modalities are zeroed before concatenation, so the head
+    sees "not computed" as zeros; as for every head, segments with nothing selected are left
+    out. Layout: concat over m -> (B, K, sum D_m) -> Linear, ReLU, Dropout, Linear -> (B, K, C).
+    """
+
+    requires_features = True
+
+    def __init__(
+        self,
+        modalities: list[str],
+        num_classes: int,
+        feature_dims: list[int],
+        hidden_dim: int = 512,
+        dropout: float = 0.5,
+    ):
+        super().__init__()
+        if feature_dims is None or len(feature_dims) != len(modalities):
+            raise ValueError(
+                f"fc fusion needs one feature size per modality ({len(modalities)}), got {feature_dims}"
+            )
+        self.modalities = list(modalities)
+        self.output_dim = num_classes
+        self.feature_dims = list(feature_dims)
+        self.head = nn.Sequential(
+            nn.Linear(sum(feature_dims), hidden_dim),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(hidden_dim, num_classes),
+        )
+
+    def forward(self, segment_logits, features=None, mask=None):
+        mask = _check(segment_logits, mask, len(self.modalities))
+        if features is None or len(features) != len(self.modalities):
+            raise ValueError("fc fusion needs the segment features of every modality")
+        for f, d in zip(features, self.feature_dims, strict=True):
+            if f.shape[-1] != d or f.shape[:2] != mask.shape[:2]:
+                raise ValueError(f"feature of shape {tuple(f.shape)}, expected (B, K, {d})")
+        joint = torch.cat([f * mask[:, :, m : m + 1] for m, f in enumerate(features)], dim=-1)
+        b = joint.shape[0]
+        fused = rearrange(self.head(rearrange(joint, "b k d -> (b k) d")), "(b k) c -> b k c", b=b)
+        return average_segments(fused, mask)
+
+
+FUSIONS: dict[str, type[nn.Module]] = {
+    "unimodal": UnimodalFusion,
+    "average": AverageFusion,
+    "weighted": WeightedFusion,
+    "classwise": ClasswiseFusion,
+    "fc": FCFusion,
+}
+
+
+def build_fusion(
+    name: str, modalities: list[str], num_classes: int, feature_dims: list[int] | None = None
+) -> nn.Module:
+    """A fusion head by name (``FUSIONS``); ``feature_dims`` are needed by "fc" only."""
+    try:
+        cls = FUSIONS[name]
+    except KeyError:
+        raise ValueError(f"unknown fusion {name!r}: expected one of {', '.join(FUSIONS)}") from None
+    return cls(list(modalities), num_classes, feature_dims)
