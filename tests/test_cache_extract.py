@@ -135,3 +135,24 @@ def test_cli_extracts_a_class_folder_split(tmp_path: Path, capsys: pytest.Captur
     assert "extracted 2" in out and "broken.mp4" in out
     cache = VideoCache(tmp_path / "data" / "cache", SETTINGS)
     assert cache.has(tmp_path / "data" / "train" / "cat" / "cat.mp4")
+
+
+def test_lazy_load_decodes_only_what_is_indexed_and_matches_eager(tmp_path: Path) -> None:
+    from adamml.data.cache import LazyImages
+    from adamml.modalities.flow import flow_clip
+    from adamml.modalities.rgb import rgb_clip
+    from adamml.modalities.spatial import Crop
+
+    cache = VideoCache(tmp_path, SETTINGS)
+    cache.save("x.mp4", _decoded())
+    eager, lazy = cache.load("x.mp4"), cache.load("x.mp4", lazy=True)
+    assert isinstance(lazy.frames, LazyImages) and isinstance(lazy.flow, LazyImages)
+    assert lazy.num_frames == 6 and lazy.frames.shape == eager.frames.shape
+    np.testing.assert_array_equal(lazy.frames[np.array([4, 1])], eager.frames[[4, 1]])
+    np.testing.assert_array_equal(lazy.frames[-1], eager.frames[-1])
+    np.testing.assert_array_equal(np.asarray(lazy.flow), eager.flow)
+    indices, crop = np.array([[0, 2], [3, 5]]), Crop(0, 8, 32)
+    np.testing.assert_array_equal(rgb_clip(lazy.frames, indices, crop, 32), rgb_clip(eager.frames, indices, crop, 32))
+    np.testing.assert_array_equal(
+        flow_clip(lazy.flow, indices, 2, crop, 32), flow_clip(eager.flow, indices, 2, crop, 32)
+    )

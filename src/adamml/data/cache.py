@@ -35,7 +35,7 @@ import numpy as np
 
 from adamml.data.types import DecodedVideo, DecodeSettings
 
-__all__ = ["CacheError", "VideoCache", "settings_fingerprint", "CACHE_VERSION"]
+__all__ = ["CacheError", "VideoCache", "LazyImages", "settings_fingerprint", "CACHE_VERSION"]
 
 CACHE_VERSION = 1
 # Settings that change what is stored (strict_audio only changes whether extraction fails).
@@ -78,6 +78,52 @@ def _unpack(data: np.ndarray, offsets: np.ndarray, flags: int, where: str) -> li
             raise CacheError(f"{where}: image {i} is corrupt")
         images.append(image)
     return images
+
+
+class LazyImages:
+    """An array-like (N, H, W, C) uint8 that decodes only the images it is indexed with.
+
+    A training sample uses a few dozen of a video's hundreds of frames; decoding all of them
+    on every ``__getitem__`` would dominate data loading. Supports ``len``, ``shape``,
+    ``dtype``, ``ndim``, integer / slice / integer-array indexing and ``np.asarray``.
+    ``channels`` is 3 (RGB frames) or 2 (flow: planes x, y stored as consecutive images).
+    """
+
+    def __init__(self, data: np.ndarray, offsets: np.ndarray, shape: tuple[int, ...], where: str) -> None:
+        self._data, self._offsets, self._where = data, offsets, where
+        self.shape = tuple(int(v) for v in shape)
+        self.dtype = np.dtype(np.uint8)
+        self.ndim = len(self.shape)
+        self._planes = 2 if self.shape[-1] == 2 else 1  # flow: one grayscale image per plane
+        expected = self.shape[0] * self._planes + 1
+        if len(offsets) != expected:
+            raise CacheError(f"{where}: {len(offsets) - 1} images stored, expected {expected - 1}")
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _decode(self, i: int) -> np.ndarray:
+        if self._planes == 1:
+            bgr = _unpack(self._data, self._offsets[i : i + 2], cv2.IMREAD_COLOR, self._where)[0]
+            return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        planes = _unpack(self._data, self._offsets[2 * i : 2 * i + 3], cv2.IMREAD_GRAYSCALE, self._where)
+        return np.stack(planes, axis=-1)
+
+    def __getitem__(self, key: int | slice | np.ndarray | Sequence[int]) -> np.ndarray:
+        if isinstance(key, int | np.integer):
+            index = int(key) + (self.shape[0] if key < 0 else 0)
+            if not 0 <= index < self.shape[0]:
+                raise IndexError(f"image {key} out of range for {self.shape[0]}")
+            return self._decode(index)
+        indices = np.arange(self.shape[0])[key]
+        out = np.empty((len(indices), *self.shape[1:]), np.uint8)
+        for j, i in enumerate(indices):
+            out[j] = self._decode(int(i))
+        return out
+
+    def __array__(self, dtype: np.dtype | None = None, copy: bool | None = None) -> np.ndarray:
+        full = self[np.arange(self.shape[0])]
+        return full if dtype is None else full.astype(dtype)
 
 
 class VideoCache:
@@ -169,8 +215,12 @@ class VideoCache:
             raise
         return target
 
-    def load(self, video_path: str | Path) -> DecodedVideo:
-        """Read a cached video back; a missing or damaged file raises :class:`CacheError`."""
+    def load(self, video_path: str | Path, *, lazy: bool = False) -> DecodedVideo:
+        """Read a cached video back; a missing or damaged file raises :class:`CacheError`.
+
+        ``lazy=True``: JPEG/PNG-stored frames and flow come back as :class:`LazyImages`
+        (decoded when indexed), which the modality functions accept like arrays.
+        """
         path = self.entry_path(video_path)
         if not path.is_file():
             raise CacheError(
@@ -183,18 +233,14 @@ class VideoCache:
                 if info.get("version") != CACHE_VERSION:
                     raise CacheError(f"{path}: cache version {info.get('version')}, expected {CACHE_VERSION}; {hint}")
                 if "frames_jpeg" in npz:
-                    images = _unpack(npz["frames_jpeg"], npz["frames_offsets"], cv2.IMREAD_COLOR, str(path))
-                    frames = np.stack([cv2.cvtColor(im, cv2.COLOR_BGR2RGB) for im in images]) if images else (
-                        np.zeros(info["frames_shape"], np.uint8)
-                    )
+                    packed = LazyImages(npz["frames_jpeg"], npz["frames_offsets"], info["frames_shape"], str(path))
+                    frames = packed if lazy else np.asarray(packed)
                 else:
                     frames = npz["frames"]
                 flow = None
                 if "flow_png" in npz:
-                    shape = tuple(int(v) for v in npz["flow_shape"])
-                    planes = _unpack(npz["flow_png"], npz["flow_offsets"], cv2.IMREAD_GRAYSCALE, str(path))
-                    flow = np.stack(planes).reshape(shape[0], 2, shape[1], shape[2]).transpose(0, 2, 3, 1)
-                    flow = np.ascontiguousarray(flow)
+                    packed = LazyImages(npz["flow_png"], npz["flow_offsets"], tuple(npz["flow_shape"]), str(path))
+                    flow = packed if lazy else np.asarray(packed)
                 elif "flow" in npz:
                     flow = npz["flow"]
                 audio = npz["audio"]
@@ -202,7 +248,7 @@ class VideoCache:
             raise
         except (zipfile.BadZipFile, ValueError, KeyError, EOFError, OSError, json.JSONDecodeError) as exc:
             raise CacheError(f"{path}: damaged cache file ({type(exc).__name__}: {exc}); {hint}") from None
-        if list(frames.shape) != info["frames_shape"]:
+        if list(frames.shape) != list(info["frames_shape"]):
             raise CacheError(f"{path}: frames have shape {frames.shape}, expected {info['frames_shape']}; {hint}")
         return DecodedVideo(
             frames=frames,
