@@ -1,0 +1,268 @@
+"""Cost of a model configuration, counted from the real modules (``adamml flops``).
+
+Counting rule: ``torch.utils.flop_counter.FlopCounterMode``, which counts 2 FLOPs per
+multiply-add of convolutions and matrix products (nothing for batch norm, activations or
+pooling). The field (and the AdaMML paper) calls multiply-adds "FLOPs" (ResNet-50 at 224^2 =
+"4.1 GFLOPs"), so what we report as **GFLOPs is 1e9 multiply-adds (GMACs)**; ``--raw``
+gives FlopCounterMode's own count (2 per multiply-add).
+
+Modules are built on the ``meta`` device, so even ResNet-50 on 8x224^2 frames is counted
+instantly: no memory is allocated and no arithmetic is done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from adamml.config import ConfigError, ExperimentConfig, ModelConfig, load_config
+from adamml.data.types import ClipSettings
+from adamml.models.recognition import build_recognition_net, spectrogram_shape
+
+
+def count_flops(module: nn.Module, *inputs: torch.Tensor) -> int:
+    """FLOPs (2 per multiply-add) of one ``module(*inputs)`` call, inputs on module's device."""
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        module(*inputs)
+    return int(counter.get_total_flops())
+
+
+def count_macs(module: nn.Module, *inputs: torch.Tensor) -> int:
+    """Multiply-adds of one ``module(*inputs)`` call (what papers call FLOPs)."""
+    return count_flops(module, *inputs) // 2
+
+
+def _on_meta(build: Callable[[], nn.Module]) -> nn.Module:
+    with torch.device("meta"):
+        return build().eval()
+
+
+@dataclass
+class ModuleCost:
+    """Cost of one network for one segment: raw FLOPs (2 per multiply-add)."""
+
+    name: str
+    backbone: str
+    input_shape: tuple[int, ...]
+    flops: int
+    parts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def gmacs(self) -> float:
+        return self.flops / 2e9
+
+
+def recognition_cost(
+    modality: str, backbone: str, clip: ClipSettings, num_classes: int, temporal_pool: bool = True
+) -> ModuleCost:
+    """One segment through the recognition sub-network of ``modality``."""
+    net = _on_meta(
+        lambda: build_recognition_net(
+            modality, backbone, num_classes=num_classes, clip=clip, temporal_pool=temporal_pool
+        )
+    )
+    shape = net.input_shape(clip)
+    x = torch.empty((1, *shape), device="meta")
+    return ModuleCost(modality, backbone, shape, count_flops(net, x))
+
+
+def policy_cost(model_cfg: ModelConfig, clip: ClipSettings) -> ModuleCost | None:
+    """One segment (one LSTM step) through the policy network; None if it is not built yet."""
+    try:
+        from adamml.models.policy import build_policy
+    except ImportError:
+        return None
+    policy = _on_meta(lambda: build_policy(model_cfg, clip))
+    inputs = {}
+    shapes = []
+    for source in policy.extractors:
+        if source == "audio":
+            shape: tuple[int, ...] = (1, *spectrogram_shape(clip))
+        else:
+            channels = {"rgb": 3, "rgbdiff": 3 * clip.stack_length, "flow": 2 * clip.stack_length}
+            r = policy.resolution
+            shape = (len(policy.frame_indices), channels[source], r, r)
+        shapes.append(shape)
+        inputs[source] = torch.empty((1, 1, *shape), device="meta")
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        policy(inputs, temperature=1.0, sample=False)
+    counts = counter.get_flop_counts()
+    root = type(policy).__name__
+    parts = {}
+    for name, ops in counts.items():
+        prefix = f"{root}."
+        if name.startswith(prefix) and name.count(".") == 2 and ".extractors." in name:
+            parts[name.split(".")[-1]] = sum(ops.values())
+    total = int(counter.get_total_flops())
+    parts["joint+lstm+heads"] = total - sum(parts.values())
+    return ModuleCost(
+        "policy", model_cfg.policy.backbone, tuple(shapes[0]) if shapes else (), total, parts
+    )
+
+
+def modality_costs(model_cfg: ModelConfig, clip: ClipSettings) -> dict[str, float]:
+    """GMACs for one segment: each recognition modality, plus "policy" (0.0 if unavailable)."""
+    out = {
+        m: recognition_cost(
+            m, model_cfg.backbones[m], clip, model_cfg.num_classes, model_cfg.temporal_pool
+        ).gmacs
+        for m in model_cfg.modalities
+    }
+    pc = policy_cost(model_cfg, clip)
+    out["policy"] = pc.gmacs if pc is not None else 0.0
+    return out
+
+
+def video_gflops(
+    decisions: torch.Tensor, costs_per_modality: list[float], policy_cost: float
+) -> torch.Tensor:
+    """Per-video cost (B,) from decisions (B, K, M) in {0, 1}.
+
+    sum over segments of [policy_cost + sum_m decision * cost_m], in the unit of the costs
+    (GMACs from ``modality_costs``). SPEC section 5.
+    """
+    if decisions.dim() != 3 or decisions.shape[-1] != len(costs_per_modality):
+        raise ValueError(
+            f"decisions must be (B, K, M={len(costs_per_modality)}), got {tuple(decisions.shape)}"
+        )
+    costs = torch.as_tensor(costs_per_modality, dtype=torch.float64, device=decisions.device)
+    d = decisions.detach().to(torch.float64)
+    return (d * costs).sum(dim=(1, 2)) + policy_cost * decisions.shape[1]
+
+
+def flops_report(cfg: ExperimentConfig, segments: int | None = None) -> dict:
+    """Everything ``adamml flops`` prints, as data: raw FLOPs per segment and per video."""
+    clip = cfg.data.clip
+    model_cfg = cfg.model
+    k = segments or cfg.data.eval_segments or clip.num_segments
+    rows = []
+    for m in model_cfg.modalities:
+        if m not in model_cfg.backbones:
+            raise ConfigError(f"model.backbones has no entry for modality {m!r}")
+        c = recognition_cost(
+            m, model_cfg.backbones[m], clip, model_cfg.num_classes, model_cfg.temporal_pool
+        )
+        rows.append(
+            {
+                "name": m,
+                "backbone": c.backbone,
+                "input_shape": list(c.input_shape),
+                "per_segment": c.flops,
+                "per_video": c.flops * k,
+            }
+        )
+    pc = policy_cost(model_cfg, clip)
+    policy = None
+    if pc is not None:
+        policy = {
+            "name": "policy",
+            "backbone": pc.backbone,
+            "per_segment": pc.flops,
+            "per_video": pc.flops * k,
+            "parts_per_segment": pc.parts,
+        }
+    all_modalities = sum(r["per_video"] for r in rows)
+    return {
+        "config": cfg.name,
+        "segments": k,
+        "modalities": rows,
+        "policy": policy,
+        "all_modalities_per_video": all_modalities,
+        "adamml_max_per_video": all_modalities + (policy["per_video"] if policy else 0),
+    }
+
+
+def _fmt(flops: int, raw: bool) -> str:
+    return f"{flops:,d}" if raw else f"{flops / 2e9:.2f}"
+
+
+def format_report(report: dict, raw: bool = False) -> str:
+    unit = "FLOPs (2 per multiply-add)" if raw else "GFLOPs (= 1e9 multiply-adds)"
+    k = report["segments"]
+    lines = [f"{report['config']}: {unit}, {k} segments per video", ""]
+    header = f"{'network':<26} {'backbone':<18} {'input (one segment)':<22} {'per segment':>16} {'per video':>18}"
+    lines += [header, "-" * len(header)]
+    for r in report["modalities"]:
+        shape = "x".join(str(s) for s in r["input_shape"])
+        lines.append(
+            f"{r['name']:<26} {r['backbone']:<18} {shape:<22} {_fmt(r['per_segment'], raw):>16} {_fmt(r['per_video'], raw):>18}"
+        )
+    p = report["policy"]
+    if p is not None:
+        lines.append(
+            f"{'policy':<26} {p['backbone']:<18} {'':<22} {_fmt(p['per_segment'], raw):>16} {_fmt(p['per_video'], raw):>18}"
+        )
+        for name, flops in p["parts_per_segment"].items():
+            lines.append(
+                f"{'  ' + name:<26} {'':<18} {'':<22} {_fmt(flops, raw):>16} {_fmt(flops * k, raw):>18}"
+            )
+    lines.append("-" * len(header))
+    names = "+".join(r["name"] for r in report["modalities"])
+    lines.append(
+        f"{'fusion, every modality':<26} {names:<18} {'':<22} {'':>16} {_fmt(report['all_modalities_per_video'], raw):>18}"
+    )
+    if p is not None:
+        lines.append(
+            f"{'AdaMML, all selected':<26} {'':<18} {'':<22} {'':>16} {_fmt(report['adamml_max_per_video'], raw):>18}"
+        )
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="a YAML file or a shipped config name")
+    parser.add_argument(
+        "--segments", type=int, default=None, help="segments per video (default: eval segments)"
+    )
+    parser.add_argument("--raw", action="store_true", help="raw FLOPs (2 per multiply-add)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config entry, e.g. data.clip.crop_size=112 (repeatable)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(args.config, args.overrides)
+        report = flops_report(cfg, args.segments)
+    except (ConfigError, ValueError) as exc:
+        print(f"adamml flops: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        out = dict(report, unit="flops" if args.raw else "gmacs")
+        if not args.raw:
+            out = _to_gmacs(out)
+        print(json.dumps(out, indent=2))
+    else:
+        print(format_report(report, raw=args.raw))
+    return 0
+
+
+def _to_gmacs(obj):
+    """Raw FLOPs ints under cost keys -> GMACs floats (JSON output without --raw)."""
+    keys = {"per_segment", "per_video", "all_modalities_per_video", "adamml_max_per_video"}
+    if isinstance(obj, dict):
+        return {
+            k: (
+                v / 2e9
+                if k in keys and isinstance(v, int)
+                else {n: f / 2e9 for n, f in v.items()}
+                if k == "parts_per_segment"
+                else _to_gmacs(v)
+            )
+            for k, v in obj.items()
+        }
+    if isinstance(obj, list):
+        return [_to_gmacs(v) for v in obj]
+    return obj
