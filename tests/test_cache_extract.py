@@ -57,6 +57,8 @@ def test_jpeg_storage_is_close_for_frames_and_exact_for_flow(tmp_path: Path) -> 
     mse = np.mean((loaded.frames.astype(float) - original.frames) ** 2)
     assert 10 * np.log10(255**2 / mse) > 30  # PSNR of JPEG quality 95 on a busy 32x48 texture
     np.testing.assert_array_equal(loaded.flow, original.flow)  # PNG: lossless
+    assert loaded.audio.dtype == np.float32
+    np.testing.assert_allclose(loaded.audio, original.audio, atol=0.6 / 32767)  # 16-bit PCM
     no_flow = VideoCache(tmp_path / "b", SETTINGS)
     no_flow.save("y.mp4", _decoded(with_flow=False))
     assert no_flow.load("y.mp4").flow is None
