@@ -59,25 +59,10 @@ def input_modalities(kind: str, model_cfg: ModelConfig) -> list[str]:
 
 
 def build_datasets(cfg: ExperimentConfig, modalities: list[str], *, with_train: bool = True):
-    """Train and validation datasets reading the extraction cache (or the videos directly)."""
-    from adamml.data.cache import VideoCache
-    from adamml.data.datasets import VideoDataset
-    from adamml.data.formats import discover
+    """Train and validation datasets for the tensors a stage needs (see adamml.data.datasets)."""
+    from adamml.data.datasets import build_datasets as build
 
-    data = cfg.data
-    dataset_name = None if data.dataset in ("folder", "csv", "list") else data.dataset
-    cache = None
-    if data.use_cache:
-        cache = VideoCache(Path(data.cache) if data.cache else Path(data.root) / "cache", data.decode)
-    train_entries, class_names = discover(data.root, data.train_split, dataset_name) if with_train else ([], None)
-    val_entries, class_names = discover(data.root, data.val_split, dataset_name, class_names=class_names)
-    common = dict(
-        modalities=modalities, clip=data.clip, decode=data.decode, cache=cache,
-        multi_label=data.multi_label, seed=cfg.train.seed,
-    )
-    train_set = VideoDataset(train_entries, class_names, train=True, **common) if with_train else None
-    val_set = VideoDataset(val_entries, class_names, train=False, num_segments=data.eval_segments, **common)
-    return train_set, val_set, class_names
+    return build(cfg, modalities=modalities, with_train=with_train)
 
 
 def load_recognition_from_unimodal(recognition: nn.ModuleDict, cfg: ExperimentConfig, *, required: bool = False) -> list[str]:
@@ -142,14 +127,14 @@ def train_unimodal(cfg: ExperimentConfig, modality: str, runtime: Runtime, *, re
     from adamml.models.multimodal import build_multimodal
 
     model_cfg = unimodal_model_config(cfg.model, modality)
-    train_set, val_set, _ = build_datasets(cfg, [modality])
+    train_set, val_set, class_names = build_datasets(cfg, [modality])
     model = build_multimodal(model_cfg, cfg.data.clip)
     task = _plain_task("unimodal", model, cfg, cfg.train.lr, cfg.train.lr_steps)
     return train_task(
         task, plain_schedule(cfg.train.epochs), cfg, train_set, val_set, runtime,
         stage_dir(cfg, "unimodal", modality),
         evaluate=_make_evaluator(cfg, "unimodal", model_cfg, runtime),
-        resume=resume, extra_state={"model_config": to_dict(model_cfg)},
+        resume=resume, extra_state={"model_config": to_dict(model_cfg), "class_names": class_names},
         fault_after_steps=fault_after_steps,
     )
 
@@ -159,7 +144,7 @@ def train_fusion(cfg: ExperimentConfig, method: str, runtime: Runtime, *, resume
 
     model_cfg = copy.deepcopy(cfg.model)
     model_cfg.fusion = method
-    train_set, val_set, _ = build_datasets(cfg, list(model_cfg.modalities))
+    train_set, val_set, class_names = build_datasets(cfg, list(model_cfg.modalities))
     model = build_multimodal(model_cfg, cfg.data.clip, fusion=method)
     if not resume:
         load_recognition_from_unimodal(model.recognition, cfg)
@@ -168,7 +153,7 @@ def train_fusion(cfg: ExperimentConfig, method: str, runtime: Runtime, *, resume
         task, plain_schedule(cfg.train.fusion_epochs), cfg, train_set, val_set, runtime,
         stage_dir(cfg, "fusion", method),
         evaluate=_make_evaluator(cfg, "fusion", model_cfg, runtime), resume=resume,
-        extra_state={"model_config": to_dict(model_cfg)},
+        extra_state={"model_config": to_dict(model_cfg), "class_names": class_names},
     )
 
 
@@ -221,7 +206,7 @@ def adamml_task(model: nn.Module, cfg: ExperimentConfig) -> Task:
 def train_adamml(cfg: ExperimentConfig, runtime: Runtime, *, resume: bool = False, fault_after_steps: int | None = None) -> dict:
     from adamml.models.adamml import build_adamml
 
-    train_set, val_set, _ = build_datasets(cfg, input_modalities("adamml", cfg.model))
+    train_set, val_set, class_names = build_datasets(cfg, input_modalities("adamml", cfg.model))
     model = build_adamml(cfg.model, cfg.data.clip)
     if not resume:
         load_recognition_from_unimodal(model.recognition, cfg)
@@ -229,7 +214,7 @@ def train_adamml(cfg: ExperimentConfig, runtime: Runtime, *, resume: bool = Fals
         adamml_task(model, cfg), adamml_schedule(cfg.train), cfg, train_set, val_set, runtime,
         stage_dir(cfg, "adamml"),
         evaluate=_make_evaluator(cfg, "adamml", cfg.model, runtime), resume=resume,
-        extra_state={"model_config": to_dict(cfg.model)}, fault_after_steps=fault_after_steps,
+        extra_state={"model_config": to_dict(cfg.model), "class_names": class_names}, fault_after_steps=fault_after_steps,
     )
 
 

@@ -1,0 +1,129 @@
+"""``adamml predict``: classify video files with a trained model, running only what the policy picks.
+
+Any file PyAV reads works, with or without an audio track (a missing track gives the
+all-zero spectrogram the model was trained to expect, with a warning), at any size and length.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Prediction:
+    video: str
+    top: list[tuple[str, float]]  # (class name, probability), best first
+    segments: list[list[str]]  # modalities that ran in each segment
+    gflops: float
+    audio_missing: bool
+
+
+def load_predictor(checkpoint: str | Path):
+    from adamml.evaluation.evaluate import model_from_checkpoint
+
+    model, kind, model_cfg, cfg, state = model_from_checkpoint(checkpoint)
+    class_names = state.get("class_names")
+    if class_names is None:
+        class_names = [str(i) for i in range(model_cfg.num_classes)]
+    return model, kind, model_cfg, cfg, list(class_names)
+
+
+@torch.no_grad()
+def predict_videos(
+    videos: list[str | Path],
+    checkpoint: str | Path,
+    *,
+    topk: int = 5,
+    device: str = "cpu",
+    model_bundle=None,
+) -> list[Prediction]:
+    from torch.utils.data import default_collate
+
+    from adamml.data.datasets import VideoDataset
+    from adamml.data.types import VideoEntry
+    from adamml.evaluation.evaluate import segment_costs
+    from adamml.training.stages import input_modalities
+
+    model, kind, model_cfg, cfg, class_names = model_bundle or load_predictor(checkpoint)
+    model.to(device).eval()
+    costs = segment_costs(model_cfg, cfg.data.clip)
+    decode = cfg.data.decode
+    needed = input_modalities(kind, model_cfg)
+    if "flow" in needed and decode.flow is None:
+        decode.flow = "dis"
+    entries = [VideoEntry(path=Path(v), labels=[0], source=str(v)) for v in videos]
+    dataset = VideoDataset(
+        entries, class_names, modalities=needed, clip=cfg.data.clip, decode=decode,
+        train=False, cache=None, num_segments=cfg.data.eval_segments,
+    )
+    results = []
+    for i, video in enumerate(videos):
+        sample = dataset[i]
+        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in default_collate([sample]).items()}
+        if kind == "adamml":
+            out = model(batch, mode="conditional")
+            decisions = out.decisions[0].cpu().numpy()
+            gflops = float(decisions.sum(0) @ np.array([costs[m] for m in model_cfg.modalities])) + costs["policy"] * decisions.shape[0]
+        else:
+            out = model(batch)
+            k = batch[model_cfg.modalities[0]].shape[1]
+            decisions = np.ones((k, len(model_cfg.modalities)))
+            gflops = k * sum(costs[m] for m in model_cfg.modalities)
+        probs = torch.softmax(out.logits[0].float(), dim=-1).cpu()
+        scores, idx = probs.topk(min(topk, probs.numel()))
+        results.append(Prediction(
+            video=str(video),
+            top=[(class_names[j], float(s)) for s, j in zip(scores.tolist(), idx.tolist(), strict=True)],
+            segments=[[m for m, d in zip(model_cfg.modalities, row, strict=True) if d > 0.5] for row in decisions],
+            gflops=gflops,
+            audio_missing=bool(sample.get("audio_missing", False)),
+        ))
+    return results
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("videos", nargs="+", help="video files")
+    parser.add_argument("--checkpoint", required=True, help="a trained model (e.g. runs/x/adamml/best.pt)")
+    parser.add_argument("--topk", type=int, default=5)
+    parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+
+
+def run(args: argparse.Namespace) -> int:
+    from adamml.data.types import VideoDecodeError
+
+    missing = [v for v in args.videos if not Path(v).is_file()]
+    if missing:
+        print(f"adamml predict: no such file: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    bundle = load_predictor(args.checkpoint)
+    predictions, failures = [], []
+    for video in args.videos:
+        try:
+            with warnings.catch_warnings():
+                if args.json:
+                    warnings.simplefilter("ignore")
+                predictions += predict_videos([video], args.checkpoint, topk=args.topk, device=args.device, model_bundle=bundle)
+        except VideoDecodeError as exc:
+            failures.append({"video": video, "error": str(exc)})
+    if args.json:
+        print(json.dumps({"predictions": [asdict(p) for p in predictions], "failures": failures}, indent=2))
+    else:
+        for p in predictions:
+            print(f"{p.video}{'  (no audio track)' if p.audio_missing else ''}")
+            for name, score in p.top:
+                print(f"  {100 * score:6.2f}%  {name}")
+            used = "  ".join(f"{i + 1}:{'+'.join(s) or '-'}" for i, s in enumerate(p.segments))
+            print(f"  segments  {used}")
+            print(f"  GFLOPs    {p.gflops:.4f} (multiply-adds)")
+        for f in failures:
+            print(f"{f['video']}: FAILED: {f['error']}", file=sys.stderr)
+    return 1 if failures else 0
