@@ -124,7 +124,7 @@ class VideoDataset(Dataset):
                     f"sample_rate={self.decode.sample_rate}, flow={self.decode.flow}), "
                     "or set data.use_cache: false to decode while training"
                 )
-            decoded = self.cache.load(path)
+            decoded = self.cache.load(path, lazy=True)
         elif path.is_dir():
             from adamml.data.video import decode_frame_folder
 
