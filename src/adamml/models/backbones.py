@@ -5,14 +5,15 @@ how to build it. Every entry is a torchvision constructor called with ``weights=
 nothing is ever downloaded. Pretrained weights come from a local file through
 ``load_pretrained``.
 
-Costs (multiply-adds for one 3x224x224 image, counted with ``adamml flops``-style counting;
-the tiny variants exist so tests and the CPU demo run the same code paths in seconds):
+Costs (multiply-adds for one 3x224x224 image, FlopCounterMode / 2; see docs/flops.md; the
+tiny variants exist so tests and the CPU demo run the same code paths in seconds, and at
+the 32x32 crops they are used with they cost a few MMACs):
 
-    resnet18            1.82 G      resnet_tiny          1.11 G  (BasicBlock, [1, 1, 1, 1])
-    resnet50            4.09 G      mobilenet_v2_tiny    0.034 G (width 0.25)
+    resnet18            1.81 G      resnet_tiny          0.89 G  (BasicBlock, [1, 1, 1, 1])
+    resnet50            4.09 G      mobilenet_v2_tiny    0.037 G (width 0.25)
     mobilenet_v2        0.30 G
     efficientnet_b0     0.39 G
-    efficientnet_b3     0.98 G (at 224; its native size is 300)
+    efficientnet_b3     0.96 G (at 224; its native size is 300)
 
 First-conv adaptation (``adapt_first_conv``): flow stacks (2L channels), RGB-difference
 stacks (3L) and spectrograms (1 channel) reuse RGB kernels by averaging them over the 3

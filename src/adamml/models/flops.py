@@ -180,7 +180,10 @@ def flops_report(cfg: ExperimentConfig, segments: int | None = None) -> dict:
 
 
 def _fmt(flops: int, raw: bool) -> str:
-    return f"{flops:,d}" if raw else f"{flops / 2e9:.2f}"
+    if raw:
+        return f"{flops:,d}"
+    g = flops / 2e9
+    return f"{g:.2f}" if g >= 1 else f"{g:.4f}"
 
 
 def format_report(report: dict, raw: bool = False) -> str:
