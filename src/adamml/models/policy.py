@@ -65,7 +65,10 @@ def gumbel_decisions(
     scores = logits
     if sample:
         # Gumbel(0, 1) = -log(Exp(1)); exponential_ takes a generator, unlike F.gumbel_softmax.
-        noise = torch.empty_like(logits).exponential_(generator=generator).log().neg()
+        # Drawn on the generator's device, so a CPU generator also seeds a CUDA model.
+        device = generator.device if generator is not None else logits.device
+        noise = torch.empty(logits.shape, dtype=logits.dtype, device=device)
+        noise = noise.exponential_(generator=generator).log().neg().to(logits.device)
         scores = logits + noise
     soft = F.softmax(scores / temperature, dim=-1)
     if not hard:
