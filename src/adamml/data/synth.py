@@ -255,7 +255,7 @@ def _render_scene(
     n = len(times)
     frames: list[np.ndarray] = []
     if cls.group == "sound":
-        sigma = rng.uniform(0.07, 0.11) * size
+        sigma = rng.uniform(0.08, 0.12) * size
         contrast = rng.uniform(60.0, 90.0) * rng.choice([-1.0, 1.0])
         pos = _drift(rng, times, 0.25 * size, 0.75 * size, 0.15 * size)
         yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
@@ -266,7 +266,7 @@ def _render_scene(
     if cls.group == "look":
         shape, colour = _LOOK[cls.name]
         col = np.clip(np.array(colour) + rng.uniform(-20.0, 20.0, size=3), 0, 255)
-        r = rng.uniform(0.09, 0.14) * size
+        r = rng.uniform(0.10, 0.15) * size
         angle = rng.uniform(0, 2 * np.pi)  # fixed: spinning would be shape-specific motion
         margin = 1.25 * r * 1.06 + 3
         pos = _drift(rng, times, margin, size - margin, 0.15 * size)
@@ -282,9 +282,9 @@ def _render_scene(
     # one phase advances with time depending on the class, the others are random constants, so
     # a single frame has the same distribution of position and size in every motion class.
     col = np.clip(np.array(_MOVE_COLOUR) + rng.uniform(-20.0, 20.0, size=3), 0, 255)
-    r0 = rng.uniform(0.09, 0.12) * size
+    r0 = rng.uniform(0.10, 0.13) * size
     amp = 0.17 * size
-    margin = 1.4 * 0.12 * size * 1.15 + amp + 1
+    margin = 1.4 * 0.13 * size * 1.15 + amp + 1
     cx, cy = rng.uniform(margin, size - margin, size=2)
     freq = rng.uniform(0.9, 1.3)
     ph = rng.uniform(0, 2 * np.pi, size=3)
