@@ -319,3 +319,26 @@ def test_load_unimodal_mismatch_names_the_file_and_keys(tmp_path: Path) -> None:
         net.load_unimodal("rgb", path)
     with pytest.raises(ValueError, match="flow"):
         net.load_unimodal("flow", path)
+
+
+def test_three_modalities_with_flow_decided_from_rgbdiff() -> None:
+    torch.manual_seed(0)
+    cfg = tiny_cfg(
+        modalities=["rgb", "audio", "flow"],
+        backbones={"rgb": "resnet_tiny", "audio": "mobilenet_v2_tiny", "flow": "resnet_tiny"},
+    )
+    net = build_adamml(cfg, CLIP)
+    g = torch.Generator().manual_seed(3)
+    batch = tiny_batch() | {
+        "flow": torch.randn(B, K, T, 2 * CLIP.stack_length, H, H, generator=g),
+        "rgbdiff": torch.randn(B, K, T, 3 * CLIP.stack_length, H, H, generator=g),
+    }
+    calibrate_batch_norm(net, batch)
+    assert net.policy.sources["flow"] == "rgbdiff"
+    decisions = torch.bernoulli(torch.full((B, K, 3), 0.5), generator=g)
+    with torch.no_grad():
+        masked = net(batch, mode="masked", decisions=decisions)
+        cond = net(batch, mode="conditional", decisions=decisions)
+        learned = net(batch)
+    torch.testing.assert_close(cond.logits, masked.logits, rtol=1e-4, atol=1e-5)
+    assert learned.decisions.shape == (B, K, 3)
