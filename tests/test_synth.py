@@ -282,6 +282,12 @@ def test_dataset_layout_csvs_and_classes(tmp_path):
     segments = read_csv(tmp_path / "segments.csv")
     assert len(segments) == 24 and all(len(r["visual"]) == 2 and "1" in r["audio"] for r in segments)
     assert json.loads((tmp_path / "synth.json").read_text())["seed"] == 1
+    # the recorded flags are those of the clip the per-video generator renders
+    row = segments[5]
+    index = int(Path(row["path"]).stem.split("_")[-1])
+    clip = render_clip(row["label"], clip_rng(1, "train", index), duration_s=2.0, size=32)
+    assert row["visual"] == "".join("1" if f else "0" for f in clip.segment_info.visual)
+    assert row["audio"] == "".join("1" if f else "0" for f in clip.segment_info.audio)
     assert not list(tmp_path.rglob("*.tmp*"))
 
 
@@ -316,10 +322,13 @@ def test_video_arrays_do_not_depend_on_worker_count(tmp_path):
 
 def test_rerun_resumes_and_other_settings_are_refused(tmp_path):
     small_dataset(tmp_path)
+    segments_before = (tmp_path / "segments.csv").read_text()
     first = read_csv(tmp_path / "train.csv")[3]["path"]
     (tmp_path / first).unlink()
     info = small_dataset(tmp_path)
     assert info.written == 1 and info.skipped == 23 and (tmp_path / first).is_file()
+    # flags of skipped videos are recovered from their generators without rendering
+    assert (tmp_path / "segments.csv").read_text() == segments_before
     with pytest.raises(ValueError, match="seed differ"):
         small_dataset(tmp_path, seed=2)
 

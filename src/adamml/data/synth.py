@@ -15,8 +15,9 @@ audio at ``sample_rate``; defaults 4 s, 8 fps, 64 px, 16 kHz). 12 classes in thr
   to 4.0-5.5 kHz.
 * **Appearance classes** (``look_*``): differ only by the object visible in any single frame:
   ``look_red_disc``, ``look_green_square``, ``look_blue_triangle``, ``look_yellow_cross``
-  (random position, size, angle and colour jitter; all drift slowly the same way). They share
-  one sound: a low hum at 200-250 Hz with its octave and a slow tremolo.
+  (random position, size, angle and colour jitter; all share the same mild motion: a slow
+  drift, a little camera shake and a +-2-6 % zoom wobble). They share one sound: a low hum at
+  200-250 Hz with its octave and a slow tremolo.
 * **Motion classes** (``move_*``): the same magenta diamond in every class, differing only in
   how it moves within each second (0.9-1.3 cycles per second, so 4 frames spread over a second
   see it): ``move_side_to_side`` (horizontal oscillation), ``move_up_and_down`` (vertical),
@@ -28,8 +29,8 @@ audio at ``sample_rate``; defaults 4 s, 8 fps, 64 px, 16 kHz). 12 classes in thr
 
 Per second, independently: with probability 0.3 the frames of that second are occluded (a
 flat neutral card over the lens, or the empty background without any object), and with
-probability 0.3 the class sound of that second is replaced by near-silence or by broadband
-noise. Each video keeps at least one visible and one audible second (the flags are redrawn
+probability 0.3 the sound of that second (class sound or group hum) is replaced by
+near-silence or by broadband noise. Each video keeps at least one visible and one audible second (the flags are redrawn
 otherwise); the flags are returned in ``RenderedClip.segment_info`` and written to
 ``segments.csv``. Everywhere: background colour/texture jitter, sensor noise, a faint audio
 noise floor, random amplitudes, pitches, positions and sizes.
