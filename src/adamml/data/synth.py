@@ -515,6 +515,8 @@ def generate_dataset(
     (they are written atomically, so none is half-written) and the CSVs, written last, are
     rewritten. Different settings in a folder that already holds a dataset are refused.
     workers: processes for rendering + encoding (None: up to 4, by CPU count; 0 or 1: none).
+    They are spawned, so a script calling this with workers > 1 needs the usual
+    ``if __name__ == "__main__":`` guard.
     """
     out = Path(out_dir)
     if train_per_class < 1 or val_per_class < 0:
