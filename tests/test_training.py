@@ -1,0 +1,219 @@
+"""Training stages, resume after a kill, evaluation tables/plots, predict, and 2-process DDP,
+on a tiny copy of the embedded dataset (real MP4s, extracted through the real pipeline)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from adamml.config import load_config
+from adamml.training.distributed import Runtime
+
+NUM_CLASSES = 12
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    from adamml.data.cache import VideoCache
+    from adamml.data.extract import extract_videos
+    from adamml.data.formats import discover
+    from adamml.data.synth import generate_dataset
+
+    root = tmp_path_factory.mktemp("synth")
+    generate_dataset(root, seed=0, train_per_class=2, val_per_class=1, duration_s=2.0, progress=False, workers=1)
+    cfg = make_config(root, root / "unused")
+    cache = VideoCache(root / "cache", cfg.data.decode)
+    for split in ("train", "val"):
+        entries, _ = discover(root, split)
+        report = extract_videos(entries, cache, workers=1, progress=False)
+        assert not report.failed
+    return root
+
+
+def make_config(root: Path, out: Path, *extra: str):
+    return load_config(
+        "demo",
+        [
+            f"data.root={root}",
+            f"train.output_dir={out}",
+            "train.progress=false",
+            "train.batch_size=6",
+            "train.epochs=3",
+            "train.lr=0.01",
+            "train.lr_steps=[]",
+            "train.fusion_epochs=2",
+            "train.warmup_epochs=1",
+            "train.adamml_epochs=2",
+            "train.finetune_epochs=1",
+            "train.eval_every=0",
+            *extra,
+        ],
+    )
+
+
+def read_log(path: Path) -> list[dict]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_data, tmp_path_factory) -> Path:
+    """All three stages of the recipe, run once for the tests below."""
+    from adamml.training.stages import run_recipe
+
+    out = tmp_path_factory.mktemp("run")
+    cfg = make_config(tiny_data, out)
+    run_recipe(cfg, Runtime(), stage="all")
+    return out
+
+
+def test_every_stage_writes_config_log_and_checkpoints(trained_run):
+    for stage in ("unimodal_rgb", "unimodal_audio", "fusion_weighted", "adamml"):
+        folder = trained_run / stage
+        assert (folder / "config.yaml").is_file(), stage
+        assert (folder / "last.pt").is_file() and (folder / "best.pt").is_file(), stage
+        rows = read_log(folder / "log.csv")
+        assert rows and all(float(r["train_loss"]) > 0 for r in rows)
+
+
+def test_unimodal_training_reduces_the_loss(trained_run):
+    for modality in ("rgb", "audio"):
+        rows = read_log(trained_run / f"unimodal_{modality}" / "log.csv")
+        assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"]), modality
+
+
+def test_fusion_stage_starts_from_stage_one_and_reduces_the_loss(trained_run):
+    rows = read_log(trained_run / "fusion_weighted" / "log.csv")
+    first_unimodal = read_log(trained_run / "unimodal_rgb" / "log.csv")[0]
+    # Initialised from trained unimodal nets, fusion starts well below an untrained network.
+    assert float(rows[0]["train_loss"]) < float(first_unimodal["train_loss"])
+    assert float(rows[-1]["train_loss"]) <= float(rows[0]["train_loss"]) * 1.05
+
+
+def test_adamml_stage_follows_the_schedule_and_records_selection_rates(trained_run):
+    rows = read_log(trained_run / "adamml" / "log.csv")
+    assert [(r["segment"], r["trains"]) for r in rows] == [
+        ("warmup", "recognition"),
+        ("alternate", "recognition"),
+        ("alternate", "policy"),
+        ("alternate", "recognition"),
+        ("alternate", "policy"),
+        ("finetune", "recognition"),
+    ]
+    temps = [float(r["temperature"]) for r in rows]
+    assert temps[0] == pytest.approx(5.0) and temps[1] == pytest.approx(5.0 * 0.965)
+    for r in rows:
+        assert 0.0 <= float(r["train_sel_rgb"]) <= 100.0
+    state = torch.load(trained_run / "adamml" / "last.pt", weights_only=False)
+    assert state["epoch"] == len(rows) and state["kind"] == "adamml"
+    assert set(state["optimizers"]) == {"recognition", "policy"}
+
+
+def test_resume_after_a_kill_mid_epoch_finishes_like_an_uninterrupted_run(tiny_data, tmp_path):
+    from adamml.training.engine import TrainingInterrupted
+    from adamml.training.stages import train_unimodal
+
+    whole = make_config(tiny_data, tmp_path / "whole")
+    train_unimodal(whole, "audio", Runtime())
+
+    killed = make_config(tiny_data, tmp_path / "killed")
+    steps_per_epoch = -(-24 // 6)  # 24 training videos, batch 6
+    with pytest.raises(TrainingInterrupted):
+        train_unimodal(killed, "audio", Runtime(), fault_after_steps=steps_per_epoch + 2)
+    state = torch.load(tmp_path / "killed" / "unimodal_audio" / "last.pt", weights_only=False)
+    assert state["epoch"] == 1  # the epoch in progress was lost, the finished one kept
+    train_unimodal(killed, "audio", Runtime(), resume=True)
+
+    a = torch.load(tmp_path / "whole" / "unimodal_audio" / "last.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "killed" / "unimodal_audio" / "last.pt", weights_only=False)["model"]
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.allclose(a[key].float(), b[key].float(), atol=1e-6), key
+
+
+def test_evaluate_prints_the_paper_table_and_writes_csv_json_and_plots(trained_run, tmp_path):
+    from adamml.evaluation.evaluate import evaluate_run, find_stage_checkpoints
+
+    results, table = evaluate_run(find_stage_checkpoints(trained_run), out_dir=tmp_path, progress=False)
+    methods = [r.method for r in results]
+    assert methods == ["Audio", "RGB", "Weighted fusion", "AdaMML", "Random policy (AdaMML's rates)"]
+    for name in methods:
+        assert name in table
+    by = {r.method: r for r in results}
+    # Fixed baselines run everything: their GFLOPs are the sums of the unimodal ones.
+    assert by["Weighted fusion"].gflops == pytest.approx(by["RGB"].gflops + by["Audio"].gflops, rel=1e-6)
+    assert by["RGB"].selection["rgb"] == pytest.approx(100.0)
+    assert 0.0 <= by["AdaMML"].selection["rgb"] <= 100.0
+    loaded = json.loads((tmp_path / "results.json").read_text())
+    assert len(loaded["results"] if isinstance(loaded, dict) else loaded) == len(results)
+    with (tmp_path / "results.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == len(results)
+    for png in ("accuracy_vs_gflops.png", "selection_by_class.png", "policy_strips.png"):
+        data = (tmp_path / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, png
+
+
+def test_predict_runs_on_generated_videos_with_and_without_audio(trained_run, tiny_data, tmp_path):
+    import numpy as np
+
+    from adamml.data.writer import write_video
+    from adamml.inference.predict import predict_videos
+
+    video = next((tiny_data / "val").glob("*/*.mp4"))
+    silent = write_video(tmp_path / "silent.mp4", np.full((30, 48, 80, 3), 90, np.uint8), fps=12.0)
+    with pytest.warns(UserWarning, match="silent.mp4"):
+        preds = predict_videos([video, silent], trained_run / "adamml" / "best.pt")
+    assert len(preds) == 2
+    for p in preds:
+        assert len(p.top) == 5 and p.top[0][1] >= p.top[-1][1]
+        assert sum(s for _, s in p.top) <= 1.0 + 1e-6
+        assert len(p.segments) == 4
+        assert p.gflops > 0
+    assert preds[1].audio_missing and not preds[0].audio_missing
+
+
+def test_predict_command_prints_json(trained_run, tiny_data):
+    video = next((tiny_data / "val").glob("*/*.mp4"))
+    out = subprocess.run(
+        [sys.executable, "-m", "adamml.cli", "predict", str(video), "--checkpoint",
+         str(trained_run / "adamml" / "best.pt"), "--json"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["predictions"][0]["video"] == str(video) and not doc["failures"]
+
+
+def test_distributed_evaluation_with_two_gloo_processes_matches_one_process(trained_run, tmp_path):
+    ckpt = str(trained_run / "adamml" / "best.pt")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    base = [sys.executable, "-m", "adamml.cli", "evaluate", "--checkpoint", ckpt, "--no-plots", "--batch-size", "5"]
+    one = subprocess.run([*base, "--out", str(tmp_path / "one")], capture_output=True, text=True, timeout=300, env=env)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+         "-m", "adamml.cli", "evaluate", "--checkpoint", ckpt, "--no-plots", "--batch-size", "5",
+         "--out", str(tmp_path / "two")],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert two.returncode == 0, two.stderr
+    a = json.loads((tmp_path / "one" / "results.json").read_text())
+    b = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert a == b or _same_numbers(a, b)
+
+
+def _same_numbers(a, b) -> bool:
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same_numbers(a[k], b[k]) for k in a if k != "checkpoint")
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same_numbers(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float):
+        return abs(a - b) < 1e-5
+    return a == b
