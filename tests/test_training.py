@@ -70,7 +70,7 @@ def trained_run(tiny_data, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("run")
     cfg = make_config(tiny_data, out)
-    run_recipe(cfg, Runtime(), stage="all")
+    run_recipe(cfg, Runtime(), stage="all", resume=True)  # the demo's path: resume if possible
     return out
 
 

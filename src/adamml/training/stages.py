@@ -89,6 +89,11 @@ def load_recognition_from_unimodal(recognition: nn.ModuleDict, cfg: ExperimentCo
     return loaded
 
 
+def _will_resume(cfg: ExperimentConfig, kind: str, name: str | None, resume: bool) -> bool:
+    """Stage-1 weights seed a new run; a resumed run already holds its own."""
+    return resume and (stage_dir(cfg, kind, name) / "last.pt").exists()
+
+
 def _sgd(params, cfg: ExperimentConfig, lr: float) -> torch.optim.SGD:
     return torch.optim.SGD(params, lr=lr, momentum=cfg.train.momentum, weight_decay=cfg.train.weight_decay)
 
@@ -146,7 +151,7 @@ def train_fusion(cfg: ExperimentConfig, method: str, runtime: Runtime, *, resume
     model_cfg.fusion = method
     train_set, val_set, class_names = build_datasets(cfg, list(model_cfg.modalities))
     model = build_multimodal(model_cfg, cfg.data.clip, fusion=method)
-    if not resume:
+    if not _will_resume(cfg, "fusion", method, resume):
         load_recognition_from_unimodal(model.recognition, cfg)
     task = _plain_task("fusion", model, cfg, cfg.train.adamml_lr, [], head_lr=cfg.train.lr)
     return train_task(
@@ -208,7 +213,7 @@ def train_adamml(cfg: ExperimentConfig, runtime: Runtime, *, resume: bool = Fals
 
     train_set, val_set, class_names = build_datasets(cfg, input_modalities("adamml", cfg.model))
     model = build_adamml(cfg.model, cfg.data.clip)
-    if not resume:
+    if not _will_resume(cfg, "adamml", None, resume):
         load_recognition_from_unimodal(model.recognition, cfg)
     return train_task(
         adamml_task(model, cfg), adamml_schedule(cfg.train), cfg, train_set, val_set, runtime,
