@@ -177,3 +177,21 @@ def test_unknown_fusion_and_bad_shapes_are_named():
         head(torch.zeros(B, K, M, C), None, torch.ones(B, K))
     with pytest.raises(ValueError, match=r"\(B, K, M=2, C\)"):
         head(torch.zeros(B, K, 3, C))
+
+
+@pytest.mark.parametrize("name", ["average", "weighted", "classwise"])
+def test_switched_off_modality_still_gets_a_gradient_telling_the_policy_to_use_it(name):
+    # If nothing is selected, the policy must still learn that switching a helpful modality on
+    # lowers the loss; a dead zone here lets a policy that drops everything never recover.
+    torch.manual_seed(0)
+    head = build_fusion(name, ["rgb", "audio"], 3, [4, 4])
+    logits = torch.zeros(1, 2, 2, 3)
+    logits[:, :, 0, 0] = 8.0  # rgb votes strongly for class 0 ...
+    logits[:, :, 1, 0] = 1.0  # ... audio only weakly
+    for mask_value in (0.0, 1.0):
+        mask = torch.full((1, 2, 2), mask_value)
+        mask[0, 0, 0] = 0.0  # rgb off on segment 0 (every decision off when mask_value is 0)
+        mask.requires_grad_(True)
+        loss = torch.nn.functional.cross_entropy(head(logits, None, mask), torch.tensor([0]))
+        loss.backward()
+        assert mask.grad[0, 0, 0] < 0, (name, mask_value)  # turning rgb on would help

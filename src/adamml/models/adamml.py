@@ -165,11 +165,13 @@ class AdaMML(nn.Module):
             logits.append(seg_logits)
             features.append(seg_features)
         segment_logits = torch.stack(logits, dim=2)  # (B, K, M, C)
+        # The decisions enter once, in the fusion head, so each is a linear factor there and its
+        # straight-through gradient says what using the modality would change (see fusion).
         video_logits = self.fusion(segment_logits, features, decisions)
         return AdaMMLOutput(
             logits=video_logits,
             decisions=decisions,
-            segment_logits=segment_logits,
+            segment_logits=segment_logits * decisions.detach()[..., None],
             policy_logits=policy_logits,
             probs=probs,
         )
@@ -193,20 +195,20 @@ class AdaMML(nn.Module):
     def _run_masked(
         self, modality: str, x: torch.Tensor, use: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every segment through the network, outputs multiplied by the decisions (B, K)."""
+        """Every segment through the network; the fusion head applies the decisions (B, K)."""
         b, k = x.shape[:2]
         logits, features = self.recognition[modality](rearrange(x, "b k ... -> (b k) ..."))
         logits = rearrange(logits, "(b k) c -> b k c", b=b, k=k)
         features = rearrange(features, "(b k) d -> b k d", b=b, k=k)
-        return logits * use[..., None], features * use[..., None]
+        return logits, features
 
     def _run_conditional(
         self, modality: str, x: torch.Tensor, use: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Only the selected (video, segment) pairs, in one batch; zeros elsewhere.
 
-        The scattered outputs are still multiplied by the decisions (1 where selected) so
-        that straight-through gradients reach the policy in this mode too.
+        The fusion head multiplies by the decisions, so straight-through gradients reach the
+        policy in this mode too.
         """
         b, k = x.shape[:2]
         net = self.recognition[modality]
@@ -218,9 +220,8 @@ class AdaMML(nn.Module):
             sel_logits, sel_features = net(rearrange(x, "b k ... -> (b k) ...")[index])
             logits = logits.index_copy(0, index, sel_logits.to(logits.dtype))
             features = features.index_copy(0, index, sel_features.to(features.dtype))
-        mask = flat_use[:, None].to(logits.dtype)
-        logits = rearrange(logits * mask, "(b k) c -> b k c", b=b, k=k)
-        features = rearrange(features * mask, "(b k) d -> b k d", b=b, k=k)
+        logits = rearrange(logits, "(b k) c -> b k c", b=b, k=k)
+        features = rearrange(features, "(b k) d -> b k d", b=b, k=k)
         return logits, features
 
     # ---- parameters and freezing (the trainer alternates two optimisers) ---------------

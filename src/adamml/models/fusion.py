@@ -44,15 +44,22 @@ def _check(
     return mask.to(segment_logits.dtype)
 
 
-def average_segments(fused: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def average_segments(fused: torch.Tensor, mask: torch.Tensor, *, zero_when_empty: bool = True) -> torch.Tensor:
     """(B, K, C) fused segment logits -> (B, C): mean over segments with any modality selected.
 
     A video with no selected segment gets zeros (uniform probabilities).
+
+    Heads whose fused logits are already zero on an empty segment (every head built on
+    masked logits) pass ``zero_when_empty``: the sum then stays linear in each decision, so
+    the policy still gets a gradient telling it what switching a modality *on* would do.
+    Multiplying by a 0/1 "segment used" factor instead would leave switched-off segments with
+    no gradient at all, and a policy that drops everything could never recover.
     """
-    # 1 where the segment has at least one modality; keeps the straight-through gradient.
-    used = mask.amax(dim=2)  # (B, K)
-    count = used.detach().sum(dim=1, keepdim=True).clamp(min=1.0)  # (B, 1)
-    return (fused * used.unsqueeze(-1)).sum(dim=1) / count
+    used = mask.detach().amax(dim=2)  # (B, K) 1 where the segment has at least one modality
+    count = used.sum(dim=1, keepdim=True).clamp(min=1.0)  # (B, 1)
+    if not zero_when_empty:
+        fused = fused * used.unsqueeze(-1)
+    return fused.sum(dim=1) / count
 
 
 def _weighted_segments(
@@ -197,7 +204,7 @@ class FCFusion(nn.Module):
         joint = torch.cat([f * mask[:, :, m : m + 1] for m, f in enumerate(features)], dim=-1)
         b = joint.shape[0]
         fused = rearrange(self.head(rearrange(joint, "b k d -> (b k) d")), "(b k) c -> b k c", b=b)
-        return average_segments(fused, mask)
+        return average_segments(fused, mask, zero_when_empty=False)  # the head's bias is not
 
 
 FUSIONS: dict[str, type[nn.Module]] = {
