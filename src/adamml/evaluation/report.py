@@ -185,12 +185,15 @@ def _rows(
         + ["GFLOPs"]
     )
     rows = []
+    # The paper's models cost tens of GFLOPs (2 decimals); the CPU demo's cost hundredths.
+    largest = max((r.gflops for r in results), default=0.0)
+    digits = 2 if largest >= 10 else 3 if largest >= 1 else 4
     for r in results:
         cells = [r.method, f"{r.score_for(metric):.2f}"]
         for m in modalities:
             rate = r.selection.get(m)
             cells.append(NOT_USED if rate is None else f"{rate:.2f}")
-        g = f"{r.gflops:.2f}"
+        g = f"{r.gflops:.{digits}f}"
         if r.adaptive and ref is not None and ref is not r:
             g += f" ({gflops_saving(r, ref):+.1f}%)"
         cells.append(g)

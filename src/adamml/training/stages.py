@@ -89,6 +89,22 @@ def load_recognition_from_unimodal(recognition: nn.ModuleDict, cfg: ExperimentCo
     return loaded
 
 
+def init_policy_from_recognition(model: nn.Module) -> list[str]:
+    """Start each policy feature extractor from the stage-1 network of its input, where the
+    architectures match (the reference's audio policy *is* the audio sub-network's MobileNetV2;
+    it starts its RGB one from ImageNet, which we cannot download). Returns what was copied."""
+    copied = []
+    for source, extractor in model.policy.extractors.items():
+        if source not in model.recognition:
+            continue
+        target = extractor.state_dict()
+        donor = model.recognition[source].state_dict()
+        if target and all(k in donor and donor[k].shape == v.shape for k, v in target.items()):
+            extractor.load_state_dict({k: donor[k] for k in target})
+            copied.append(source)
+    return copied
+
+
 def _will_resume(cfg: ExperimentConfig, kind: str, name: str | None, resume: bool) -> bool:
     """Stage-1 weights seed a new run; a resumed run already holds its own."""
     return resume and (stage_dir(cfg, kind, name) / "last.pt").exists()
@@ -215,6 +231,7 @@ def train_adamml(cfg: ExperimentConfig, runtime: Runtime, *, resume: bool = Fals
     model = build_adamml(cfg.model, cfg.data.clip)
     if not _will_resume(cfg, "adamml", None, resume):
         load_recognition_from_unimodal(model.recognition, cfg)
+        init_policy_from_recognition(model)
     return train_task(
         adamml_task(model, cfg), adamml_schedule(cfg.train), cfg, train_set, val_set, runtime,
         stage_dir(cfg, "adamml"),
