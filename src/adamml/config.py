@@ -85,6 +85,7 @@ class TrainConfig:
     alternate_every: int = 1  # epochs per block of the alternating stage
     adamml_lr: float = 0.001
     policy_lr: float = 0.01
+    policy_extractor_lr_scale: float = 0.1  # the policy's CNN feature extractors learn slower
     adamml_lr_steps: list[int] = field(default_factory=lambda: [10, 15])
     temperature: float = 5.0
     temperature_decay: float = 0.965

@@ -150,6 +150,11 @@ class PolicyNetwork(nn.Module):
         self.frame_indices = list(frame_indices)
         self.resolution = int(resolution)
         feature_dim = sum(e.output_dim for e in extractors.values())
+        # Each source's features are layer-normalised before they are joined: the extractors
+        # differ in scale by orders of magnitude (a stage-1 audio net vs a fresh RGB net), and
+        # unnormalised inputs drove the joint MLP into values that saturate the LSTM gates, after
+        # which the policy gave the same answer for every video.
+        self.feature_norms = nn.ModuleDict({s: nn.LayerNorm(e.output_dim) for s, e in extractors.items()})
         self.joint = nn.Sequential(
             nn.Linear(feature_dim, joint_dim),
             nn.ReLU(inplace=True),
@@ -204,7 +209,7 @@ class PolicyNetwork(nn.Module):
         for source, extractor in self.extractors.items():
             x = inputs[source]
             b, k = x.shape[:2]
-            y = extractor(rearrange(x, "b k ... -> (b k) ..."))
+            y = self.feature_norms[source](extractor(rearrange(x, "b k ... -> (b k) ...")))
             feats.append(rearrange(y, "(b k) d -> b k d", b=b, k=k))
         joint = self.joint(torch.cat(feats, dim=-1))  # (B, K, joint_dim)
 

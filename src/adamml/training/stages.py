@@ -203,7 +203,15 @@ def adamml_task(model: nn.Module, cfg: ExperimentConfig) -> Task:
             groups.append({"params": fusion_params, "lr_scale": tcfg.lr / tcfg.adamml_lr})
         return {
             "recognition": _sgd(groups, cfg, tcfg.adamml_lr),
-            "policy": torch.optim.Adam(model.policy_parameters(), lr=tcfg.policy_lr, weight_decay=tcfg.weight_decay),
+            "policy": torch.optim.Adam(
+                [
+                    # The feature extractors start from trained networks (or are big and
+                    # random): a tenth of the rate keeps Adam from wiping them out early.
+                    {"params": list(model.policy.extractors.parameters()), "lr_scale": tcfg.policy_extractor_lr_scale},
+                    {"params": [p for n, p in model.policy.named_parameters() if not n.startswith("extractors.")], "lr_scale": 1.0},
+                ],
+                lr=tcfg.policy_lr, weight_decay=tcfg.weight_decay,
+            ),
         }
 
     def phase_lrs(phase: Phase) -> dict[str, float]:
