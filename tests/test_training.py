@@ -53,6 +53,7 @@ def make_config(root: Path, out: Path, *extra: str):
             "train.adamml_epochs=2",
             "train.finetune_epochs=1",
             "train.eval_every=0",
+            "train.policy_pretrain_epochs=1",
             *extra,
         ],
     )
@@ -114,6 +115,30 @@ def test_adamml_stage_follows_the_schedule_and_records_selection_rates(trained_r
     state = torch.load(trained_run / "adamml" / "last.pt", weights_only=False)
     assert state["epoch"] == len(rows) and state["kind"] == "adamml"
     assert set(state["optimizers"]) == {"recognition", "policy"}
+
+
+def test_adamml_policy_starts_from_stage_one_audio_network_and_pretrains_the_rest(trained_run, tiny_data):
+    from adamml.models.adamml import build_adamml
+    from adamml.training.stages import (
+        build_datasets,
+        init_policy_from_recognition,
+        load_recognition_from_unimodal,
+        pretrain_policy_extractors,
+    )
+
+    cfg = make_config(tiny_data, trained_run)
+    model = build_adamml(cfg.model, cfg.data.clip)
+    assert load_recognition_from_unimodal(model.recognition, cfg) == ["rgb", "audio"]
+    assert init_policy_from_recognition(model) == ["audio"]  # same MobileNetV2 on the spectrogram
+    donor = model.recognition["audio"].state_dict()
+    for key, value in model.policy.extractors["audio"].state_dict().items():
+        assert torch.equal(value, donor[key]), key
+    before = {k: v.clone() for k, v in model.policy.extractors["rgb"].state_dict().items()}
+    train_set, _, _ = build_datasets(cfg, ["rgb", "audio"])
+    accuracy = pretrain_policy_extractors(model, cfg, train_set, Runtime(), skip=["audio"])
+    assert set(accuracy) == {"rgb"} and 0.0 <= accuracy["rgb"] <= 1.0
+    after = model.policy.extractors["rgb"].state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before if after[k].is_floating_point())
 
 
 def test_resume_after_a_kill_mid_epoch_finishes_like_an_uninterrupted_run(tiny_data, tmp_path):

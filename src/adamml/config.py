@@ -86,6 +86,8 @@ class TrainConfig:
     adamml_lr: float = 0.001
     policy_lr: float = 0.01
     policy_extractor_lr_scale: float = 0.1  # the policy's CNN feature extractors learn slower
+    policy_pretrain_epochs: int = 0  # classify with the policy's own extractors first (see stages)
+    policy_pretrain_lr: float = 0.003  # Adam
     adamml_lr_steps: list[int] = field(default_factory=lambda: [10, 15])
     temperature: float = 5.0
     temperature_decay: float = 0.965

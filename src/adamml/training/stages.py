@@ -105,6 +105,54 @@ def init_policy_from_recognition(model: nn.Module) -> list[str]:
     return copied
 
 
+def pretrain_policy_extractors(model: nn.Module, cfg: ExperimentConfig, train_set, runtime: Runtime, *, skip: list[str]) -> dict[str, float]:
+    """Teach the policy's other feature extractors the task before the policy learns to decide.
+
+    The reference starts them from ImageNet-trained MobileNetV2s; no weights can be downloaded
+    here, and a randomly initialised extractor gives the policy almost the same features for
+    every input, so it cannot tell an informative segment from an occluded one. A few epochs
+    of plain classification (a temporary linear head on the extractor's features, segment
+    scores averaged per video) are our stand-in. Returns the last epoch's training accuracy
+    per source. ``train.policy_pretrain_epochs: 0`` turns it off.
+    """
+    from adamml.training.engine import make_loader, move_to, seed_everything, set_loader_epoch
+
+    epochs = cfg.train.policy_pretrain_epochs
+    accuracy: dict[str, float] = {}
+    if epochs <= 0:
+        return accuracy
+    loader = make_loader(train_set, cfg.train.batch_size, runtime, train=True, seed=cfg.train.seed, num_workers=cfg.data.num_workers)
+    policy = model.policy.to(runtime.device)
+    for source, extractor in policy.extractors.items():
+        if source in skip:
+            continue
+        head = nn.Linear(extractor.output_dim, cfg.model.num_classes).to(runtime.device)
+        params = list(extractor.parameters()) + list(head.parameters())
+        opt = torch.optim.Adam(params, lr=cfg.train.policy_pretrain_lr)
+        extractor.train()
+        for epoch in range(epochs):
+            seed_everything(cfg.train.seed * 1009 + 104_729 + epoch)
+            set_loader_epoch(loader, epoch, cfg.train.seed + 1)
+            correct = total = 0
+            for batch in loader:
+                batch = move_to(batch, runtime.device)
+                x = policy.policy_inputs(batch)[source]
+                b, k = x.shape[:2]
+                feats = extractor(x.flatten(0, 1))
+                logits = head(feats).view(b, k, -1).mean(dim=1)
+                loss = torch.nn.functional.cross_entropy(logits, batch["label"])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                correct += (logits.argmax(-1) == batch["label"]).sum().item()
+                total += b
+            accuracy[source] = correct / max(total, 1)
+            if runtime.is_main:
+                print(f"[adamml] policy extractor '{source}' pre-training epoch {epoch + 1}/{epochs}: "
+                      f"train acc {100 * accuracy[source]:.1f}%", flush=True)
+    return accuracy
+
+
 def _will_resume(cfg: ExperimentConfig, kind: str, name: str | None, resume: bool) -> bool:
     """Stage-1 weights seed a new run; a resumed run already holds its own."""
     return resume and (stage_dir(cfg, kind, name) / "last.pt").exists()
@@ -239,7 +287,8 @@ def train_adamml(cfg: ExperimentConfig, runtime: Runtime, *, resume: bool = Fals
     model = build_adamml(cfg.model, cfg.data.clip)
     if not _will_resume(cfg, "adamml", None, resume):
         load_recognition_from_unimodal(model.recognition, cfg)
-        init_policy_from_recognition(model)
+        initialised = init_policy_from_recognition(model)
+        pretrain_policy_extractors(model, cfg, train_set, runtime, skip=initialised)
     return train_task(
         adamml_task(model, cfg), adamml_schedule(cfg.train), cfg, train_set, val_set, runtime,
         stage_dir(cfg, "adamml"),
