@@ -266,7 +266,14 @@ def build_policy(model_cfg: ModelConfig, clip: ClipSettings) -> PolicyNetwork:
     extractors = nn.ModuleDict()
     for source in dict.fromkeys(sources.values()):
         in_channels = 1 if source == "audio" else channels[source]
-        net, dim = _policy_backbone(pcfg.backbone, pcfg.width_mult, in_channels)
+        audio_backbone = model_cfg.backbones.get("audio", "")
+        if source == "audio" and get_backbone_spec(audio_backbone).family == "framewise":
+            # SPEC: the policy's audio extractor is the audio sub-network's MobileNetV2 (so it
+            # can start from the stage-1 audio network); policy.backbone/width_mult apply to
+            # the visual extractors.
+            net, dim = _policy_backbone(audio_backbone, 1.0, in_channels)
+        else:
+            net, dim = _policy_backbone(pcfg.backbone, pcfg.width_mult, in_channels)
         if source == "audio":
             extractors[source] = SpectrogramFeatures(net, dim)
         else:
