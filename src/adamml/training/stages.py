@@ -21,6 +21,7 @@ from adamml.training.engine import (
     Task,
     adamml_step,
     multistep_lr,
+    seed_everything,
     segment_loss_step,
     train_task,
 )
@@ -197,6 +198,7 @@ def train_unimodal(cfg: ExperimentConfig, modality: str, runtime: Runtime, *, re
 
     model_cfg = unimodal_model_config(cfg.model, modality)
     train_set, val_set, class_names = build_datasets(cfg, [modality])
+    seed_everything(cfg.train.seed)  # the initial weights are part of a reproducible run
     model = build_multimodal(model_cfg, cfg.data.clip)
     task = _plain_task("unimodal", model, cfg, cfg.train.lr, cfg.train.lr_steps)
     return train_task(
@@ -214,6 +216,7 @@ def train_fusion(cfg: ExperimentConfig, method: str, runtime: Runtime, *, resume
     model_cfg = copy.deepcopy(cfg.model)
     model_cfg.fusion = method
     train_set, val_set, class_names = build_datasets(cfg, list(model_cfg.modalities))
+    seed_everything(cfg.train.seed)
     model = build_multimodal(model_cfg, cfg.data.clip, fusion=method)
     if not _will_resume(cfg, "fusion", method, resume):
         load_recognition_from_unimodal(model.recognition, cfg)
@@ -284,6 +287,7 @@ def train_adamml(cfg: ExperimentConfig, runtime: Runtime, *, resume: bool = Fals
     from adamml.models.adamml import build_adamml
 
     train_set, val_set, class_names = build_datasets(cfg, input_modalities("adamml", cfg.model))
+    seed_everything(cfg.train.seed)
     model = build_adamml(cfg.model, cfg.data.clip)
     if not _will_resume(cfg, "adamml", None, resume):
         load_recognition_from_unimodal(model.recognition, cfg)
