@@ -61,7 +61,10 @@ def run(args: argparse.Namespace) -> int:
     _say(f"1/5 generating the embedded dataset in {data_root}")
     info = generate_dataset(data_root, seed=args.seed, progress=not args.no_progress)
     timings["generate"] = time.time() - t
-    _say(f"    {info}")
+    _say(
+        f"    {sum(info.counts.values())} videos ({', '.join(f'{n} {k}' for k, n in info.counts.items())}), "
+        f"{len(info.classes)} classes; {info.written} written, {info.skipped} already there"
+    )
 
     t = time.time()
     _say(f"2/5 extracting modalities ({', '.join(cfg.model.modalities)}) with {args.workers} workers")
