@@ -30,3 +30,14 @@ def tiny_video(tmp_path: Path) -> Path:
 def silent_video(tmp_path: Path) -> Path:
     """The same clip without an audio track."""
     return make_video(tmp_path / "silent.mp4", num_frames=25, fps=25.0, audio_channels=None)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny convolutions run far faster on one thread than on two contended ones."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

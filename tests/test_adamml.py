@@ -20,13 +20,7 @@ CLIP = ClipSettings(num_segments=K, frames_per_segment=T, stack_length=2, crop_s
 MODALITIES = ["rgb", "audio"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convolutions run far faster on one thread than on two contended ones."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_cfg(**kw) -> ModelConfig:

@@ -20,13 +20,7 @@ B, K, T, H = 2, 3, 4, 32
 CLIP = ClipSettings(num_segments=K, frames_per_segment=T, stack_length=2, crop_size=H)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convolutions run far faster on one thread than on two contended ones."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_cfg(modalities: list[str], **policy) -> ModelConfig:

@@ -177,7 +177,13 @@ def evaluate_run(
     progress: bool = True,
 ) -> tuple[list, str]:
     """Evaluate checkpoints on one split; returns (MethodResult list, the paper-style table)."""
-    from adamml.evaluation.report import MethodResult, format_table, write_csv, write_json
+    from adamml.evaluation.report import (
+        MethodResult,
+        atomic_write_text,
+        format_table,
+        write_csv,
+        write_json,
+    )
     from adamml.models.adamml import RandomPolicy
     from adamml.training.engine import make_loader
     from adamml.training.stages import build_datasets, input_modalities
@@ -227,7 +233,7 @@ def evaluate_run(
         out_dir.mkdir(parents=True, exist_ok=True)
         write_csv(results, out_dir / "results.csv", all_modalities)
         write_json(results, out_dir / "results.json")
-        (out_dir / "results.txt").write_text(table + "\n")
+        atomic_write_text(out_dir / "results.txt", table + "\n")
         if plots:
             write_plots(results, adamml_outputs, out_dir)
     return results, table

@@ -93,8 +93,9 @@ class UnimodalFusion(nn.Module):
         return average_segments(fused, mask)
 
 
-class AverageFusion(nn.Module):
-    """Plain mean of the selected modalities' logits on each segment."""
+class _LateFusion(nn.Module):
+    """Per segment: the selected modalities' logits mixed by ``weights()`` (renormalised over
+    what ran), then averaged over segments. Subclasses only say what the weights are."""
 
     requires_features = False
 
@@ -105,13 +106,26 @@ class AverageFusion(nn.Module):
         self.modalities = list(modalities)
         self.output_dim = num_classes
 
+    def weights(self) -> torch.Tensor:
+        """(M,) per-modality or (M, C) per-class weights."""
+        raise NotImplementedError
+
     def forward(self, segment_logits, features=None, mask=None):
         mask = _check(segment_logits, mask, len(self.modalities))
-        weights = segment_logits.new_ones(len(self.modalities), 1)
-        return average_segments(_weighted_segments(segment_logits, mask, weights), mask)
+        w = self.weights().to(segment_logits)
+        if w.dim() == 1:
+            w = w.unsqueeze(-1)  # (M, 1): the same weight for every class
+        return average_segments(_weighted_segments(segment_logits, mask, w), mask)
 
 
-class WeightedFusion(nn.Module):
+class AverageFusion(_LateFusion):
+    """Plain mean of the selected modalities' logits on each segment."""
+
+    def weights(self) -> torch.Tensor:
+        return torch.ones(len(self.modalities))
+
+
+class WeightedFusion(_LateFusion):
     """Learned per-modality weights w = softmax(alpha) (M free logits, start equal).
 
     The reference keeps M-1 free weights and 1 - sum for the last, which can go negative; a
@@ -119,46 +133,29 @@ class WeightedFusion(nn.Module):
     ran, their weights are renormalised to sum 1, so a lone modality keeps its logit scale.
     """
 
-    requires_features = False
-
     def __init__(
         self, modalities: list[str], num_classes: int, feature_dims: list[int] | None = None
     ):
-        super().__init__()
-        self.modalities = list(modalities)
-        self.output_dim = num_classes
+        super().__init__(modalities, num_classes, feature_dims)
         self.alpha = nn.Parameter(torch.zeros(len(self.modalities)))
 
     def weights(self) -> torch.Tensor:
         """(M,) fusion weights, positive, summing to 1."""
         return self.alpha.softmax(dim=0)
 
-    def forward(self, segment_logits, features=None, mask=None):
-        mask = _check(segment_logits, mask, len(self.modalities))
-        w = self.weights().unsqueeze(-1)  # (M, 1)
-        return average_segments(_weighted_segments(segment_logits, mask, w), mask)
 
-
-class ClasswiseFusion(nn.Module):
+class ClasswiseFusion(_LateFusion):
     """Learned per-modality, per-class weights: softmax over modalities for each class (M, C)."""
-
-    requires_features = False
 
     def __init__(
         self, modalities: list[str], num_classes: int, feature_dims: list[int] | None = None
     ):
-        super().__init__()
-        self.modalities = list(modalities)
-        self.output_dim = num_classes
+        super().__init__(modalities, num_classes, feature_dims)
         self.alpha = nn.Parameter(torch.zeros(len(self.modalities), num_classes))
 
     def weights(self) -> torch.Tensor:
         """(M, C) weights; each class's column sums to 1."""
         return self.alpha.softmax(dim=0)
-
-    def forward(self, segment_logits, features=None, mask=None):
-        mask = _check(segment_logits, mask, len(self.modalities))
-        return average_segments(_weighted_segments(segment_logits, mask, self.weights()), mask)
 
 
 class FCFusion(nn.Module):
