@@ -257,3 +257,19 @@ def _same_numbers(a, b) -> bool:
     if isinstance(a, float):
         return abs(a - b) < 1e-5
     return a == b
+
+
+def test_cli_reports_a_missing_checkpoint_by_name_without_a_traceback(tmp_path, capsys):
+    from adamml.cli import main
+
+    missing = tmp_path / "nope.pt"
+    assert main(["evaluate", "--checkpoint", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert str(missing) in err and "not found" in err and "Traceback" not in err
+
+
+def test_cli_reports_an_unknown_config_key(tmp_path, capsys):
+    from adamml.cli import main
+
+    assert main(["train", "--config", "demo", "model.colour=red"]) == 2
+    assert "unknown key(s) colour" in capsys.readouterr().err

@@ -56,6 +56,20 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except _user_errors() as exc:  # bad input: say what and where, without a traceback
+        print(f"adamml {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors whose message already names the file and the problem (see each module)."""
+    from adamml.config import ConfigError
+    from adamml.data.formats import DatasetError
+    from adamml.data.types import VideoDecodeError
+    from adamml.models.backbones import PretrainedWeightsError
+    from adamml.training.checkpoint import CheckpointError
+
+    return (ConfigError, DatasetError, VideoDecodeError, PretrainedWeightsError, CheckpointError, FileNotFoundError)
 
 
 if __name__ == "__main__":
