@@ -273,3 +273,21 @@ def test_cli_reports_an_unknown_config_key(tmp_path, capsys):
 
     assert main(["train", "--config", "demo", "model.colour=red"]) == 2
     assert "unknown key(s) colour" in capsys.readouterr().err
+
+
+def test_training_runs_under_torchrun_with_two_gloo_processes(tiny_data, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29521",
+         "-m", "adamml.cli", "train", "--config", "demo", "--data", str(tiny_data), "--output", str(tmp_path),
+         "--stage", "unimodal", "--modality", "audio", "train.epochs=1", "train.batch_size=6",
+         "train.progress=false"],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    state = torch.load(tmp_path / "unimodal_audio" / "last.pt", weights_only=False)
+    assert state["epoch"] == 1
+    # Rank 0 alone writes; the distributed evaluation counted every validation video once.
+    assert state["metrics"]["num_videos"] == 12.0
+    rows = read_log(tmp_path / "unimodal_audio" / "log.csv")
+    assert len(rows) == 1
