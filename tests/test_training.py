@@ -118,9 +118,9 @@ def test_adamml_stage_follows_the_schedule_and_records_selection_rates(trained_r
 
 
 def test_adamml_policy_starts_from_stage_one_audio_network_and_pretrains_the_rest(trained_run, tiny_data):
+    from adamml.data.datasets import build_datasets
     from adamml.models.adamml import build_adamml
     from adamml.training.stages import (
-        build_datasets,
         init_policy_from_recognition,
         load_recognition_from_unimodal,
         pretrain_policy_extractors,
@@ -134,7 +134,7 @@ def test_adamml_policy_starts_from_stage_one_audio_network_and_pretrains_the_res
     for key, value in model.policy.extractors["audio"].state_dict().items():
         assert torch.equal(value, donor[key]), key
     before = {k: v.clone() for k, v in model.policy.extractors["rgb"].state_dict().items()}
-    train_set, _, _ = build_datasets(cfg, ["rgb", "audio"])
+    train_set, _, _ = build_datasets(cfg, modalities=["rgb", "audio"])
     accuracy = pretrain_policy_extractors(model, cfg, train_set, Runtime(), skip=["audio"])
     assert set(accuracy) == {"rgb"} and 0.0 <= accuracy["rgb"] <= 1.0
     after = model.policy.extractors["rgb"].state_dict()
@@ -291,3 +291,14 @@ def test_training_runs_under_torchrun_with_two_gloo_processes(tiny_data, tmp_pat
     assert state["metrics"]["num_videos"] == 12.0
     rows = read_log(tmp_path / "unimodal_audio" / "log.csv")
     assert len(rows) == 1
+
+
+def test_adamml_asks_the_dataset_for_the_policys_flow_proxy_once():
+    from adamml.config import ModelConfig, PolicyConfig
+    from adamml.training.stages import input_modalities
+
+    rgbdiff = ModelConfig(modalities=["rgb", "flow"])
+    assert input_modalities("adamml", rgbdiff) == ["rgb", "flow", "rgbdiff"]
+    assert input_modalities("fusion", rgbdiff) == ["rgb", "flow"]
+    flow_itself = ModelConfig(modalities=["rgb", "flow"], policy=PolicyConfig(flow_proxy="flow"))
+    assert input_modalities("adamml", flow_itself) == ["rgb", "flow"]

@@ -177,6 +177,7 @@ def evaluate_run(
     progress: bool = True,
 ) -> tuple[list, str]:
     """Evaluate checkpoints on one split; returns (MethodResult list, the paper-style table)."""
+    from adamml.data.datasets import build_datasets
     from adamml.evaluation.report import (
         MethodResult,
         atomic_write_text,
@@ -186,7 +187,7 @@ def evaluate_run(
     )
     from adamml.models.adamml import RandomPolicy
     from adamml.training.engine import make_loader
-    from adamml.training.stages import build_datasets, input_modalities
+    from adamml.training.stages import input_modalities
 
     runtime = runtime or Runtime()
     results: list = []
@@ -202,7 +203,7 @@ def evaluate_run(
             cfg.data.val_split = split
         needed = tuple(input_modalities(kind, model_cfg))
         if needed not in loaders:
-            _, val_set, class_names = build_datasets(cfg, list(needed), with_train=False)
+            _, val_set, class_names = build_datasets(cfg, modalities=list(needed), with_train=False)
             loaders[needed] = (make_loader(val_set, batch_size or cfg.train.batch_size, runtime, train=False, seed=0, num_workers=cfg.data.num_workers), class_names)
         loader, class_names = loaders[needed]
         for m in model_cfg.modalities:

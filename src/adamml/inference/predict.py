@@ -50,6 +50,7 @@ def predict_videos(
     from adamml.data.datasets import VideoDataset
     from adamml.data.types import VideoEntry
     from adamml.evaluation.evaluate import segment_costs
+    from adamml.evaluation.metrics import gflops_per_video
     from adamml.training.stages import input_modalities
 
     model, kind, model_cfg, cfg, class_names = model_bundle or load_predictor(checkpoint)
@@ -71,12 +72,14 @@ def predict_videos(
         if kind == "adamml":
             out = model(batch, mode="conditional")
             decisions = out.decisions[0].cpu().numpy()
-            gflops = float(decisions.sum(0) @ np.array([costs[m] for m in model_cfg.modalities])) + costs["policy"] * decisions.shape[0]
-        else:
+            policy_cost = costs["policy"]
+        else:  # a fixed network runs every modality on every segment, and has no policy
             out = model(batch)
             k = batch[model_cfg.modalities[0]].shape[1]
             decisions = np.ones((k, len(model_cfg.modalities)))
-            gflops = k * sum(costs[m] for m in model_cfg.modalities)
+            policy_cost = 0.0
+        modality_costs = [costs[m] for m in model_cfg.modalities]
+        gflops = gflops_per_video(decisions[None], modality_costs, policy_cost)[0]
         probs = torch.softmax(out.logits[0].float(), dim=-1).cpu()
         scores, idx = probs.topk(min(topk, probs.numel()))
         results.append(Prediction(

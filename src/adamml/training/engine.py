@@ -315,7 +315,7 @@ def train_task(
 
 
 def _eval_due(cfg: ExperimentConfig, epoch: int) -> bool:
-    every = getattr(cfg.train, "eval_every", 1)
+    every = cfg.train.eval_every
     return every > 0 and (epoch + 1) % every == 0
 
 

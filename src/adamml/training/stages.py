@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from adamml.config import ExperimentConfig, ModelConfig, to_dict
+from adamml.data.datasets import build_datasets
 from adamml.training.checkpoint import load_checkpoint
 from adamml.training.distributed import Runtime
 from adamml.training.engine import (
@@ -54,16 +55,10 @@ def unimodal_model_config(model_cfg: ModelConfig, modality: str) -> ModelConfig:
 def input_modalities(kind: str, model_cfg: ModelConfig) -> list[str]:
     """The tensors a stage needs from the dataset (AdaMML's policy looks at rgbdiff for flow)."""
     needed = list(model_cfg.modalities)
-    if kind == "adamml" and "flow" in needed and "rgbdiff" not in needed:
-        needed.append(model_cfg.policy.flow_proxy)
+    proxy = model_cfg.policy.flow_proxy
+    if kind == "adamml" and "flow" in needed and proxy not in needed:
+        needed.append(proxy)
     return needed
-
-
-def build_datasets(cfg: ExperimentConfig, modalities: list[str], *, with_train: bool = True):
-    """Train and validation datasets for the tensors a stage needs (see adamml.data.datasets)."""
-    from adamml.data.datasets import build_datasets as build
-
-    return build(cfg, modalities=modalities, with_train=with_train)
 
 
 def load_recognition_from_unimodal(recognition: nn.ModuleDict, cfg: ExperimentConfig, *, required: bool = False) -> list[str]:
@@ -197,7 +192,7 @@ def train_unimodal(cfg: ExperimentConfig, modality: str, runtime: Runtime, *, re
     from adamml.models.multimodal import build_multimodal
 
     model_cfg = unimodal_model_config(cfg.model, modality)
-    train_set, val_set, class_names = build_datasets(cfg, [modality])
+    train_set, val_set, class_names = build_datasets(cfg, modalities=[modality])
     seed_everything(cfg.train.seed)  # the initial weights are part of a reproducible run
     model = build_multimodal(model_cfg, cfg.data.clip)
     task = _plain_task("unimodal", model, cfg, cfg.train.lr, cfg.train.lr_steps)
@@ -215,7 +210,7 @@ def train_fusion(cfg: ExperimentConfig, method: str, runtime: Runtime, *, resume
 
     model_cfg = copy.deepcopy(cfg.model)
     model_cfg.fusion = method
-    train_set, val_set, class_names = build_datasets(cfg, list(model_cfg.modalities))
+    train_set, val_set, class_names = build_datasets(cfg, modalities=list(model_cfg.modalities))
     seed_everything(cfg.train.seed)
     model = build_multimodal(model_cfg, cfg.data.clip, fusion=method)
     if not _will_resume(cfg, "fusion", method, resume):
@@ -286,7 +281,7 @@ def adamml_task(model: nn.Module, cfg: ExperimentConfig) -> Task:
 def train_adamml(cfg: ExperimentConfig, runtime: Runtime, *, resume: bool = False, fault_after_steps: int | None = None) -> dict:
     from adamml.models.adamml import build_adamml
 
-    train_set, val_set, class_names = build_datasets(cfg, input_modalities("adamml", cfg.model))
+    train_set, val_set, class_names = build_datasets(cfg, modalities=input_modalities("adamml", cfg.model))
     seed_everything(cfg.train.seed)
     model = build_adamml(cfg.model, cfg.data.clip)
     if not _will_resume(cfg, "adamml", None, resume):
