@@ -129,7 +129,7 @@ def test_straight_through_gradients_reach_every_policy_part(policy: PolicyNetwor
     out = policy(policy.policy_inputs(tiny_batch()), temperature=5.0, hard=True)
     weights = torch.arange(1.0, 1.0 + out.decisions.numel()).view_as(out.decisions)
     (out.decisions * weights).sum().backward()
-    for part in (policy.heads, policy.lstm, policy.joint, policy.extractors["rgb"], policy.extractors["audio"]):
+    for part in (policy.heads, policy.lstm, policy.joint, policy.joint_inputs, policy.extractors["rgb"], policy.extractors["audio"]):
         grads = [p.grad for p in part.parameters() if p.grad is not None]
         assert grads and any(g.abs().sum() > 0 for g in grads), type(part).__name__
     policy.zero_grad()
@@ -211,3 +211,41 @@ def test_zero_temperature_is_rejected() -> None:
 def test_non_framewise_policy_backbone_is_rejected() -> None:
     with pytest.raises(ValueError, match="framewise"):
         build_policy(tiny_cfg(["rgb"], backbone="resnet_tiny"), CLIP)
+
+
+def test_blocks_keep_the_first_feature_blocks_of_the_visual_extractor() -> None:
+    full = build_policy(tiny_cfg(["rgb", "audio"], backbone="mobilenet_v2", width_mult=0.5), CLIP)
+    short = build_policy(tiny_cfg(["rgb", "audio"], backbone="mobilenet_v2", width_mult=0.5, blocks=7), CLIP)
+    # MobileNetV2 block 6 ends the 32-channel stage: 16 channels at width 0.5.
+    assert short.extractors["rgb"].output_dim == 16
+    assert full.extractors["rgb"].output_dim == 1280
+    # The audio extractor is the audio network's own MobileNetV2 and is not cut.
+    assert short.extractors["audio"].output_dim == full.extractors["audio"].output_dim
+    n_short = sum(p.numel() for p in short.extractors["rgb"].parameters())
+    n_full = sum(p.numel() for p in full.extractors["rgb"].parameters())
+    assert n_short < n_full / 10
+    out = short(short.policy_inputs(tiny_batch()), temperature=1.0)
+    assert out.decisions.shape == (B, K, 2)
+    with pytest.raises(ValueError, match="policy.blocks must be between 1 and 19"):
+        build_policy(tiny_cfg(["rgb"], backbone="mobilenet_v2", blocks=40), CLIP)
+
+
+def test_no_source_can_drown_the_others_by_growing_its_projection(policy: PolicyNetwork) -> None:
+    """Each source's projection is layer-normalised: scaling one (what Adam does to a wide
+    input) leaves the policy's output unchanged, so a narrow visual source keeps its say."""
+    policy.eval()
+    inputs = policy.policy_inputs(tiny_batch())
+    with torch.no_grad():
+        before = policy(inputs, temperature=1.0, sample=False).logits
+        linear = policy.joint_inputs["audio"][0]
+        saved = (linear.weight.clone(), linear.bias.clone())
+        linear.weight.mul_(100.0)
+        linear.bias.mul_(100.0)
+        after = policy(inputs, temperature=1.0, sample=False).logits
+        linear.weight.copy_(saved[0])
+        linear.bias.copy_(saved[1])
+        # and the visual input still moves the decisions
+        other = dict(inputs, rgb=policy.policy_inputs(tiny_batch(seed=5))["rgb"])
+        moved = policy(other, temperature=1.0, sample=False).logits
+    assert torch.allclose(before, after, atol=1e-4)
+    assert not torch.allclose(before, moved, atol=1e-4)

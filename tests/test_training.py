@@ -185,6 +185,43 @@ def test_evaluate_prints_the_paper_table_and_writes_csv_json_and_plots(trained_r
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, png
 
 
+def test_evaluate_adds_the_reference_sampled_protocol_averaged_over_draws(trained_run):
+    from adamml.evaluation.evaluate import evaluate_run, find_stage_checkpoints
+
+    results, table = evaluate_run(
+        find_stage_checkpoints(trained_run), sample=True, draws=3, seed=1, progress=False, plots=False
+    )
+    methods = [r.method for r in results]
+    assert methods[-4:] == [
+        "AdaMML", "Random policy (AdaMML's rates)", "AdaMML, sampled", "Random policy (sampled AdaMML's rates)",
+    ]
+    by = {r.method: r for r in results}
+    assert "draws" not in by["AdaMML"].extra  # argmax: one deterministic pass
+    sampled = by["AdaMML, sampled"].extra
+    assert sampled["draws"] == 3 and "top1_std" in sampled and "gflops_std" in sampled
+    assert 0.0 <= sampled["top1"] <= 1.0 and sampled["top1_std"] >= 0.0
+    # The random policy runs at the sampled policy's rates (within sampling noise).
+    for m, rate in by["AdaMML, sampled"].selection.items():
+        assert abs(by["Random policy (sampled AdaMML's rates)"].selection[m] - rate) < 35.0
+
+
+def test_frozen_side_is_in_eval_mode_while_the_other_trains():
+    from adamml.models.adamml import build_adamml
+    from adamml.training.schedule import Phase
+    from adamml.training.stages import adamml_task
+
+    cfg = load_config("demo", [])
+    model = build_adamml(cfg.model, cfg.data.clip)
+    task = adamml_task(model, cfg)
+    for trains, frozen, training in (("policy", model.recognition, model.policy), ("recognition", model.policy, model.recognition)):
+        phase = Phase("alternate", trains, 0, 1)
+        task.set_trainable(phase)
+        model.train()
+        task.set_modes(phase)
+        assert model.training and training.training
+        assert not any(m.training for m in frozen.modules()), trains
+
+
 def test_predict_runs_on_generated_videos_with_and_without_audio(trained_run, tiny_data, tmp_path):
     import numpy as np
 

@@ -43,6 +43,10 @@ class PolicyConfig:
 
     backbone: str = "mobilenet_v2"
     width_mult: float = 1.0
+    # Keep only the visual extractor's first N feature blocks (None: all). At a few dozen
+    # pixels a full MobileNetV2 shrinks the frame to 1x1 halfway through and, trained from
+    # scratch, learns slowly; its first blocks see occlusion and object type well and cost less.
+    blocks: int | None = None
     frames: int = 4  # RGB frames per segment it looks at (every other of the clip's frames)
     resolution: int = 160
     joint_dim: int = 2048  # the MLP over concatenated per-modality features

@@ -3,7 +3,8 @@
 Every method is scored on the same videos: top-1/top-5 accuracy, mean class accuracy, video
 mAP, the per-modality selection rate and the GFLOPs per video (multiply-adds counted from the
 real modules by adamml.models.flops). AdaMML is evaluated with real conditional execution and a
-deterministic (argmax) policy unless sampling is asked for with a seed.
+deterministic (argmax) policy; ``--sample`` adds the reference code's test protocol (Gumbel
+samples, seeded, averaged over ``--draws`` passes) as a second row.
 """
 
 from __future__ import annotations
@@ -61,13 +62,37 @@ def evaluate_model(
     sample: bool = False,
     seed: int = 0,
     progress: bool = False,
+    draws: int = 1,
 ) -> EvalResult:
     """Score ``model`` on ``loader``.
 
     kind: "unimodal" / "fusion" (every modality on every segment) or "adamml".
     decisions_fn(batch_size, K, modalities, device) -> (B, K, M) forces decisions (random
     policies); the policy network then does not run and its cost is not counted.
+    draws: passes over the data for stochastic decisions (sampling, random policies); the
+    metrics are their mean (``<name>_std`` holds the spread of each), the per-video arrays
+    are the first pass's.
     """
+    if draws < 1:
+        raise ValueError(f"draws must be >= 1, got {draws}")
+    passes = [
+        _evaluate_pass(model, loader, kind, model_cfg, cfg, runtime, decisions_fn=decisions_fn,
+                       sample=sample, seed=seed + 1_000_003 * d, progress=progress)
+        for d in range(draws)
+    ]
+    if draws == 1:
+        return passes[0]
+    metrics = dict(passes[0].metrics)
+    for key, value in passes[0].metrics.items():
+        if isinstance(value, (int, float)):
+            values = np.array([p.metrics[key] for p in passes], dtype=np.float64)
+            metrics[key] = float(values.mean())
+            metrics[f"{key}_std"] = float(values.std())
+    metrics["draws"] = draws
+    return EvalResult(metrics=metrics, gathered=passes[0].gathered)
+
+
+def _evaluate_pass(model, loader, kind, model_cfg, cfg, runtime, *, decisions_fn, sample, seed, progress) -> EvalResult:
     from adamml.evaluation.metrics import MetricAccumulator, gflops_per_video
 
     costs = segment_costs(model_cfg, cfg.data.clip)
@@ -171,12 +196,18 @@ def evaluate_run(
     random_policy: bool = True,
     sample: bool = False,
     seed: int = 0,
+    draws: int = 1,
     out_dir: Path | None = None,
     batch_size: int | None = None,
     plots: bool = True,
     progress: bool = True,
 ) -> tuple[list, str]:
-    """Evaluate checkpoints on one split; returns (MethodResult list, the paper-style table)."""
+    """Evaluate checkpoints on one split; returns (MethodResult list, the paper-style table).
+
+    AdaMML is scored with argmax decisions ("AdaMML"); with ``sample`` also with sampled
+    decisions, as the reference code does at test time ("AdaMML, sampled"), averaged over
+    ``draws`` passes. Each gets a random policy at its own selection rates beside it.
+    """
     from adamml.data.datasets import build_datasets
     from adamml.evaluation.report import (
         MethodResult,
@@ -209,21 +240,29 @@ def evaluate_run(
         for m in model_cfg.modalities:
             if m not in all_modalities:
                 all_modalities.append(m)
-        res = evaluate_model(model, loader, kind, model_cfg, cfg, runtime, sample=sample, seed=seed, progress=progress)
         metric_name = "mAP" if cfg.data.multi_label else "top1"
-        rates = {m: res.metrics[f"selection_{m}"] for m in model_cfg.modalities}
-        results.append(MethodResult(
-            method=method_name(kind, model_cfg), accuracy=100 * res.metrics["score"], metric=metric_name,
-            selection={m: 100 * r for m, r in rates.items()}, gflops=res.metrics["gflops"],
-            extra={k: v for k, v in res.metrics.items() if k not in ("score",)} | {"checkpoint": str(path)},
-        ))
-        if kind == "adamml":
-            adamml_outputs = (model, model_cfg, cfg, res, loader, class_names)
+        protocols = [(False, method_name(kind, model_cfg), "AdaMML's rates")]
+        if kind == "adamml" and sample:
+            protocols.append((True, f"{method_name(kind, model_cfg)}, sampled", "sampled AdaMML's rates"))
+        for sampled, name, rates_name in protocols:
+            res = evaluate_model(model, loader, kind, model_cfg, cfg, runtime, sample=sampled, seed=seed,
+                                 progress=progress, draws=draws if sampled else 1)
+            rates = {m: res.metrics[f"selection_{m}"] for m in model_cfg.modalities}
+            results.append(MethodResult(
+                method=name, accuracy=100 * res.metrics["score"], metric=metric_name,
+                selection={m: 100 * r for m, r in rates.items()}, gflops=res.metrics["gflops"],
+                extra={k: v for k, v in res.metrics.items() if k not in ("score",)} | {"checkpoint": str(path)},
+            ))
+            if kind != "adamml":
+                continue
+            if adamml_outputs is None:
+                adamml_outputs = (model, model_cfg, cfg, res, loader, class_names)
             if random_policy:
                 rnd = RandomPolicy(rates, seed=seed)
-                rres = evaluate_model(model, loader, kind, model_cfg, cfg, runtime, decisions_fn=rnd, progress=progress)
+                rres = evaluate_model(model, loader, kind, model_cfg, cfg, runtime, decisions_fn=rnd,
+                                      progress=progress, draws=draws)
                 results.append(MethodResult(
-                    method="Random policy (AdaMML's rates)", accuracy=100 * rres.metrics["score"], metric=metric_name,
+                    method=f"Random policy ({rates_name})", accuracy=100 * rres.metrics["score"], metric=metric_name,
                     selection={m: 100 * rres.metrics[f"selection_{m}"] for m in model_cfg.modalities},
                     gflops=rres.metrics["gflops"], extra=dict(rres.metrics),
                 ))
@@ -301,8 +340,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", help="split to evaluate (default: the config's val split)")
     parser.add_argument("--out", help="write results.csv/json/txt and plots here")
     parser.add_argument("--no-random-policy", action="store_true", help="skip the random-policy baseline")
-    parser.add_argument("--sample", action="store_true", help="sample the policy (Gumbel noise) instead of argmax")
+    parser.add_argument("--sample", action="store_true", help="also score AdaMML with sampled decisions (the reference's test protocol)")
     parser.add_argument("--seed", type=int, default=0, help="seed for --sample and random policies")
+    parser.add_argument("--draws", type=int, default=1,
+                        help="passes averaged for sampled decisions and random policies (default 1)")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--no-plots", action="store_true")
 
@@ -326,7 +367,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         _, table = evaluate_run(
             checkpoints, data_root=args.data, split=args.split, runtime=runtime,
-            random_policy=not args.no_random_policy, sample=args.sample, seed=args.seed,
+            random_policy=not args.no_random_policy, sample=args.sample, seed=args.seed, draws=args.draws,
             out_dir=Path(args.out) if args.out else None, batch_size=args.batch_size,
             plots=not args.no_plots,
         )

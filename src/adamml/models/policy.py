@@ -149,17 +149,28 @@ class PolicyNetwork(nn.Module):
         self.extractors = extractors
         self.frame_indices = list(frame_indices)
         self.resolution = int(resolution)
-        feature_dim = sum(e.output_dim for e in extractors.values())
         # Each source's features are layer-normalised before they are joined: the extractors
         # differ in scale by orders of magnitude (a stage-1 audio net vs a fresh RGB net), and
         # unnormalised inputs drove the joint MLP into values that saturate the LSTM gates, after
         # which the policy gave the same answer for every video.
         self.feature_norms = nn.ModuleDict({s: nn.LayerNorm(e.output_dim) for s, e in extractors.items()})
+        # The joint MLP's first layer is one projection per source, each layer-normalised, then
+        # summed. One layer over the concatenation gives each source a share in proportion to
+        # its width, at initialisation and again under Adam (a step moves every weight by about
+        # the learning rate, so a 1280-wide audio input outgrows a 16-wide visual one): the
+        # policy then ignored what it saw. Normalising each projection keeps the shares equal.
+        self.joint_inputs = nn.ModuleDict({
+            s: nn.Sequential(nn.Linear(e.output_dim, joint_dim), nn.LayerNorm(joint_dim))
+            for s, e in extractors.items()
+        })
+        # LayerNorm before the LSTM: the joint layers grow fast under Adam (wide fan-in), and
+        # inputs of growing size saturate the LSTM gates, after which every video gets the
+        # same decision.
         self.joint = nn.Sequential(
-            nn.Linear(feature_dim, joint_dim),
             nn.ReLU(inplace=True),
             nn.Linear(joint_dim, joint_dim),
             nn.ReLU(inplace=True),
+            nn.LayerNorm(joint_dim),
         )
         num = len(self.modalities)
         self.lstm = nn.LSTMCell(joint_dim + 2 * num, hidden_size)
@@ -210,8 +221,8 @@ class PolicyNetwork(nn.Module):
             x = inputs[source]
             b, k = x.shape[:2]
             y = self.feature_norms[source](extractor(rearrange(x, "b k ... -> (b k) ...")))
-            feats.append(rearrange(y, "(b k) d -> b k d", b=b, k=k))
-        joint = self.joint(torch.cat(feats, dim=-1))  # (B, K, joint_dim)
+            feats.append(self.joint_inputs[source](rearrange(y, "(b k) d -> b k d", b=b, k=k)))
+        joint = self.joint(torch.stack(feats).sum(dim=0))  # (B, K, joint_dim)
 
         num = len(self.modalities)
         prev = joint.new_zeros(b, 2 * num)  # previous step's logits; none before segment 0
@@ -230,11 +241,13 @@ class PolicyNetwork(nn.Module):
         return PolicyOutput(decisions=decisions, logits=logits, probs=logits.softmax(-1)[..., 1])
 
 
-def _policy_backbone(name: str, width_mult: float, in_channels: int) -> tuple[nn.Module, int]:
+def _policy_backbone(
+    name: str, width_mult: float, in_channels: int, blocks: int | None = None
+) -> tuple[nn.Module, int]:
     """A framewise trunk from the backbone table (random weights) and its feature width.
 
     ``width_mult`` other than 1 rebuilds a MobileNetV2 at that width (the table holds widths
-    1.0 and 0.25 only).
+    1.0 and 0.25 only); ``blocks`` keeps the first N blocks of its ``features``.
     """
     spec = get_backbone_spec(name)
     if spec.family != "framewise":
@@ -250,7 +263,14 @@ def _policy_backbone(name: str, width_mult: float, in_channels: int) -> tuple[nn
             adapt_first_conv(net, in_channels, inflate=False)
     else:
         net = create_backbone(name, in_channels)
-    return net, int(getattr(net, "last_channel", spec.feature_dim))
+    if blocks is None:
+        return net, int(getattr(net, "last_channel", spec.feature_dim))
+    total = len(net.features)
+    if not 1 <= blocks <= total:
+        raise ValueError(f"policy.blocks must be between 1 and {total} for {name!r}, got {blocks}")
+    net.features = net.features[:blocks]
+    convs = [m for m in net.features.modules() if isinstance(m, nn.Conv2d)]
+    return net, int(convs[-1].out_channels)
 
 
 def build_policy(model_cfg: ModelConfig, clip: ClipSettings) -> PolicyNetwork:
@@ -273,7 +293,7 @@ def build_policy(model_cfg: ModelConfig, clip: ClipSettings) -> PolicyNetwork:
             # the visual extractors.
             net, dim = _policy_backbone(audio_backbone, 1.0, in_channels)
         else:
-            net, dim = _policy_backbone(pcfg.backbone, pcfg.width_mult, in_channels)
+            net, dim = _policy_backbone(pcfg.backbone, pcfg.width_mult, in_channels, pcfg.blocks)
         if source == "audio":
             extractors[source] = SpectrogramFeatures(net, dim)
         else:

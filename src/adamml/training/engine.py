@@ -112,6 +112,9 @@ class Task:
     make_optimizers: Callable[[Phase], dict[str, torch.optim.Optimizer]]
     phase_lrs: Callable[[Phase], dict[str, float]]
     set_trainable: Callable[[Phase], None] = lambda phase: None
+    # Called after model.train() each epoch: put frozen parts in eval mode (no dropout noise,
+    # no batch-norm statistics drifting while their weights are fixed).
+    set_modes: Callable[[Phase], None] = lambda phase: None
 
 
 class EpochLogger:
@@ -223,6 +226,7 @@ def train_task(
                 group["lr"] = lrs[name] * group.get("lr_scale", 1.0)
         set_loader_epoch(train_loader, epoch, tcfg.seed)
         model.train()
+        task.set_modes(phase)
         totals = torch.zeros(3, dtype=torch.float64)  # loss*n, correct, n
         sel_totals = torch.zeros(len(task.modalities), dtype=torch.float64)
         sel_count = 0

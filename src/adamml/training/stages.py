@@ -240,6 +240,11 @@ def adamml_task(model: nn.Module, cfg: ExperimentConfig) -> Task:
             model.freeze_policy()
             model.unfreeze_recognition()
 
+    def set_modes(phase: Phase) -> None:
+        # The frozen side only supplies logits or decisions; sampling still follows
+        # model.training, so the policy keeps drawing decisions while in eval mode.
+        (model.recognition if phase.trains == "policy" else model.policy).eval()
+
     def make_optimizers(phase: Phase) -> dict[str, torch.optim.Optimizer]:
         fusion_params = list(model.fusion.parameters())
         fusion_ids = {id(p) for p in fusion_params}
@@ -275,6 +280,7 @@ def adamml_task(model: nn.Module, cfg: ExperimentConfig) -> Task:
         make_optimizers=make_optimizers,
         phase_lrs=phase_lrs,
         set_trainable=set_trainable,
+        set_modes=set_modes,
     )
 
 
