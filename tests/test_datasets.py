@@ -247,3 +247,38 @@ def test_frame_folder_listed_from_a_later_frame_reads_the_matching_audio(tmp_pat
 def test_build_datasets_for_evaluation_only(videos: Path) -> None:
     train_ds, val_ds, names = build_datasets(config_for(videos), with_train=False)
     assert train_ds is None and names == ["bell", "drum"] and len(val_ds) == 2
+
+
+@pytest.mark.parametrize("wrong_count", [None, 3, 500])
+def test_streamed_decoding_keeps_only_the_frames_a_sample_reads_and_gives_the_same_sample(
+    tmp_path: Path, monkeypatch, wrong_count
+) -> None:
+    """Evaluation/inference on long videos: the same tensors as a full decode, a bounded
+    number of frames in memory; a wrong frame-count guess costs a second pass, not a wrong
+    sample."""
+    import adamml.data.video as video
+
+    path = make_video(tmp_path / "long.mp4", num_frames=250, fps=25.0)  # 10 s
+    decode = DecodeSettings(fps=25.0, short_side=48, flow="dis")
+    entries = [VideoEntry(path=path, labels=[0], source="t")]
+    kwargs = dict(modalities=["rgb", "rgbdiff", "flow", "audio"], clip=CLIP, decode=decode, train=False)
+    full = VideoDataset(entries, ["a"], **kwargs)[0]
+    if wrong_count is not None:
+        monkeypatch.setattr(video, "_count_frames", lambda p, fps: wrong_count)
+    streamed_set = VideoDataset(entries, ["a"], stream=True, **kwargs)
+    streamed = streamed_set[0]
+    for key in ("rgb", "rgbdiff", "flow", "audio"):
+        assert torch.equal(full[key], streamed[key]), key
+    decoded = streamed_set.load(entries[0])
+    assert decoded.num_frames == 250
+    # 3 segments x 4 frames, each with a 2-frame stack after it, and their flow neighbours.
+    assert len(decoded.frames.kept) <= 3 * 4 * (2 + 1) + 2 * 3 * 4
+    assert len(decoded.flow.kept) <= len(decoded.frames.kept)
+    with pytest.raises(KeyError, match="was not kept"):
+        decoded.frames[0 if 0 not in decoded.frames.kept else 1]
+
+
+def test_streaming_is_refused_for_training(tmp_path: Path) -> None:
+    entries = [VideoEntry(path=tmp_path / "x.mp4", labels=[0], source="t")]
+    with pytest.raises(ValueError, match="stream=True is for evaluation"):
+        VideoDataset(entries, ["a"], modalities=["rgb"], clip=CLIP, decode=DecodeSettings(), train=True, stream=True)

@@ -56,7 +56,13 @@ class VideoDataset(Dataset):
         num_segments: int | None = None,
         multi_label: bool = False,
         seed: int = 0,
+        stream: bool = False,
     ) -> None:
+        """``stream``: decode video files keeping only the frames a sample reads (evaluation
+        and inference on long videos: memory stays one sample's frames whatever the length).
+        Evaluation only, where the frames a sample reads depend on the length alone."""
+        if stream and train:
+            raise ValueError("stream=True is for evaluation: training samples random frames")
         if not entries:
             raise DatasetError("no videos given to VideoDataset (the split is empty)")
         self.entries = list(entries)
@@ -69,6 +75,7 @@ class VideoDataset(Dataset):
         self.num_segments = int(num_segments if num_segments is not None else clip.num_segments)
         self.multi_label = multi_label
         self.seed = int(seed)
+        self.stream = stream
         self.epoch = 0
         # RGB-only samples may use the video's last frames; stacks need L frames after.
         needs_stack = any(m in STACKED for m in self.modalities)
@@ -134,7 +141,7 @@ class VideoDataset(Dataset):
         else:
             from adamml.data.video import decode_video
 
-            decoded = decode_video(path, self.decode)
+            decoded = decode_video(path, self.decode, keep_frames=self._frames_read if self.stream else None)
         if decoded.num_frames < 1:
             raise DatasetError(f"{path}: decoded to zero frames")
         if "flow" in self.modalities and decoded.flow is None:
@@ -144,6 +151,13 @@ class VideoDataset(Dataset):
                 "`adamml extract` with flow enabled (data.decode.flow: tvl1 or dis)"
             )
         return decoded
+
+    def _frames_read(self, num_frames: int) -> np.ndarray:
+        """Every frame index an evaluation sample of a ``num_frames`` video reads (a clip's
+        frames and, for RGB difference / flow stacks, the L after each)."""
+        indices = sample_indices(num_frames, self._sampling_clip, False, None, num_segments=self.num_segments)
+        steps = np.arange(self._sampling_clip.stack_length + 1)
+        return np.minimum(indices[..., None] + steps, num_frames - 1)
 
     # ------------------------------------------------------------------ samples
 
@@ -238,5 +252,8 @@ def build_datasets(
         multi_label=multi_label, seed=config.train.seed,
     )
     train_ds = VideoDataset(train_entries, class_names, train=True, **common) if with_train else None
-    val_ds = VideoDataset(val_entries, class_names, train=False, num_segments=data.eval_segments, **common)
+    # Decoding while evaluating (no cache): keep only the frames each sample reads.
+    val_ds = VideoDataset(
+        val_entries, class_names, train=False, num_segments=data.eval_segments, stream=cache is None, **common
+    )
     return train_ds, val_ds, class_names

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import av
@@ -22,6 +22,7 @@ from adamml.data.types import DecodedVideo, DecodeSettings, VideoDecodeError
 
 __all__ = [
     "MissingAudioWarning",
+    "SparseFrames",
     "decode_video",
     "decode_frame_folder",
     "decode_audio_file",
@@ -63,20 +64,66 @@ def _open(path: Path) -> av.container.InputContainer:
         ) from None
 
 
+class SparseFrames:
+    """Some frames of a video, indexed like the full uint8 (N, H, W, C) array.
+
+    What a long video decodes to when only a sample's frames are kept (``decode_video`` with
+    ``keep_frames``): memory stays a few dozen frames whatever the length. Supports ``len``,
+    ``shape``, ``dtype``, ``ndim`` and integer / integer-array indexing of kept frames.
+    """
+
+    def __init__(self, num_frames: int, frame_shape: tuple[int, ...], kept: dict[int, np.ndarray], where: str) -> None:
+        self.shape = (int(num_frames), *(int(v) for v in frame_shape))
+        self.dtype = np.dtype(np.uint8)
+        self.ndim = len(self.shape)
+        self.kept = kept
+        self._where = where
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _get(self, index: int) -> np.ndarray:
+        if not 0 <= index < self.shape[0]:
+            raise IndexError(f"{self._where}: frame {index} out of range for {self.shape[0]}")
+        if index not in self.kept:
+            raise KeyError(f"{self._where}: frame {index} was not kept while decoding")
+        return self.kept[index]
+
+    def __getitem__(self, key: int | np.ndarray) -> np.ndarray:
+        if isinstance(key, int | np.integer):
+            return self._get(int(key) + (self.shape[0] if key < 0 else 0))
+        indices = np.asarray(key).reshape(-1)
+        out = np.empty((len(indices), *self.shape[1:]), self.dtype)
+        for j, i in enumerate(indices):
+            out[j] = self._get(int(i))
+        return out
+
+
 class _FrameResampler:
     """Pick, for each target time k/fps, the decoded frame nearest to it (ties: the earlier).
 
     Only the chosen frames are converted and resized, so a 60 fps source subsampled to 8 fps
-    costs little more than decoding.
+    costs little more than decoding. With ``keep`` (output indices), only those are converted
+    and stored: the others are counted, never materialised.
     """
 
-    def __init__(self, fps: float, short_side: int | None) -> None:
+    def __init__(self, fps: float, short_side: int | None, keep: set[int] | None = None) -> None:
         self.fps = fps
         self.short_side = short_side
+        self.keep = keep
         self.out: list[np.ndarray] = []
+        self.kept: dict[int, np.ndarray] = {}
+        self.count = 0
         self.prev: tuple[float, av.VideoFrame] | None = None
         self._array_of: av.VideoFrame | None = None  # the frame _cached was converted from
         self._cached: np.ndarray | None = None
+
+    def _emit(self, frame: av.VideoFrame) -> None:
+        if self.keep is None:
+            self.out.append(self._array(frame))
+        elif self.count in self.keep:
+            self.kept[self.count] = self._array(frame)
+        self.count += 1
 
     def _array(self, frame: av.VideoFrame) -> np.ndarray:
         if self._array_of is not frame:
@@ -85,7 +132,7 @@ class _FrameResampler:
         return self._cached  # type: ignore[return-value]
 
     def _target(self) -> float:
-        return len(self.out) / self.fps
+        return self.count / self.fps
 
     def push(self, t: float, frame: av.VideoFrame) -> None:
         while self._target() <= t:
@@ -94,18 +141,19 @@ class _FrameResampler:
                 chosen = self.prev[1]
             else:
                 chosen = frame
-            self.out.append(self._array(chosen))
+            self._emit(chosen)
         self.prev = (t, frame)
 
-    def finish(self, end_time: float) -> np.ndarray:
-        """Fill targets up to ``end_time`` (exclusive) with the last frame."""
+    def finish(self, end_time: float) -> None:
+        """Fill targets up to ``end_time`` (exclusive) with the last frame. The frames are
+        then in ``out`` (all) or ``kept`` (with ``keep``); ``count`` says how many there are."""
         if self.prev is None:
-            return np.zeros((0, 0, 0, 3), np.uint8)
+            return
         while self._target() < end_time - 1e-6:
-            self.out.append(self._array(self.prev[1]))
-        if not self.out:  # a single frame shorter than one output period
-            self.out.append(self._array(self.prev[1]))
-        return np.stack(self.out)
+            self._emit(self.prev[1])
+        if not self.count:  # a single frame shorter than one output period
+            self._emit(self.prev[1])
+        self.frame_shape = self._array(self.prev[1]).shape
 
 
 class _AudioCollector:
@@ -143,16 +191,97 @@ def _frame_times(frames: Iterator[av.VideoFrame], rate: float) -> Iterator[tuple
         yield t, frame
 
 
-def decode_video(path: str | Path, settings: DecodeSettings) -> DecodedVideo:
+def decode_video(
+    path: str | Path,
+    settings: DecodeSettings,
+    *,
+    keep_frames: Callable[[int], np.ndarray] | None = None,
+) -> DecodedVideo:
     """Decode frames (uint8 (N, H, W, 3) at ``settings.fps``) and mono audio from a file.
 
     Frames: the frame nearest each time k/fps, resized to ``settings.short_side``.
     Audio: float32 (S,) at ``settings.sample_rate``. Flow (uint8 (N-1, H, W, 2)) when
     ``settings.flow`` names a method.
+
+    ``keep_frames(N)`` -> the frame indices the caller will read (any shape): then frames and
+    flow come back as :class:`SparseFrames` holding only those (and their neighbours), so an
+    hour-long video costs the memory of one sample. N is first read from the packets' time
+    stamps without decoding; if decoding finds another N, the file is decoded again with it.
     """
     path = Path(path)
     if settings.fps <= 0:
         raise ValueError(f"{path}: fps must be positive, got {settings.fps}")
+    if keep_frames is None:
+        resampler, waveform, meta, has_audio = _decode_pass(path, settings, None)
+        frames = np.stack(resampler.out)
+        num_frames = len(frames)
+    else:
+        def wanted(n: int) -> set[int]:
+            idx = np.unique(np.clip(np.asarray(keep_frames(n), np.int64).reshape(-1), 0, n - 1))
+            if settings.flow:  # a flow field needs both its frames, the last field included
+                idx = np.unique(np.clip(np.concatenate([idx - 1, idx, idx + 1]), 0, n - 1))
+            return set(idx.tolist())
+
+        keep = wanted(max(1, _count_frames(path, settings.fps)))
+        resampler, waveform, meta, has_audio = _decode_pass(path, settings, keep)
+        num_frames = resampler.count
+        if not wanted(num_frames) <= keep:
+            keep = wanted(num_frames)
+            resampler, waveform, meta, has_audio = _decode_pass(path, settings, keep)
+        frames = SparseFrames(num_frames, resampler.frame_shape, resampler.kept, str(path))
+
+    audio_missing = not has_audio or waveform.size == 0
+    if audio_missing:
+        _missing_audio(path, settings, "has no audio track" if not has_audio else "audio track is empty")
+    flow = None
+    if settings.flow:
+        from adamml.modalities.flow import compute_flow
+
+        if isinstance(frames, SparseFrames):
+            fields = {
+                j: compute_flow(np.stack([frames.kept[j], frames.kept[j + 1]]), settings.flow)[0]
+                for j in sorted(frames.kept) if j + 1 in frames.kept
+            }
+            flow = SparseFrames(num_frames - 1, (*frames.shape[1:3], 2), fields, str(path))
+        else:
+            flow = compute_flow(frames, settings.flow)
+    return DecodedVideo(
+        frames=frames,
+        fps=float(settings.fps),
+        audio=waveform,
+        sample_rate=settings.sample_rate,
+        audio_missing=audio_missing,
+        flow=flow,
+        source=str(path),
+        meta=meta,
+    )
+
+
+def _count_frames(path: Path, fps: float) -> int:
+    """Output frames a decode at ``fps`` will give, from packet time stamps (no decoding).
+
+    A guess: decode_video checks it against what decoding finds.
+    """
+    with _open(path) as container:
+        if not container.streams.video:
+            return 1
+        stream = container.streams.video[0]
+        rate = float(stream.average_rate or stream.guessed_rate or 25.0) or 25.0
+        times = []
+        try:
+            for packet in container.demux(stream):
+                if packet.size and packet.pts is not None and packet.time_base is not None:
+                    times.append(float(packet.pts * packet.time_base))
+        except (av.error.FFmpegError, OSError):
+            pass  # a damaged file: the decoding pass reports it by name
+    if not times:
+        return 1
+    span = max(times) - min(times) + 1.0 / rate
+    return max(1, math.ceil(span * fps - 1e-6))
+
+
+def _decode_pass(path: Path, settings: DecodeSettings, keep: set[int] | None):
+    """One pass over the file: the frame resampler (holding the frames), audio, metadata."""
     container = _open(path)
     with container:
         if not container.streams.video:
@@ -163,7 +292,7 @@ def decode_video(path: str | Path, settings: DecodeSettings) -> DecodedVideo:
         astream = container.streams.audio[0] if container.streams.audio else None
         rate = float(vstream.average_rate or vstream.guessed_rate or 25.0) or 25.0
 
-        resampler = _FrameResampler(settings.fps, settings.short_side)
+        resampler = _FrameResampler(settings.fps, settings.short_side, keep)
         audio = _AudioCollector(settings.sample_rate) if astream is not None else None
         streams = [vstream] + ([astream] if astream is not None else [])
 
@@ -194,7 +323,7 @@ def decode_video(path: str | Path, settings: DecodeSettings) -> DecodedVideo:
             raise VideoDecodeError(f"{path}: decoding failed ({exc}); the file may be truncated") from None
         if last_t is None:
             raise VideoDecodeError(f"{path}: no video frame could be decoded (corrupt or truncated file)")
-        frames = resampler.finish(last_t + 1.0 / rate)
+        resampler.finish(last_t + 1.0 / rate)
         waveform = audio.finish() if audio is not None else np.zeros(0, np.float32)
         meta = {
             "source_fps": rate,
@@ -205,24 +334,7 @@ def decode_video(path: str | Path, settings: DecodeSettings) -> DecodedVideo:
             "audio_source_rate": astream.codec_context.sample_rate if astream is not None else 0,
         }
 
-    audio_missing = astream is None or waveform.size == 0
-    if audio_missing:
-        _missing_audio(path, settings, "has no audio track" if astream is None else "audio track is empty")
-    flow = None
-    if settings.flow:
-        from adamml.modalities.flow import compute_flow
-
-        flow = compute_flow(frames, settings.flow)
-    return DecodedVideo(
-        frames=frames,
-        fps=float(settings.fps),
-        audio=waveform,
-        sample_rate=settings.sample_rate,
-        audio_missing=audio_missing,
-        flow=flow,
-        source=str(path),
-        meta=meta,
-    )
+    return resampler, waveform, meta, astream is not None
 
 
 def _packet_time(packet: av.Packet) -> str:

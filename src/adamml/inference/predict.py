@@ -63,7 +63,7 @@ def predict_videos(
     entries = [VideoEntry(path=Path(v), labels=[0], source=str(v)) for v in videos]
     dataset = VideoDataset(
         entries, class_names, modalities=needed, clip=cfg.data.clip, decode=decode,
-        train=False, cache=None, num_segments=cfg.data.eval_segments,
+        train=False, cache=None, num_segments=cfg.data.eval_segments, stream=True,
     )
     results = []
     for i, video in enumerate(videos):
