@@ -244,6 +244,28 @@ def test_frame_folder_listed_from_a_later_frame_reads_the_matching_audio(tmp_pat
     assert second.mean() > first.mean() + 1.0  # log power: the tone is far louder than silence
 
 
+def test_cache_keeps_two_clips_of_one_frame_folder_apart(tmp_path: Path) -> None:
+    """Official list files may cut several clips from one frame folder: each range is its
+    own cache entry, and the cached sample equals the one decoded from the folder."""
+    from adamml.data.extract import extract_videos
+
+    frames = moving_frames(50, 48, 64, seed=7)
+    make_frame_folder(tmp_path / "v", frames, None, tone(2.0, 16_000), 16_000)
+    halves = [VideoEntry(path=tmp_path / "v", labels=[0], start=s, end=e) for s, e in ((1, 25), (26, 50))]
+    cache = VideoCache(tmp_path / "cache", DECODE)
+    report = extract_videos(halves, cache, workers=1, progress=False)
+    assert not report.failed
+    assert len(cache.entries()) == 2
+    cached = [dataset([h], ["x"], cache=cache, modalities=["rgb"])[0]["rgb"] for h in halves]
+    decoded = [dataset([h], ["x"], modalities=["rgb"])[0]["rgb"] for h in halves]
+    def gap(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float((a - b).abs().mean())
+
+    # Each cached clip is its own range (JPEG-recompressed: close, not equal), not the other.
+    assert gap(cached[0], decoded[0]) < 0.05 and gap(cached[1], decoded[1]) < 0.05
+    assert gap(cached[0], decoded[1]) > 4 * gap(cached[0], decoded[0])
+
+
 def test_build_datasets_for_evaluation_only(videos: Path) -> None:
     train_ds, val_ds, names = build_datasets(config_for(videos), with_train=False)
     assert train_ds is None and names == ["bell", "drum"] and len(val_ds) == 2

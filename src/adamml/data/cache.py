@@ -128,6 +128,9 @@ class LazyImages:
         return full if dtype is None else full.astype(dtype)
 
 
+FrameRange = tuple[int | None, int | None] | None
+
+
 class VideoCache:
     """Decoded videos under ``root / settings_fingerprint(settings)``."""
 
@@ -150,15 +153,22 @@ class VideoCache:
     def __repr__(self) -> str:
         return f"VideoCache({str(self.folder)!r}, image_format={self.image_format!r})"
 
-    def entry_path(self, video_path: str | Path) -> Path:
-        """``<stem>-<sha1(absolute path)[:10]>.npz``: readable, and unique per source path."""
+    def entry_path(self, video_path: str | Path, frame_range: FrameRange = None) -> Path:
+        """``<stem>-<sha1(absolute path)[:10]>.npz``: readable, and unique per source path.
+
+        ``frame_range`` (start, end) of an official list file's frame folder is part of the
+        key: two lines may cut different clips from one folder.
+        """
         source = Path(video_path).expanduser().absolute()
-        digest = hashlib.sha1(str(source).encode()).hexdigest()[:10]
+        key = str(source)
+        if frame_range is not None and any(v is not None for v in frame_range):
+            key += f"#{frame_range[0]}-{frame_range[1]}"
+        digest = hashlib.sha1(key.encode()).hexdigest()[:10]
         stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", source.stem)[:60] or "video"
         return self.folder / f"{stem}-{digest}.npz"
 
-    def has(self, video_path: str | Path) -> bool:
-        return self.entry_path(video_path).is_file()
+    def has(self, video_path: str | Path, frame_range: FrameRange = None) -> bool:
+        return self.entry_path(video_path, frame_range).is_file()
 
     def _write_settings(self) -> None:
         target = self.folder / "settings.json"
@@ -167,7 +177,7 @@ class VideoCache:
         body = {"version": CACHE_VERSION, "settings": dataclasses.asdict(self.settings)}
         _atomic_write_bytes(target, (json.dumps(body, indent=2) + "\n").encode())
 
-    def save(self, video_path: str | Path, decoded: DecodedVideo) -> Path:
+    def save(self, video_path: str | Path, decoded: DecodedVideo, frame_range: FrameRange = None) -> Path:
         """Store ``decoded`` atomically; returns the cache file."""
         self.folder.mkdir(parents=True, exist_ok=True)
         self._write_settings()
@@ -207,7 +217,7 @@ class VideoCache:
                 arrays["flow_shape"] = np.asarray(decoded.flow.shape, np.int64)
             else:
                 arrays["flow"] = decoded.flow
-        target = self.entry_path(video_path)
+        target = self.entry_path(video_path, frame_range)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".tmp", dir=self.folder)
         try:
             with os.fdopen(fd, "wb") as handle:
@@ -221,13 +231,13 @@ class VideoCache:
             raise
         return target
 
-    def load(self, video_path: str | Path, *, lazy: bool = False) -> DecodedVideo:
+    def load(self, video_path: str | Path, *, lazy: bool = False, frame_range: FrameRange = None) -> DecodedVideo:
         """Read a cached video back; a missing or damaged file raises :class:`CacheError`.
 
         ``lazy=True``: JPEG/PNG-stored frames and flow come back as :class:`LazyImages`
         (decoded when indexed), which the modality functions accept like arrays.
         """
-        path = self.entry_path(video_path)
+        path = self.entry_path(video_path, frame_range)
         if not path.is_file():
             raise CacheError(
                 f"{path}: not in the cache (video {video_path}); run `adamml extract` first"
