@@ -84,11 +84,18 @@ def set_loader_epoch(loader: DataLoader, epoch: int, seed: int) -> None:
         loader.dataset.set_epoch(epoch)
 
 
+def uses_fp16(runtime: Runtime, precision: str) -> bool:
+    """fp16 autocast (which needs a gradient scaler): asked for, or "auto" without bf16."""
+    if runtime.device.type != "cuda" or precision == "32":
+        return False
+    return precision == "16" or (precision == "auto" and not torch.cuda.is_bf16_supported())
+
+
 def autocast(runtime: Runtime, precision: str):
     """Mixed precision on GPU (bf16 where supported, else fp16); full precision on CPU."""
     if runtime.device.type != "cuda" or precision == "32":
         return torch.autocast(device_type=runtime.device.type, enabled=False)
-    if precision == "16" or (precision == "auto" and not torch.cuda.is_bf16_supported()):
+    if uses_fp16(runtime, precision):
         return torch.autocast(device_type="cuda", dtype=torch.float16)
     return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
 
@@ -203,7 +210,7 @@ def train_task(
     logger = EpochLogger(run_dir, runtime.is_main)
     train_loader = make_loader(train_set, tcfg.batch_size, runtime, train=True, seed=tcfg.seed, num_workers=cfg.data.num_workers)
     val_loader = make_loader(val_set, tcfg.batch_size, runtime, train=False, seed=tcfg.seed, num_workers=cfg.data.num_workers) if val_set is not None else None
-    scaler = torch.amp.GradScaler("cuda", enabled=runtime.device.type == "cuda" and tcfg.precision == "16")
+    scaler = torch.amp.GradScaler("cuda", enabled=uses_fp16(runtime, tcfg.precision))
     metrics: dict = {}
     steps_done = 0
     for epoch in range(start, len(schedule)):
