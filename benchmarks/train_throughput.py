@@ -45,7 +45,7 @@ def make_batch(cfg, batch_size: int, device: torch.device) -> dict[str, torch.Te
 
 
 def run_phase(task, batch, phase, runtime, precision: str, steps: int, warmup: int) -> tuple[float, float]:
-    from adamml.training.engine import autocast, uses_fp16
+    from adamml.training.engine import optimisation_step, uses_fp16
 
     model = task.model
     task.set_trainable(phase)
@@ -61,13 +61,7 @@ def run_phase(task, batch, phase, runtime, precision: str, steps: int, warmup: i
             if runtime.device.type == "cuda":
                 torch.cuda.synchronize()
             started = time.perf_counter()
-        with autocast(runtime, precision):
-            result = task.step(model, batch, phase, 5.0)
-        for opt in optimizers.values():
-            opt.zero_grad(set_to_none=True)
-        scaler.scale(result.loss).backward()
-        scaler.step(optimizers[phase.trains])
-        scaler.update()
+        optimisation_step(task, model, batch, phase, 5.0, optimizers, scaler, runtime, precision)
     if runtime.device.type == "cuda":
         torch.cuda.synchronize()
         memory = torch.cuda.max_memory_allocated() / 2**30

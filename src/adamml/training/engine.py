@@ -100,6 +100,31 @@ def autocast(runtime: Runtime, precision: str):
     return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
 
 
+def optimisation_step(
+    task: Task,
+    model: nn.Module,
+    batch: dict,
+    phase: Phase,
+    temperature: float,
+    optimizers: dict[str, torch.optim.Optimizer],
+    scaler: torch.amp.GradScaler,
+    runtime: Runtime,
+    precision: str,
+) -> StepResult:
+    """One training step: the task's loss under autocast, scaled backward, and a step of the
+    optimisers this phase trains."""
+    with autocast(runtime, precision):
+        result = task.step(model, batch, phase, temperature)
+    for opt in optimizers.values():
+        opt.zero_grad(set_to_none=True)
+    scaler.scale(result.loss).backward()
+    for name, opt in optimizers.items():
+        if phase.trains in ("all", name):
+            scaler.step(opt)
+    scaler.update()
+    return result
+
+
 @dataclass
 class StepResult:
     loss: torch.Tensor
@@ -249,15 +274,7 @@ def train_task(
             if tcfg.max_steps_per_epoch is not None and i >= tcfg.max_steps_per_epoch:
                 break
             batch = move_to(batch, runtime.device)
-            with autocast(runtime, tcfg.precision):
-                result = task.step(wrapped, batch, phase, temperature)
-            for opt in optimizers.values():
-                opt.zero_grad(set_to_none=True)
-            scaler.scale(result.loss).backward()
-            for name, opt in optimizers.items():
-                if phase.trains in ("all", name):
-                    scaler.step(opt)
-            scaler.update()
+            result = optimisation_step(task, wrapped, batch, phase, temperature, optimizers, scaler, runtime, tcfg.precision)
             steps_done += 1
             if fault_after_steps is not None and steps_done >= fault_after_steps:
                 raise TrainingInterrupted(f"fault injected after {steps_done} steps")
