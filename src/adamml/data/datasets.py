@@ -123,7 +123,7 @@ class VideoDataset(Dataset):
         """Decoded media of one entry: from the cache when there is one, else decoded now."""
         path = Path(entry.path)
         if self.cache is not None:
-            if not self.cache.has(path, (entry.start, entry.end)):
+            if not self.cache.has(path, entry.frame_range):
                 raise DatasetError(
                     f"{path}: not in the cache at {getattr(self.cache, 'root', '?')}. Run "
                     "`adamml extract` on this dataset first with the same decode settings "
@@ -131,7 +131,7 @@ class VideoDataset(Dataset):
                     f"sample_rate={self.decode.sample_rate}, flow={self.decode.flow}), "
                     "or set data.use_cache: false to decode while training"
                 )
-            decoded = self.cache.load(path, lazy=True, frame_range=(entry.start, entry.end))
+            decoded = self.cache.load(path, lazy=True, frame_range=entry.frame_range)
         elif path.is_dir():
             from adamml.data.video import decode_frame_folder
 

@@ -73,7 +73,7 @@ def extract_one(entry: VideoEntry, cache: VideoCache) -> tuple[str, str, bool]:
             decoded = decode_frame_folder(path, cache.settings, entry.start, entry.end)
         else:
             decoded = decode_video(path, cache.settings)
-    cache.save(path, decoded, frame_range=(entry.start, entry.end))
+    cache.save(path, decoded, frame_range=entry.frame_range)
     return str(path), "done", decoded.audio_missing
 
 
@@ -121,7 +121,7 @@ def extract_videos(
     todo: list[VideoEntry] = []
     for item in entries:
         entry = _as_entry(item)
-        if cache.has(entry.path, (entry.start, entry.end)):
+        if cache.has(entry.path, entry.frame_range):
             report.skipped += 1
         else:
             todo.append(entry)

@@ -98,3 +98,8 @@ class VideoEntry:
     start: int | None = None
     end: int | None = None
     source: str = ""
+
+    @property
+    def frame_range(self) -> tuple[int | None, int | None]:
+        """(start, end): with the path, what the cache keys a decoded entry by."""
+        return (self.start, self.end)

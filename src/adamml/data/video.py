@@ -257,6 +257,11 @@ def decode_video(
     )
 
 
+def _frame_rate(stream: av.VideoStream) -> float:
+    """The source frame rate, 25 when the container does not say."""
+    return float(stream.average_rate or stream.guessed_rate or 25.0) or 25.0
+
+
 def _count_frames(path: Path, fps: float) -> int:
     """Output frames a decode at ``fps`` will give, from packet time stamps (no decoding).
 
@@ -266,7 +271,7 @@ def _count_frames(path: Path, fps: float) -> int:
         if not container.streams.video:
             return 1
         stream = container.streams.video[0]
-        rate = float(stream.average_rate or stream.guessed_rate or 25.0) or 25.0
+        rate = _frame_rate(stream)
         times = []
         try:
             for packet in container.demux(stream):
@@ -290,7 +295,7 @@ def _decode_pass(path: Path, settings: DecodeSettings, keep: set[int] | None):
         vstream = container.streams.video[0]
         vstream.thread_type = "AUTO"
         astream = container.streams.audio[0] if container.streams.audio else None
-        rate = float(vstream.average_rate or vstream.guessed_rate or 25.0) or 25.0
+        rate = _frame_rate(vstream)
 
         resampler = _FrameResampler(settings.fps, settings.short_side, keep)
         audio = _AudioCollector(settings.sample_rate) if astream is not None else None

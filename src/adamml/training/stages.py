@@ -21,9 +21,12 @@ from adamml.training.distributed import Runtime
 from adamml.training.engine import (
     Task,
     adamml_step,
+    make_loader,
+    move_to,
     multistep_lr,
     seed_everything,
     segment_loss_step,
+    set_loader_epoch,
     train_task,
 )
 from adamml.training.schedule import Phase, adamml_schedule, plain_schedule
@@ -111,8 +114,6 @@ def pretrain_policy_extractors(model: nn.Module, cfg: ExperimentConfig, train_se
     scores averaged per video) are our stand-in. Returns the last epoch's training accuracy
     per source. ``train.policy_pretrain_epochs: 0`` turns it off.
     """
-    from adamml.training.engine import make_loader, move_to, seed_everything, set_loader_epoch
-
     epochs = cfg.train.policy_pretrain_epochs
     accuracy: dict[str, float] = {}
     if epochs <= 0:
