@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from adamml.config import TrainConfig
+from adamml.config import AdamMLTrainConfig
 from adamml.training.engine import multistep_lr
 from adamml.training.loss import adamml_loss, efficiency_loss, is_correct
 from adamml.training.schedule import adamml_schedule, plain_schedule
@@ -56,7 +56,7 @@ def test_correctness_for_multi_label_means_top1_is_one_of_the_labels():
 
 
 def test_adamml_schedule_warms_up_alternates_then_finetunes():
-    cfg = TrainConfig(warmup_epochs=2, adamml_epochs=2, alternate_every=1, finetune_epochs=1)
+    cfg = AdamMLTrainConfig(warmup_epochs=2, epochs=2, alternate_every=1, finetune_epochs=1)
     phases = [(p.segment, p.trains) for p in adamml_schedule(cfg)]
     assert phases == [
         ("warmup", "recognition"),

@@ -1,13 +1,18 @@
 """Experiment configuration: YAML files loaded into typed dataclasses.
 
-A config has four sections, ``data``, ``model``, ``train`` and ``eval``; every field has a
-default, so a YAML file only says what differs. ``key.sub=value`` overrides from the command
-line are applied on top, and the resolved config is saved beside every run so it can be
-repeated (timm's habit).
+A config has three sections, ``data``, ``model`` and ``train`` (runtime settings, then one
+section per stage of the recipe: ``unimodal``, ``fusion``, ``adamml``). Every field has a
+default, the paper's setting where the paper gives one, so a YAML file only says what differs.
+One rule shares settings between files: ``base: NAME`` names the config a file starts from
+(a shipped name or a path relative to the file; bases may have bases), and the file states only
+what differs from it. ``key.sub=value`` overrides from the command line, the same syntax for
+every command, are applied on top, and the resolved config is saved beside every run so it can
+be repeated (timm's habit).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -18,6 +23,7 @@ from typing import Any
 import yaml
 
 from adamml.data.types import ClipSettings, DecodeSettings
+from adamml.errors import AdamMLError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -70,46 +76,64 @@ class ModelConfig:
 
 
 @dataclass
-class TrainConfig:
-    seed: int = 0
-    batch_size: int = 8
-    output_dir: str = "runs/experiment"
-    # stage 1 (unimodal) and 2 (fusion)
+class UnimodalTrainConfig:
+    """Stage 1: each modality's recognition network trained alone (SGD, as the reference's `train.py`)."""
+
     epochs: int = 60
     lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    lr_steps: list[int] = field(default_factory=lambda: [20, 40, 50])
-    warmup_iters: int = 0
-    fusion_epochs: int = 10  # stage 2: recognition nets from stage 1, fusion head trained
-    # stage 3 (AdaMML)
-    adamml_epochs: int = 20
-    warmup_epochs: int = 5
-    finetune_epochs: int = 10
-    alternate_every: int = 1  # epochs per block of the alternating stage
-    adamml_lr: float = 0.001
-    policy_lr: float = 0.01
-    policy_extractor_lr_scale: float = 0.1  # the policy's CNN feature extractors learn slower
-    policy_pretrain_epochs: int = 0  # classify with the policy's own extractors first (see stages)
-    policy_pretrain_lr: float = 0.003  # Adam
-    adamml_lr_steps: list[int] = field(default_factory=lambda: [10, 15])
-    temperature: float = 5.0
-    temperature_decay: float = 0.965
-    cost_weights: dict[str, float] = field(default_factory=lambda: {"rgb": 1.0, "audio": 0.05})
-    gamma: float = 10.0
-    # runtime
-    precision: str = "auto"  # auto | 32 | bf16 | 16 (mixed precision on GPU)
-    log_every: int = 10
-    eval_every: int = 1  # validate every N epochs (0: only at the end of each stage)
-    progress: bool = True
-    max_steps_per_epoch: int | None = None
+    lr_steps: list[int] = field(default_factory=lambda: [20, 40, 50])  # multistep LR, x0.1
 
 
 @dataclass
-class EvalConfig:
-    deterministic_policy: bool = True  # argmax; False samples Gumbel noise with `seed`
+class FusionTrainConfig:
+    """Stage 2: the stage-1 networks joined by a fusion head, trained together (SGD)."""
+
+    epochs: int = 10
+    lr: float = 0.001  # the recognition networks, already trained
+    head_lr: float = 0.01  # the new fusion head
+
+
+@dataclass
+class AdamMLTrainConfig:
+    """Stage 3: policy and recognition networks (reference ``train_adamml.py``).
+
+    Warm-up with the policy frozen, then ``epochs`` alternating epochs (recognition networks,
+    then policy, the other frozen), then a fine-tune with the policy fixed.
+    """
+
+    warmup_epochs: int = 5
+    epochs: int = 20  # alternating epochs
+    finetune_epochs: int = 10
+    alternate_every: int = 1  # epochs per block of the alternating stage
+    lr: float = 0.001  # recognition networks (SGD)
+    head_lr: float = 0.01  # the fusion head's weights
+    lr_steps: list[int] = field(default_factory=lambda: [10, 15])  # of the alternating epochs
+    policy_lr: float = 0.01  # Adam
+    policy_extractor_lr_scale: float = 0.1  # the policy's CNN feature extractors learn slower
+    policy_pretrain_epochs: int = 0  # classify with the policy's own extractors first (see stages)
+    policy_pretrain_lr: float = 0.003  # Adam
+    temperature: float = 5.0  # Gumbel-Softmax temperature at the start ...
+    temperature_decay: float = 0.965  # ... multiplied by this after every epoch
+    cost_weights: dict[str, float] = field(default_factory=lambda: {"rgb": 1.0, "audio": 0.05})
+    gamma: float = 10.0  # the efficiency loss of a wrong prediction (the paper's gamma)
+
+
+@dataclass
+class TrainConfig:
+    """Runtime settings shared by every stage, and one section per stage."""
+
     seed: int = 0
-    random_policy: bool = True  # also report random policies at the learned rates
+    batch_size: int = 8
+    output_dir: str | None = None  # None: runs/<name>
+    momentum: float = 0.9  # every stage's SGD
+    weight_decay: float = 1e-4  # every stage's SGD and the policy's Adam
+    precision: str = "auto"  # auto | 32 | bf16 | 16 (mixed precision on GPU)
+    eval_every: int = 1  # validate every N epochs (0: only at the end of each stage)
+    progress: bool = True
+    max_steps_per_epoch: int | None = None
+    unimodal: UnimodalTrainConfig = field(default_factory=UnimodalTrainConfig)
+    fusion: FusionTrainConfig = field(default_factory=FusionTrainConfig)
+    adamml: AdamMLTrainConfig = field(default_factory=AdamMLTrainConfig)
 
 
 @dataclass
@@ -119,10 +143,13 @@ class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        if self.train.output_dir is None:
+            self.train.output_dir = f"runs/{self.name}"
 
 
-class ConfigError(ValueError):
+class ConfigError(AdamMLError, ValueError):
     """A config file or override is wrong; the message says where and what."""
 
 
@@ -177,27 +204,125 @@ def _from_dict(cls: Any, data: dict, where: str) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
+        moved = [_MOVED[f"{where}.{k}"] for k in unknown if f"{where}.{k}" in _MOVED]
+        hint = f" ({'; '.join(moved)})" if moved else ""
         raise ConfigError(
-            f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(names))}"
+            f"{where or 'config'}: unknown key(s) {', '.join(unknown)}{hint}; "
+            f"valid keys: {', '.join(sorted(names))}"
         )
     kwargs = {k: _convert(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()}
     return cls(**kwargs)
+
+
+# The flat ``train`` keys of configs written before the stage sections, and where each went.
+# ``lr`` and ``adamml_lr`` each served two stages, so they fill two places.
+_LEGACY_TRAIN: dict[str, tuple[str, ...]] = {
+    "epochs": ("unimodal.epochs",),
+    "lr": ("unimodal.lr", "fusion.head_lr", "adamml.head_lr"),
+    "lr_steps": ("unimodal.lr_steps",),
+    "fusion_epochs": ("fusion.epochs",),
+    "adamml_lr": ("fusion.lr", "adamml.lr"),
+    "adamml_epochs": ("adamml.epochs",),
+    "adamml_lr_steps": ("adamml.lr_steps",),
+    **{k: (f"adamml.{k}",) for k in (
+        "warmup_epochs", "finetune_epochs", "alternate_every", "policy_lr", "policy_extractor_lr_scale",
+        "policy_pretrain_epochs", "policy_pretrain_lr", "temperature", "temperature_decay",
+        "cost_weights", "gamma",
+    )},
+}
+_LEGACY_DROPPED = ("warmup_iters", "log_every")  # knobs that never reached the code
+_MOVED = {f"train.{k}": f"train.{k} is now {' and '.join(f'train.{t}' for t in v)}" for k, v in _LEGACY_TRAIN.items()}
+
+
+def upgrade_legacy(data: dict) -> dict:
+    """Rewrite a config dict of the earlier flat layout (saved in older runs and checkpoints).
+
+    Values land where the code read them before, so an old run loads to the same settings.
+    The unused ``eval`` section and dead knobs are dropped. A current dict is returned as is.
+    """
+    train = data.get("train")
+    legacy = isinstance(train, dict) and any(k in train for k in (*_LEGACY_TRAIN, *_LEGACY_DROPPED))
+    if not legacy and "eval" not in data:
+        return data
+    data = copy.deepcopy(data)
+    data.pop("eval", None)
+    if isinstance(train, dict):
+        train = data["train"]
+        for key in _LEGACY_DROPPED:
+            train.pop(key, None)
+        for key, targets in _LEGACY_TRAIN.items():
+            if key not in train:
+                continue
+            value = train.pop(key)
+            for target in targets:
+                section, name = target.split(".")
+                train.setdefault(section, {}).setdefault(name, copy.deepcopy(value))
+    return data
+
+
+def config_from_dict(data: dict, where: str = "") -> ExperimentConfig:
+    """An ``ExperimentConfig`` from plain data (a YAML file, a checkpoint's ``config``)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, found {type(data).__name__}")
+    return _from_dict(ExperimentConfig, upgrade_legacy(data), where)
 
 
 def to_dict(config: Any) -> dict:
     return dataclasses.asdict(config)
 
 
-def resolve_config_path(name_or_path: str | Path) -> Path:
-    """Accept a file path or the name of a config shipped with the package."""
+def resolve_config_path(name_or_path: str | Path, relative_to: Path | None = None) -> Path:
+    """Accept a file path (also relative to ``relative_to``) or the name of a shipped config."""
     path = Path(name_or_path)
-    if path.is_file():
-        return path
+    candidates = [path] if relative_to is None or path.is_absolute() else [relative_to / path, path]
+    for candidate in candidates:
+        for option in (candidate, candidate.with_name(candidate.name + ".yaml")):
+            if option.is_file():
+                return option
     shipped = CONFIG_DIR / (path.name if path.suffix else f"{path.name}.yaml")
     if shipped.is_file():
         return shipped
     available = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
     raise ConfigError(f"config {str(name_or_path)!r} not found: not a file, and not one of: {available}")
+
+
+def _merge(cls: Any, base: dict, child: dict) -> dict:
+    """``child`` over ``base``: a section (a dataclass field) merges key by key; any other
+    value, lists and tables such as ``model.backbones`` included, replaces the base's whole."""
+    hints = typing.get_type_hints(cls) if dataclasses.is_dataclass(cls) else {}
+    out = dict(base)
+    for key, value in child.items():
+        tp = hints.get(key)
+        if tp is not None and dataclasses.is_dataclass(tp) and isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(tp, out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_config_file(path: Path, _chain: tuple[Path, ...] = ()) -> dict:
+    """A YAML config as plain data, its ``base:`` chain merged in (each file over its base)."""
+    path = path.resolve()
+    if path in _chain:
+        cycle = " -> ".join(p.name for p in (*_chain, path))
+        raise ConfigError(f"{_chain[0]}: base configs form a cycle: {cycle}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    base = data.pop("base", None)
+    data = upgrade_legacy(data)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: base: expected the name or path of a config, found {base!r}")
+    try:
+        base_path = resolve_config_path(base, relative_to=path.parent)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: base: {exc}") from None
+    return _merge(ExperimentConfig, read_config_file(base_path, (*_chain, path)), data)
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
@@ -206,7 +331,10 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key.sub=value")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML") from None
         node = data
         parts = key.strip().split(".")
         for part in parts[:-1]:
@@ -218,17 +346,13 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 
 
 def load_config(name_or_path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a config (a file or a shipped name; its ``base:`` chain merged) and apply overrides."""
     data: dict = {}
     source = "<defaults>"
     if name_or_path is not None:
         path = resolve_config_path(name_or_path)
         source = str(path)
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
+        data = read_config_file(path)
     data = apply_overrides(data, overrides or [])
     try:
         return _from_dict(ExperimentConfig, data, "")

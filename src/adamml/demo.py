@@ -123,19 +123,19 @@ def _finished(stage_path: Path) -> bool:
     """A stage is finished when its last checkpoint is at the end of its schedule."""
     import torch
 
-    from adamml.config import ExperimentConfig, _from_dict
+    from adamml.config import config_from_dict
     from adamml.training.schedule import adamml_schedule
 
     last = stage_path / "last.pt"
     if not last.exists():
         return False
     state = torch.load(last, map_location="cpu", weights_only=False)
-    cfg = _from_dict(ExperimentConfig, state["config"], "config")
+    cfg = config_from_dict(state["config"], "config")
     kind = state["kind"]
     total = {
-        "unimodal": cfg.train.epochs,
-        "fusion": cfg.train.fusion_epochs,
-        "adamml": len(adamml_schedule(cfg.train)),
+        "unimodal": cfg.train.unimodal.epochs,
+        "fusion": cfg.train.fusion.epochs,
+        "adamml": len(adamml_schedule(cfg.train.adamml)),
     }[kind]
     return state["epoch"] >= total
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from adamml.config import ExperimentConfig, ModelConfig, _from_dict
+from adamml.config import ExperimentConfig, ModelConfig, _from_dict, config_from_dict
 from adamml.data.types import ClipSettings
 from adamml.training.distributed import Runtime
 
@@ -149,7 +149,7 @@ def model_from_checkpoint(path: str | Path) -> tuple[nn.Module, str, ModelConfig
     for key in ("kind", "model", "config"):
         if key not in state:
             raise ValueError(f"{path}: not an adamml training checkpoint (no {key!r} entry)")
-    cfg = _from_dict(ExperimentConfig, state["config"], "config")
+    cfg = config_from_dict(state["config"], f"{path}: config")
     model_cfg = _from_dict(ModelConfig, state.get("model_config") or state["config"]["model"], "model")
     kind = state["kind"]
     model = build_model(kind, model_cfg, cfg.data.clip)

@@ -225,14 +225,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--raw", action="store_true", help="raw FLOPs (2 per multiply-add)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config entry, e.g. data.clip.crop_size=112 (repeatable)",
-    )
+    parser.add_argument("overrides", nargs="*", help="config overrides: section.key=value, e.g. data.clip.crop_size=112")
 
 
 def run(args: argparse.Namespace) -> int:

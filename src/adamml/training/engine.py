@@ -207,7 +207,7 @@ def train_task(
     run_dir = Path(run_dir)
     model = task.model.to(runtime.device)
     start = 0
-    temperature = tcfg.temperature
+    temperature = tcfg.adamml.temperature
     best = -math.inf
     optimizers: dict[str, torch.optim.Optimizer] = {}
     opt_segment = None
@@ -309,7 +309,7 @@ def train_task(
                 row[f"train_sel_{m}"] = round(100 * r, 2)
         if task.kind == "adamml":
             row["temperature"] = round(temperature, 5)
-            temperature *= tcfg.temperature_decay
+            temperature *= tcfg.adamml.temperature_decay
         is_last = epoch == len(schedule) - 1
         if evaluate is not None and val_loader is not None and (is_last or _eval_due(cfg, epoch)):
             metrics = evaluate(model, val_loader, temperature)

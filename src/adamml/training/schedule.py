@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from adamml.config import TrainConfig
+from adamml.config import AdamMLTrainConfig
 
 
 @dataclass(frozen=True)
@@ -24,14 +24,14 @@ def plain_schedule(epochs: int) -> list[Phase]:
     return [Phase("train", "all", e, epochs) for e in range(epochs)]
 
 
-def adamml_schedule(cfg: TrainConfig) -> list[Phase]:
+def adamml_schedule(cfg: AdamMLTrainConfig) -> list[Phase]:
     phases = [Phase("warmup", "recognition", e, cfg.warmup_epochs) for e in range(cfg.warmup_epochs)]
     block = max(1, cfg.alternate_every)
     epoch = 0
-    while epoch < cfg.adamml_epochs:
-        n = min(block, cfg.adamml_epochs - epoch)
-        phases += [Phase("alternate", "recognition", epoch + i, cfg.adamml_epochs) for i in range(n)]
-        phases += [Phase("alternate", "policy", epoch + i, cfg.adamml_epochs) for i in range(n)]
+    while epoch < cfg.epochs:
+        n = min(block, cfg.epochs - epoch)
+        phases += [Phase("alternate", "recognition", epoch + i, cfg.epochs) for i in range(n)]
+        phases += [Phase("alternate", "policy", epoch + i, cfg.epochs) for i in range(n)]
         epoch += n
     phases += [Phase("finetune", "recognition", e, cfg.finetune_epochs) for e in range(cfg.finetune_epochs)]
     return phases

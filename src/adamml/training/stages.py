@@ -112,9 +112,9 @@ def pretrain_policy_extractors(model: nn.Module, cfg: ExperimentConfig, train_se
     every input, so it cannot tell an informative segment from an occluded one. A few epochs
     of plain classification (a temporary linear head on the extractor's features, segment
     scores averaged per video) are our stand-in. Returns the last epoch's training accuracy
-    per source. ``train.policy_pretrain_epochs: 0`` turns it off.
+    per source. ``train.adamml.policy_pretrain_epochs: 0`` turns it off.
     """
-    epochs = cfg.train.policy_pretrain_epochs
+    epochs = cfg.train.adamml.policy_pretrain_epochs
     accuracy: dict[str, float] = {}
     if epochs <= 0:
         return accuracy
@@ -125,7 +125,7 @@ def pretrain_policy_extractors(model: nn.Module, cfg: ExperimentConfig, train_se
             continue
         head = nn.Linear(extractor.output_dim, cfg.model.num_classes).to(runtime.device)
         params = list(extractor.parameters()) + list(head.parameters())
-        opt = torch.optim.Adam(params, lr=cfg.train.policy_pretrain_lr)
+        opt = torch.optim.Adam(params, lr=cfg.train.adamml.policy_pretrain_lr)
         extractor.train()
         for epoch in range(epochs):
             seed_everything(cfg.train.seed * 1009 + 104_729 + epoch)
@@ -196,9 +196,9 @@ def train_unimodal(cfg: ExperimentConfig, modality: str, runtime: Runtime, *, re
     train_set, val_set, class_names = build_datasets(cfg, modalities=[modality])
     seed_everything(cfg.train.seed)  # the initial weights are part of a reproducible run
     model = build_multimodal(model_cfg, cfg.data.clip)
-    task = _plain_task("unimodal", model, cfg, cfg.train.lr, cfg.train.lr_steps)
+    task = _plain_task("unimodal", model, cfg, cfg.train.unimodal.lr, cfg.train.unimodal.lr_steps)
     return train_task(
-        task, plain_schedule(cfg.train.epochs), cfg, train_set, val_set, runtime,
+        task, plain_schedule(cfg.train.unimodal.epochs), cfg, train_set, val_set, runtime,
         stage_dir(cfg, "unimodal", modality),
         evaluate=_make_evaluator(cfg, "unimodal", model_cfg, runtime),
         resume=resume, extra_state={"model_config": to_dict(model_cfg), "class_names": class_names},
@@ -216,9 +216,9 @@ def train_fusion(cfg: ExperimentConfig, method: str, runtime: Runtime, *, resume
     model = build_multimodal(model_cfg, cfg.data.clip, fusion=method)
     if not _will_resume(cfg, "fusion", method, resume):
         load_recognition_from_unimodal(model.recognition, cfg)
-    task = _plain_task("fusion", model, cfg, cfg.train.adamml_lr, [], head_lr=cfg.train.lr)
+    task = _plain_task("fusion", model, cfg, cfg.train.fusion.lr, [], head_lr=cfg.train.fusion.head_lr)
     return train_task(
-        task, plain_schedule(cfg.train.fusion_epochs), cfg, train_set, val_set, runtime,
+        task, plain_schedule(cfg.train.fusion.epochs), cfg, train_set, val_set, runtime,
         stage_dir(cfg, "fusion", method),
         evaluate=_make_evaluator(cfg, "fusion", model_cfg, runtime), resume=resume,
         extra_state={"model_config": to_dict(model_cfg), "class_names": class_names},
@@ -226,11 +226,11 @@ def train_fusion(cfg: ExperimentConfig, method: str, runtime: Runtime, *, resume
 
 
 def adamml_task(model: nn.Module, cfg: ExperimentConfig) -> Task:
-    tcfg = cfg.train
+    tcfg = cfg.train.adamml
     modalities = list(cfg.model.modalities)
     missing = [m for m in modalities if m not in tcfg.cost_weights]
     if missing:
-        raise ValueError(f"train.cost_weights has no weight for {', '.join(missing)}")
+        raise ValueError(f"train.adamml.cost_weights has no weight for {', '.join(missing)}")
     weights = torch.tensor([tcfg.cost_weights[m] for m in modalities], dtype=torch.float32)
 
     def set_trainable(phase: Phase) -> None:
@@ -252,9 +252,9 @@ def adamml_task(model: nn.Module, cfg: ExperimentConfig) -> Task:
         recognition = [p for p in model.recognition_parameters() if id(p) not in fusion_ids]
         groups = [{"params": recognition, "lr_scale": 1.0}]
         if fusion_params:
-            groups.append({"params": fusion_params, "lr_scale": tcfg.lr / tcfg.adamml_lr})
+            groups.append({"params": fusion_params, "lr_scale": tcfg.head_lr / tcfg.lr})
         return {
-            "recognition": _sgd(groups, cfg, tcfg.adamml_lr),
+            "recognition": _sgd(groups, cfg, tcfg.lr),
             "policy": torch.optim.Adam(
                 [
                     # The feature extractors start from trained networks (or are big and
@@ -262,14 +262,14 @@ def adamml_task(model: nn.Module, cfg: ExperimentConfig) -> Task:
                     {"params": list(model.policy.extractors.parameters()), "lr_scale": tcfg.policy_extractor_lr_scale},
                     {"params": [p for n, p in model.policy.named_parameters() if not n.startswith("extractors.")], "lr_scale": 1.0},
                 ],
-                lr=tcfg.policy_lr, weight_decay=tcfg.weight_decay,
+                lr=tcfg.policy_lr, weight_decay=cfg.train.weight_decay,
             ),
         }
 
     def phase_lrs(phase: Phase) -> dict[str, float]:
-        milestones = tcfg.adamml_lr_steps if phase.segment == "alternate" else []
+        milestones = tcfg.lr_steps if phase.segment == "alternate" else []
         return {
-            "recognition": multistep_lr(tcfg.adamml_lr, milestones, phase.segment_epoch),
+            "recognition": multistep_lr(tcfg.lr, milestones, phase.segment_epoch),
             "policy": multistep_lr(tcfg.policy_lr, milestones, phase.segment_epoch),
         }
 
@@ -296,7 +296,7 @@ def train_adamml(cfg: ExperimentConfig, runtime: Runtime, *, resume: bool = Fals
         initialised = init_policy_from_recognition(model)
         pretrain_policy_extractors(model, cfg, train_set, runtime, skip=initialised)
     return train_task(
-        adamml_task(model, cfg), adamml_schedule(cfg.train), cfg, train_set, val_set, runtime,
+        adamml_task(model, cfg), adamml_schedule(cfg.train.adamml), cfg, train_set, val_set, runtime,
         stage_dir(cfg, "adamml"),
         evaluate=_make_evaluator(cfg, "adamml", cfg.model, runtime), resume=resume,
         extra_state={"model_config": to_dict(cfg.model), "class_names": class_names}, fault_after_steps=fault_after_steps,
