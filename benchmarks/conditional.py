@@ -25,8 +25,7 @@ import time
 
 import torch
 
-from adamml.config import ModelConfig, PolicyConfig
-from adamml.data.types import ClipSettings
+from adamml.config import ClipSettings, ModelConfig, PolicyConfig
 from adamml.models.adamml import AdaMML, build_adamml
 from adamml.models.flops import modality_costs, video_gflops
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from adamml.data.types import ClipSettings, DecodeSettings
+from adamml.config import ClipSettings, DecodeSettings
 
 CLIP = ClipSettings(num_segments=5, frames_per_segment=4, frame_stride=1, stack_length=3, crop_size=56)
 

@@ -55,8 +55,9 @@ def write_long_video(path: Path, seconds: float, fps: int, width: int, height: i
 
 
 def measure(path: Path, stream: bool) -> tuple[float, float, int]:
+    from adamml.config import ClipSettings, DecodeSettings
     from adamml.data.datasets import VideoDataset
-    from adamml.data.types import ClipSettings, DecodeSettings, VideoEntry
+    from adamml.data.types import VideoEntry
 
     clip = ClipSettings(num_segments=5, frames_per_segment=8, frame_stride=4, crop_size=224)
     decode = DecodeSettings(fps=25.0, short_side=256, sample_rate=24_000)

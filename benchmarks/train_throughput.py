@@ -74,7 +74,7 @@ def run_phase(task, batch, phase, runtime, precision: str, steps: int, warmup: i
 def main() -> None:
     from adamml.config import load_config
     from adamml.models.adamml import build_adamml
-    from adamml.training.distributed import setup
+    from adamml.runtime.distributed import setup
     from adamml.training.schedule import Phase
     from adamml.training.stages import adamml_task
 

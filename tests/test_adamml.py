@@ -9,8 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from adamml.config import ModelConfig, PolicyConfig
-from adamml.data.types import ClipSettings
+from adamml.config import ClipSettings, ModelConfig, PolicyConfig
 from adamml.models.adamml import AdaMML, RandomPolicy, build_adamml, selection_rates
 from adamml.models.backbones import PretrainedWeightsError
 from adamml.models.recognition import build_recognition_net

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torchvision import models as tvm
 
-from adamml.data.types import ClipSettings
+from adamml.config import ClipSettings
 from adamml.models.backbones import (
     BACKBONES,
     PretrainedWeightsError,

@@ -11,11 +11,12 @@ import pytest
 import torch
 from media import make_frame_folder, make_video, moving_frames, tone
 
-from adamml.config import ExperimentConfig
+from adamml.config import ClipSettings, DecodeSettings, ExperimentConfig
 from adamml.data.cache import VideoCache
+from adamml.data.catalog import discover
 from adamml.data.datasets import VideoDataset, build_datasets
-from adamml.data.formats import DatasetError, discover
-from adamml.data.types import ClipSettings, DecodeSettings, VideoEntry
+from adamml.data.formats import DatasetError
+from adamml.data.types import VideoEntry
 from adamml.data.video import MissingAudioWarning, decode_video
 from adamml.modalities.audio import spectrogram_shape
 

@@ -13,12 +13,12 @@ from adamml.data.catalog import (
     build_activitynet_lists,
     build_fcvid_lists,
     class_names_for,
+    discover,
     get_dataset,
     read_sports1m_classes,
 )
 from adamml.data.formats import (
     DatasetError,
-    discover,
     frame_folder_audio,
     read_class_names,
     read_csv,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from media import textured_image, tone
 
-from adamml.data.types import ClipSettings
+from adamml.config import ClipSettings
 from adamml.layouts import FLOW_BOUND, IMAGENET_MEAN, IMAGENET_STD
 from adamml.modalities.audio import audio_window, log_spectrogram, spectrogram_shape
 from adamml.modalities.flow import compute_flow, dequantize_flow, flow_clip, quantize_flow

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adamml.config import ModelConfig, PolicyConfig
-from adamml.data.types import ClipSettings
+from adamml.config import ClipSettings, ModelConfig, PolicyConfig
 from adamml.models.policy import (
     FrameFeatures,
     PolicyNetwork,

@@ -6,8 +6,7 @@ import pytest
 import torch
 from torchvision import models as tvm
 
-from adamml.config import load_config
-from adamml.data.types import ClipSettings
+from adamml.config import ClipSettings, load_config
 from adamml.models.backbones import BACKBONES
 from adamml.models.recognition import (
     TSNResNet,

@@ -7,8 +7,8 @@ import dataclasses
 import numpy as np
 import pytest
 
+from adamml.config import ClipSettings
 from adamml.data.sampling import clip_indices, sample_indices, segment_centres_s, segment_starts
-from adamml.data.types import ClipSettings
 
 CLIP = ClipSettings(num_segments=4, frames_per_segment=3, frame_stride=2, stack_length=2)
 # segment_span = (3 - 1) * 2 + 2 + 1 = 7 frames

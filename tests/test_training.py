@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from adamml.config import load_config
-from adamml.training.distributed import Runtime
+from adamml.runtime.distributed import Runtime
 
 NUM_CLASSES = 12
 
@@ -22,8 +22,8 @@ NUM_CLASSES = 12
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> Path:
     from adamml.data.cache import VideoCache
+    from adamml.data.catalog import discover
     from adamml.data.extract import extract_videos
-    from adamml.data.formats import discover
     from adamml.data.synth import generate_dataset
 
     root = tmp_path_factory.mktemp("synth")
@@ -166,7 +166,8 @@ def test_resume_after_a_kill_mid_epoch_finishes_like_an_uninterrupted_run(tiny_d
 
 
 def test_evaluate_prints_the_paper_table_and_writes_csv_json_and_plots(trained_run, tmp_path):
-    from adamml.evaluation.evaluate import evaluate_run, find_stage_checkpoints
+    from adamml.evaluation.evaluate import evaluate_run
+    from adamml.runtime.runs import find_stage_checkpoints
 
     results, table = evaluate_run(find_stage_checkpoints(trained_run), out_dir=tmp_path, progress=False)
     methods = [r.method for r in results]
@@ -188,7 +189,8 @@ def test_evaluate_prints_the_paper_table_and_writes_csv_json_and_plots(trained_r
 
 
 def test_evaluate_adds_the_reference_sampled_protocol_averaged_over_draws(trained_run):
-    from adamml.evaluation.evaluate import evaluate_run, find_stage_checkpoints
+    from adamml.evaluation.evaluate import evaluate_run
+    from adamml.runtime.runs import find_stage_checkpoints
 
     results, table = evaluate_run(
         find_stage_checkpoints(trained_run), sample=True, draws=3, seed=1, progress=False, plots=False
@@ -334,7 +336,7 @@ def test_training_runs_under_torchrun_with_two_gloo_processes(tiny_data, tmp_pat
 
 def test_adamml_asks_the_dataset_for_the_policys_flow_proxy_once():
     from adamml.config import ModelConfig, PolicyConfig
-    from adamml.training.stages import input_modalities
+    from adamml.models.build import input_modalities
 
     rgbdiff = ModelConfig(modalities=["rgb", "flow"])
     assert input_modalities("adamml", rgbdiff) == ["rgb", "flow", "rgbdiff"]

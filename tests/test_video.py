@@ -20,7 +20,8 @@ from media import (
     write_wav,
 )
 
-from adamml.data.types import DecodeSettings, VideoDecodeError
+from adamml.config import DecodeSettings
+from adamml.data.types import VideoDecodeError
 from adamml.data.video import MissingAudioWarning, decode_frame_folder, decode_video
 
 

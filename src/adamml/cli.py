@@ -67,7 +67,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from adamml.data.formats import DatasetError
     from adamml.data.types import VideoDecodeError
     from adamml.models.backbones import PretrainedWeightsError
-    from adamml.training.checkpoint import CheckpointError
+    from adamml.runtime.checkpoint import CheckpointError
 
     return (ConfigError, DatasetError, VideoDecodeError, PretrainedWeightsError, CheckpointError, FileNotFoundError)
 

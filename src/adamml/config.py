@@ -22,10 +22,55 @@ from typing import Any
 
 import yaml
 
-from adamml.data.types import ClipSettings, DecodeSettings
 from adamml.errors import AdamMLError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+# ---- how videos become tensors (data.decode, data.clip): read by data, modalities and models --
+
+
+@dataclass
+class DecodeSettings:
+    """How a video is decoded before anything else happens to it.
+
+    Frames are resampled to ``fps`` and resized so their short side is ``short_side``;
+    audio is downmixed to mono and resampled to ``sample_rate``.
+    """
+
+    fps: float = 25.0
+    short_side: int = 256
+    sample_rate: int = 24_000
+    flow: str | None = None  # None, "tvl1" or "dis": which optical flow to compute and cache
+    strict_audio: bool = False  # a missing audio track is an error instead of a warning
+
+
+@dataclass
+class ClipSettings:
+    """How a decoded video becomes model input: segments, frames per segment, sizes.
+
+    Defaults are the paper's (SPEC section 2): 8 frames at stride 4 per segment, 224x224
+    crops, 5 stacked flow fields, a 1.28 s log spectrogram window (n_fft 511 -> 256 bins,
+    10 ms Hann window, 5 ms hop at 24 kHz).
+    """
+
+    num_segments: int = 5
+    frames_per_segment: int = 8
+    frame_stride: int = 4
+    stack_length: int = 5  # flow fields / frame differences stacked per frame position
+    crop_size: int = 224
+    audio_window_s: float = 1.28
+    n_fft: int = 511
+    win_ms: float = 10.0
+    hop_ms: float = 5.0
+    spectrogram: str = "linear"  # "linear" (the paper's) or "mel"
+    n_mels: int = 128
+    audio_frames: int | None = 256  # crop/pad the spectrogram's time axis to this many frames
+
+    @property
+    def segment_span(self) -> int:
+        """Number of consecutive decoded frames one segment covers (including the stack)."""
+        return (self.frames_per_segment - 1) * self.frame_stride + self.stack_length + 1
 
 
 @dataclass

@@ -8,8 +8,23 @@ rates) -> paper-style table and plots. Every figure printed is measured by this 
 from __future__ import annotations
 
 import argparse
+import shutil
 import time
 from pathlib import Path
+
+import torch
+
+from adamml.config import config_from_dict, load_config, save_config
+from adamml.data.cache import VideoCache
+from adamml.data.catalog import discover
+from adamml.data.extract import extract_videos
+from adamml.data.synth import generate_dataset
+from adamml.evaluation.evaluate import evaluate_run
+from adamml.runtime import runs
+from adamml.runtime.checkpoint import load_checkpoint
+from adamml.runtime.distributed import Runtime
+from adamml.training.schedule import adamml_schedule
+from adamml.training.stages import run_recipe
 
 DEMO_CONFIG = "demo"
 DEMO_DRAWS = 5  # passes averaged for the sampled-decision and random-policy rows
@@ -29,19 +44,6 @@ def _say(message: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import shutil
-
-    import torch
-
-    from adamml.config import load_config, save_config
-    from adamml.data.cache import VideoCache
-    from adamml.data.extract import extract_videos
-    from adamml.data.formats import discover
-    from adamml.data.synth import generate_dataset
-    from adamml.evaluation.evaluate import evaluate_run, find_stage_checkpoints
-    from adamml.training.distributed import Runtime
-    from adamml.training.stages import run_recipe
-
     out = Path(args.out)
     data_root = out / "data"
     run_dir = out / "runs"
@@ -98,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     t = time.time()
     _say("evaluating every method on the validation split")
     results, table = evaluate_run(
-        find_stage_checkpoints(run_dir), runtime=runtime, random_policy=True, seed=args.seed,
+        runs.find_stage_checkpoints(run_dir), runtime=runtime, random_policy=True, seed=args.seed,
         sample=True, draws=DEMO_DRAWS, out_dir=results_dir, progress=not args.no_progress,
     )
     timings["evaluate"] = time.time() - t
@@ -114,22 +116,18 @@ def run(args: argparse.Namespace) -> int:
 
 def _stage_done(run_dir: Path, stage: str, cfg) -> bool:
     if stage == "unimodal":
-        return all((run_dir / f"unimodal_{m}" / "best.pt").exists() and _finished(run_dir / f"unimodal_{m}") for m in cfg.model.modalities)
-    name = f"fusion_{cfg.model.fusion}" if stage == "fusion" else "adamml"
-    return (run_dir / name / "best.pt").exists() and _finished(run_dir / name)
+        folders = [runs.stage_dir(run_dir, "unimodal", m) for m in cfg.model.modalities]
+    else:
+        folders = [runs.stage_dir(run_dir, stage, cfg.model.fusion if stage == "fusion" else None)]
+    return all((folder / runs.BEST).exists() and _finished(folder) for folder in folders)
 
 
 def _finished(stage_path: Path) -> bool:
     """A stage is finished when its last checkpoint is at the end of its schedule."""
-    import torch
-
-    from adamml.config import config_from_dict
-    from adamml.training.schedule import adamml_schedule
-
-    last = stage_path / "last.pt"
+    last = stage_path / runs.LAST
     if not last.exists():
         return False
-    state = torch.load(last, map_location="cpu", weights_only=False)
+    state = load_checkpoint(last)
     cfg = config_from_dict(state["config"], "config")
     kind = state["kind"]
     total = {

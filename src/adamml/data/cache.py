@@ -35,7 +35,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from adamml.data.types import DecodedVideo, DecodeSettings
+from adamml.config import DecodeSettings
+from adamml.data.types import DecodedVideo
 
 __all__ = ["CacheError", "VideoCache", "LazyImages", "settings_fingerprint", "CACHE_VERSION"]
 

@@ -4,17 +4,27 @@ A plain dict (``DATASETS``) because users pick a dataset by name in a config
 (``data.dataset: kinetics_sounds``). Class lists are shipped only where they are known
 exactly (Kinetics-Sounds, from the paper); the others are built from the official files
 their owners distribute, with the builders below, and written to ``<root>/classes.txt``,
-which :func:`adamml.data.formats.discover` reads first. See docs/datasets.md.
+which :func:`discover` (at the end of this module) reads first. See docs/datasets.md.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from adamml.data.formats import VIDEO_EXTENSIONS, DatasetError, read_class_names
+from adamml.data.formats import (
+    VIDEO_EXTENSIONS,
+    DatasetError,
+    read_class_folders,
+    read_class_names,
+    read_csv,
+    read_official_list,
+)
+from adamml.data.types import VideoEntry
 
 CLASSLIST_DIR = Path(__file__).parent / "classlists"
 
@@ -165,8 +175,6 @@ def write_class_list(names: list[str], path: str | Path) -> Path:
 
 def _write_csv(rows: list[tuple[str, list[int]]], path: Path) -> Path:
     """``path,label`` CSV with multi-labels joined by ';', written atomically."""
-    import csv
-
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with tmp.open("w", newline="", encoding="utf-8") as handle:
@@ -327,3 +335,57 @@ def read_sports1m_classes(labels_txt: str | Path) -> list[str]:
     if len(names) != expected:
         raise DatasetError(f"{labels_txt}: {len(names)} classes, expected {expected} (Sports-1M labels.txt)")
     return names
+
+
+# ---- finding a split -------------------------------------------------------------------------
+
+
+def _first_file(candidates: Iterable[Path]) -> Path | None:
+    return next((p for p in candidates if p.is_file()), None)
+
+
+def discover(
+    root: str | Path,
+    split: str,
+    dataset: str | None = None,
+    *,
+    class_names: list[str] | None = None,
+) -> tuple[list[VideoEntry], list[str]]:
+    """Find ``split``'s videos under ``root`` in any supported layout (see the module doc).
+
+    ``dataset`` names a catalogue entry, whose list-file names and class list are used.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: dataset root not found")
+    info = None
+    if dataset is not None:
+        info = DATASETS.get(dataset)
+        if class_names is None and info is not None and info.class_list is not None:
+            class_names = class_names_for(dataset)
+    if class_names is None:
+        # categories.txt is the reference code's name for the same file.
+        names_file = _first_file([root / "classes.txt", root / "categories.txt"])
+        if names_file is not None:
+            class_names = read_class_names(names_file)
+
+    list_names = [f"{split}.txt", f"{split}_list.txt"]
+    if info is not None:
+        list_names += list(info.list_files.get(split, ()))
+    list_file = _first_file(root / n for n in list_names)
+    if list_file is not None:
+        found = read_official_list(list_file, root, class_names)
+    elif (root / f"{split}.csv").is_file():
+        found = read_csv(root / f"{split}.csv", root, class_names)
+    elif (root / split).is_dir():
+        found = read_class_folders(root / split, class_names)
+    else:
+        looked = ", ".join([*list_names, f"{split}.csv", f"{split}/<class>/<video>"])
+        raise DatasetError(f"{root}: no {split!r} split found; looked for {looked}")
+    if info is not None and len(found[1]) != info.num_classes:
+        # Names guessed from one split of a benchmark would silently shift class indices.
+        raise DatasetError(
+            f"{root}: {info.title} has {info.num_classes} classes but {len(found[1])} were found; "
+            f"write {root / 'classes.txt'} from {info.class_source}"
+        )
+    return found

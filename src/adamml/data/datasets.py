@@ -11,20 +11,25 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from adamml.data.formats import DatasetError, discover, frame_folder_audio
+from adamml.config import ClipSettings, DecodeSettings, ExperimentConfig
+from adamml.data.cache import VideoCache
+from adamml.data.catalog import DATASETS, discover
+from adamml.data.formats import DatasetError, frame_folder_audio
 from adamml.data.sampling import sample_indices, segment_centres_s
-from adamml.data.types import ClipSettings, DecodedVideo, DecodeSettings, VideoEntry
+from adamml.data.types import DecodedVideo, VideoEntry
+from adamml.data.video import decode_frame_folder, decode_video
 from adamml.layouts import check_modalities
-
-if TYPE_CHECKING:
-    from adamml.config import ExperimentConfig
-    from adamml.data.cache import VideoCache
+from adamml.modalities.audio import log_spectrogram
+from adamml.modalities.flow import flow_clip
+from adamml.modalities.rgb import rgb_clip
+from adamml.modalities.rgbdiff import rgbdiff_clip
+from adamml.modalities.spatial import choose_crop
 
 STACKED = ("flow", "rgbdiff")  # modalities that need L frames after each sampled frame
 
@@ -133,14 +138,10 @@ class VideoDataset(Dataset):
                 )
             decoded = self.cache.load(path, lazy=True, frame_range=entry.frame_range)
         elif path.is_dir():
-            from adamml.data.video import decode_frame_folder
-
             # Name the expected WAV when there is none, so the missing-audio warning says it.
             audio = frame_folder_audio(path) or path.with_name(path.name + ".wav")
             decoded = decode_frame_folder(path, self.decode, entry.start, entry.end, audio_path=audio)
         else:
-            from adamml.data.video import decode_video
-
             decoded = decode_video(path, self.decode, keep_frames=self._frames_read if self.stream else None)
         if decoded.num_frames < 1:
             raise DatasetError(f"{path}: decoded to zero frames")
@@ -172,26 +173,16 @@ class VideoDataset(Dataset):
         sample: dict[str, Any] = {}
         visual = [m for m in self.modalities if m != "audio"]
         if visual:
-            from adamml.modalities.spatial import choose_crop
-
             height, width = decoded.frames.shape[1:3]
             crop = choose_crop(height, width, self.clip.crop_size, self.train, rng)
             size, stack = self.clip.crop_size, self.clip.stack_length
             if "rgb" in visual:
-                from adamml.modalities.rgb import rgb_clip
-
                 sample["rgb"] = _tensor(rgb_clip(decoded.frames, indices, crop, size))
             if "flow" in visual:
-                from adamml.modalities.flow import flow_clip
-
                 sample["flow"] = _tensor(flow_clip(decoded.flow, indices, stack, crop, size))
             if "rgbdiff" in visual:
-                from adamml.modalities.rgbdiff import rgbdiff_clip
-
                 sample["rgbdiff"] = _tensor(rgbdiff_clip(decoded.frames, indices, stack, crop, size))
         if "audio" in self.modalities:
-            from adamml.modalities.audio import log_spectrogram
-
             centres = segment_centres_s(indices, decoded.fps)
             # A frame folder listed from frame `start` shares its WAV with the whole video.
             start = entry.start if entry.start is not None and Path(entry.path).is_dir() else 1
@@ -220,8 +211,6 @@ def build_datasets(
     RGB-difference proxy (SPEC: the policy never computes flow to decide). The cache is
     ``data.cache`` or ``<root>/cache`` unless ``data.use_cache`` is false.
     """
-    from adamml.data.catalog import DATASETS
-
     data = config.data
     if not data.root:
         raise DatasetError("data.root is not set: give the folder that holds the dataset")
@@ -243,8 +232,6 @@ def build_datasets(
             modalities.append("rgbdiff")
     cache = None
     if data.use_cache:
-        from adamml.data.cache import VideoCache
-
         cache = VideoCache(Path(data.cache) if data.cache else root / "cache", data.decode)
     multi_label = data.multi_label or (info.multi_label if info is not None else False)
     common = dict(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import time
 import warnings
@@ -17,10 +18,15 @@ from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
+import cv2
 from tqdm import tqdm
 
+from adamml.config import DecodeSettings
 from adamml.data.cache import VideoCache
-from adamml.data.types import DecodeSettings, VideoDecodeError, VideoEntry
+from adamml.data.catalog import discover
+from adamml.data.types import VideoDecodeError, VideoEntry
+from adamml.data.video import MissingAudioWarning, decode_frame_folder, decode_video
+from adamml.layouts import check_modalities
 
 __all__ = ["ExtractReport", "extract_videos", "extract_one", "add_arguments", "run"]
 
@@ -64,8 +70,6 @@ def extract_one(entry: VideoEntry, cache: VideoCache) -> tuple[str, str, bool]:
 
     Returns (path, status, audio_missing) with status "done", or raises VideoDecodeError.
     """
-    from adamml.data.video import MissingAudioWarning, decode_frame_folder, decode_video
-
     path = Path(entry.path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", MissingAudioWarning)  # recorded in the report instead
@@ -83,10 +87,6 @@ def _init_worker() -> None:
     Decoding needs no torch; importing it only to set its thread count would add seconds to
     every worker's start, so it is limited through the environment unless already loaded.
     """
-    import os
-
-    import cv2
-
     os.environ["OMP_NUM_THREADS"] = "1"
     os.environ["MKL_NUM_THREADS"] = "1"
     cv2.setNumThreads(1)
@@ -186,9 +186,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from adamml.data.formats import discover
-    from adamml.layouts import check_modalities
-
     try:
         modalities = check_modalities(args.modalities.split(","))
         entries, _ = discover(args.data, args.split, dataset=args.dataset)

@@ -1,6 +1,6 @@
 """Find a split's videos and labels, whatever layout the dataset was delivered in.
 
-Three layouts are read, and :func:`discover` tries them in this order:
+Three layouts are read, and :func:`adamml.data.catalog.discover` tries them in this order:
 
 1. **Official list file** (the AdaMML/TSN format): ``root/<split>.txt`` or
    ``root/<split>_list.txt`` (or the file names the catalogue gives for a named dataset).
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import csv
 import re
-from collections.abc import Iterable
 from pathlib import Path
 
 from adamml.data.types import VideoEntry
@@ -266,56 +265,3 @@ def read_class_folders(
 
 
 # ----------------------------------------------------------------------------- discovery
-
-
-def _first_file(candidates: Iterable[Path]) -> Path | None:
-    return next((p for p in candidates if p.is_file()), None)
-
-
-def discover(
-    root: str | Path,
-    split: str,
-    dataset: str | None = None,
-    *,
-    class_names: list[str] | None = None,
-) -> tuple[list[VideoEntry], list[str]]:
-    """Find ``split``'s videos under ``root`` in any supported layout (see the module doc).
-
-    ``dataset`` names a catalogue entry, whose list-file names and class list are used.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise DatasetError(f"{root}: dataset root not found")
-    info = None
-    if dataset is not None:
-        from adamml.data.catalog import DATASETS, class_names_for
-
-        info = DATASETS.get(dataset)
-        if class_names is None and info is not None and info.class_list is not None:
-            class_names = class_names_for(dataset)
-    if class_names is None:
-        # categories.txt is the reference code's name for the same file.
-        names_file = _first_file([root / "classes.txt", root / "categories.txt"])
-        if names_file is not None:
-            class_names = read_class_names(names_file)
-
-    list_names = [f"{split}.txt", f"{split}_list.txt"]
-    if info is not None:
-        list_names += list(info.list_files.get(split, ()))
-    list_file = _first_file(root / n for n in list_names)
-    if list_file is not None:
-        found = read_official_list(list_file, root, class_names)
-    elif (root / f"{split}.csv").is_file():
-        found = read_csv(root / f"{split}.csv", root, class_names)
-    elif (root / split).is_dir():
-        found = read_class_folders(root / split, class_names)
-    else:
-        looked = ", ".join([*list_names, f"{split}.csv", f"{split}/<class>/<video>"])
-        raise DatasetError(f"{root}: no {split!r} split found; looked for {looked}")
-    if info is not None and len(found[1]) != info.num_classes:
-        # Names guessed from one split of a benchmark would silently shift class indices.
-        raise DatasetError(
-            f"{root}: {info.title} has {info.num_classes} classes but {len(found[1])} were found; "
-            f"write {root / 'classes.txt'} from {info.class_source}"
-        )
-    return found

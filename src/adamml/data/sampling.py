@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from adamml.data.types import ClipSettings
+from adamml.config import ClipSettings
 
 
 def segment_starts(

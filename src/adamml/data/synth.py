@@ -62,6 +62,9 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from tqdm import tqdm
+
+from adamml.data.writer import write_video
 
 P_OCCLUDED: float = 0.3
 P_SILENT: float = 0.3
@@ -470,8 +473,6 @@ class _Job:
 
 def _run_job(job: _Job) -> tuple[str, int, str, str, bool]:
     """Render and encode one video unless it exists; returns (relpath, class, flags..., wrote)."""
-    from adamml.data.writer import write_video
-
     cv2.setNumThreads(1)
     path = Path(job.out_dir) / job.relpath
     rng = clip_rng(job.seed, job.split, job.index)
@@ -589,8 +590,6 @@ def generate_dataset(
 def _map(fn: Callable[[_Job], tuple], jobs: list[_Job], workers: int, progress: bool) -> list[tuple]:
     """Ordered map, in worker processes when asked; "spawn" so a caller holding torch threads
     (the demo) cannot deadlock a forked child."""
-    from tqdm import tqdm
-
     bar = tqdm(total=len(jobs), desc="synth", unit="video", disable=not progress)
     try:
         if workers <= 1:

@@ -18,7 +18,9 @@ import av
 import cv2
 import numpy as np
 
-from adamml.data.types import DecodedVideo, DecodeSettings, VideoDecodeError
+from adamml.config import DecodeSettings
+from adamml.data.types import DecodedVideo, VideoDecodeError
+from adamml.modalities.flow import compute_flow
 
 __all__ = [
     "MissingAudioWarning",
@@ -235,8 +237,6 @@ def decode_video(
         _missing_audio(path, settings, "has no audio track" if not has_audio else "audio track is empty")
     flow = None
     if settings.flow:
-        from adamml.modalities.flow import compute_flow
-
         if isinstance(frames, SparseFrames):
             fields = {
                 j: compute_flow(np.stack([frames.kept[j], frames.kept[j + 1]]), settings.flow)[0]
@@ -433,8 +433,6 @@ def decode_frame_folder(
                 fields.append(fields[-1])
             flow = np.stack(fields)
     if flow is None and settings.flow:
-        from adamml.modalities.flow import compute_flow
-
         flow = compute_flow(frames_arr, settings.flow)
 
     candidates = [Path(audio_path)] if audio_path is not None else [

@@ -10,18 +10,35 @@ samples, seeded, averaged over ``--draws`` passes) as a second row.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
-from adamml.config import ExperimentConfig, ModelConfig, _from_dict, config_from_dict
-from adamml.data.types import ClipSettings
-from adamml.training.distributed import Runtime
+from adamml.config import ClipSettings, ExperimentConfig, ModelConfig, _from_dict
+from adamml.data.datasets import build_datasets
+from adamml.data.loader import make_loader
+from adamml.evaluation.metrics import MetricAccumulator, gflops_per_video
+from adamml.evaluation.report import (
+    MethodResult,
+    atomic_write_text,
+    format_table,
+    write_csv,
+    write_json,
+)
+from adamml.layouts import IMAGENET_MEAN, IMAGENET_STD
+from adamml.models.adamml import RandomPolicy
+from adamml.models.build import input_modalities, model_from_checkpoint
+from adamml.models.flops import modality_costs
+from adamml.runtime.distributed import Runtime, setup, teardown
+from adamml.runtime.runs import find_stage_checkpoints
 
 
 @dataclass
@@ -32,8 +49,6 @@ class EvalResult:
 
 @functools.lru_cache(maxsize=32)
 def _costs_cached(model_cfg_json: str, clip_json: str) -> dict[str, float]:
-    from adamml.models.flops import modality_costs
-
     model_cfg = _from_dict(ModelConfig, json.loads(model_cfg_json), "model")
     clip = _from_dict(ClipSettings, json.loads(clip_json), "clip")
     return modality_costs(model_cfg, clip)
@@ -41,8 +56,6 @@ def _costs_cached(model_cfg_json: str, clip_json: str) -> dict[str, float]:
 
 def segment_costs(model_cfg: ModelConfig, clip: ClipSettings) -> dict[str, float]:
     """GMACs per segment of each recognition sub-network and of the policy ("policy")."""
-    import dataclasses
-
     return _costs_cached(
         json.dumps(dataclasses.asdict(model_cfg), sort_keys=True),
         json.dumps(dataclasses.asdict(clip), sort_keys=True),
@@ -93,8 +106,6 @@ def evaluate_model(
 
 
 def _evaluate_pass(model, loader, kind, model_cfg, cfg, runtime, *, decisions_fn, sample, seed, progress) -> EvalResult:
-    from adamml.evaluation.metrics import MetricAccumulator, gflops_per_video
-
     costs = segment_costs(model_cfg, cfg.data.clip)
     modalities = list(model_cfg.modalities)
     modality_cost = [costs[m] for m in modalities]
@@ -104,8 +115,6 @@ def _evaluate_pass(model, loader, kind, model_cfg, cfg, runtime, *, decisions_fn
     generator = torch.Generator(device=runtime.device).manual_seed(seed) if sample else None
     iterator = loader
     if progress and runtime.is_main:
-        from tqdm.auto import tqdm
-
         iterator = tqdm(loader, desc=f"evaluate {kind}", leave=False, dynamic_ncols=True)
     for batch in iterator:
         batch = {k: (v.to(runtime.device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
@@ -138,34 +147,7 @@ def _evaluate_pass(model, loader, kind, model_cfg, cfg, runtime, *, decisions_fn
     return EvalResult(metrics=metrics, gathered=acc.gathered())
 
 
-# ---- loading trained models ------------------------------------------------------------------
-
-
-def model_from_checkpoint(path: str | Path) -> tuple[nn.Module, str, ModelConfig, ExperimentConfig, dict]:
-    """Rebuild the network a checkpoint was trained as, with its weights."""
-    from adamml.training.checkpoint import load_checkpoint
-
-    state = load_checkpoint(path)
-    for key in ("kind", "model", "config"):
-        if key not in state:
-            raise ValueError(f"{path}: not an adamml training checkpoint (no {key!r} entry)")
-    cfg = config_from_dict(state["config"], f"{path}: config")
-    model_cfg = _from_dict(ModelConfig, state.get("model_config") or state["config"]["model"], "model")
-    kind = state["kind"]
-    model = build_model(kind, model_cfg, cfg.data.clip)
-    model.load_state_dict(state["model"])
-    model.eval()
-    return model, kind, model_cfg, cfg, state
-
-
-def build_model(kind: str, model_cfg: ModelConfig, clip: ClipSettings) -> nn.Module:
-    if kind == "adamml":
-        from adamml.models.adamml import build_adamml
-
-        return build_adamml(model_cfg, clip)
-    from adamml.models.multimodal import build_multimodal
-
-    return build_multimodal(model_cfg, clip, fusion=model_cfg.fusion)
+# ---- naming and running -------------------------------------------------------------------
 
 
 PRETTY = {"rgb": "RGB", "audio": "Audio", "flow": "Flow", "rgbdiff": "RGBDiff"}
@@ -178,13 +160,6 @@ def method_name(kind: str, model_cfg: ModelConfig) -> str:
         names = {"average": "Average", "weighted": "Weighted", "classwise": "Class-wise weighted", "fc": "FC"}
         return f"{names.get(model_cfg.fusion, model_cfg.fusion)} fusion"
     return "AdaMML"
-
-
-def find_stage_checkpoints(run_dir: Path) -> list[Path]:
-    """best.pt of every stage folder of a run, unimodal first, AdaMML last."""
-    order = {"unimodal": 0, "fusion": 1, "adamml": 2}
-    found = [p for p in Path(run_dir).glob("*/best.pt")]
-    return sorted(found, key=lambda p: (order.get(p.parent.name.split("_")[0], 3), p.parent.name))
 
 
 def evaluate_run(
@@ -208,18 +183,6 @@ def evaluate_run(
     decisions, as the reference code does at test time ("AdaMML, sampled"), averaged over
     ``draws`` passes. Each gets a random policy at its own selection rates beside it.
     """
-    from adamml.data.datasets import build_datasets
-    from adamml.evaluation.report import (
-        MethodResult,
-        atomic_write_text,
-        format_table,
-        write_csv,
-        write_json,
-    )
-    from adamml.models.adamml import RandomPolicy
-    from adamml.training.engine import make_loader
-    from adamml.training.stages import input_modalities
-
     runtime = runtime or Runtime()
     results: list = []
     all_modalities: list[str] = []
@@ -281,14 +244,13 @@ def evaluate_run(
 
 def _thumbnail(rgb: torch.Tensor) -> np.ndarray:
     """(T, 3, H, W) normalised clip -> uint8 (H, W, 3) middle frame for the figures."""
-    from adamml.layouts import IMAGENET_MEAN, IMAGENET_STD
-
     frame = rgb[rgb.shape[0] // 2].float().cpu()
     frame = frame * torch.tensor(IMAGENET_STD)[:, None, None] + torch.tensor(IMAGENET_MEAN)[:, None, None]
     return (frame.clamp(0, 1) * 255).byte().permute(1, 2, 0).numpy()
 
 
 def write_plots(results: list, adamml_outputs, out_dir: Path, num_videos: int = 6) -> list[Path]:
+    # matplotlib takes half a second to import: only when plots are drawn, not for `--help`.
     from adamml.evaluation.plots import (
         plot_accuracy_vs_gflops,
         plot_policy_strips,
@@ -349,10 +311,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import sys
-
-    from adamml.training.distributed import setup, teardown
-
     checkpoints = [Path(p) for p in args.checkpoint]
     if args.run_dir:
         found = find_stage_checkpoints(Path(args.run_dir))

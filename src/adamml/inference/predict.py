@@ -15,6 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import default_collate
+
+from adamml.data.datasets import VideoDataset
+from adamml.data.types import VideoDecodeError, VideoEntry
+from adamml.evaluation.evaluate import segment_costs
+from adamml.evaluation.metrics import gflops_per_video
+from adamml.models.build import input_modalities, model_from_checkpoint
 
 
 @dataclass
@@ -27,8 +34,6 @@ class Prediction:
 
 
 def load_predictor(checkpoint: str | Path):
-    from adamml.evaluation.evaluate import model_from_checkpoint
-
     model, kind, model_cfg, cfg, state = model_from_checkpoint(checkpoint)
     class_names = state.get("class_names")
     if class_names is None:
@@ -45,14 +50,6 @@ def predict_videos(
     device: str = "cpu",
     model_bundle=None,
 ) -> list[Prediction]:
-    from torch.utils.data import default_collate
-
-    from adamml.data.datasets import VideoDataset
-    from adamml.data.types import VideoEntry
-    from adamml.evaluation.evaluate import segment_costs
-    from adamml.evaluation.metrics import gflops_per_video
-    from adamml.training.stages import input_modalities
-
     model, kind, model_cfg, cfg, class_names = model_bundle or load_predictor(checkpoint)
     model.to(device).eval()
     costs = segment_costs(model_cfg, cfg.data.clip)
@@ -101,8 +98,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from adamml.data.types import VideoDecodeError
-
     missing = [v for v in args.videos if not Path(v).is_file()]
     if missing:
         print(f"adamml predict: no such file: {', '.join(missing)}", file=sys.stderr)

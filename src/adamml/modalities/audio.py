@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torchaudio
 
-from adamml.data.types import ClipSettings
+from adamml.config import ClipSettings
 
 __all__ = ["audio_window", "log_spectrogram", "spectrogram_shape", "LOG_EPS"]
 

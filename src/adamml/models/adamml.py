@@ -20,8 +20,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from adamml.config import ModelConfig
-from adamml.data.types import ClipSettings
+from adamml.config import ClipSettings, ModelConfig
 from adamml.models.backbones import PretrainedWeightsError, read_state_dict
 from adamml.models.fusion import build_fusion
 from adamml.models.policy import PolicyNetwork, build_policy

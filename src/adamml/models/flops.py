@@ -22,8 +22,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from adamml.config import ConfigError, ExperimentConfig, ModelConfig, load_config
-from adamml.data.types import ClipSettings
+from adamml.config import ClipSettings, ConfigError, ExperimentConfig, ModelConfig, load_config
+from adamml.models.policy import build_policy
 from adamml.models.recognition import build_recognition_net, spectrogram_shape
 
 
@@ -75,10 +75,6 @@ def recognition_cost(
 
 def policy_cost(model_cfg: ModelConfig, clip: ClipSettings) -> ModuleCost | None:
     """One segment (one LSTM step) through the policy network; None if it is not built yet."""
-    try:
-        from adamml.models.policy import build_policy
-    except ImportError:
-        return None
     policy = _on_meta(lambda: build_policy(model_cfg, clip))
     inputs = {}
     shapes = []

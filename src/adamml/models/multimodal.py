@@ -9,8 +9,9 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from adamml.config import ModelConfig
-from adamml.data.types import ClipSettings
+from adamml.config import ClipSettings, ModelConfig
+from adamml.models.fusion import build_fusion
+from adamml.models.recognition import build_recognition_nets
 
 
 @dataclass
@@ -48,9 +49,6 @@ class MultiModalNet(nn.Module):
 
 
 def build_multimodal(model_cfg: ModelConfig, clip: ClipSettings, fusion: str | None = None) -> MultiModalNet:
-    from adamml.models.fusion import build_fusion
-    from adamml.models.recognition import build_recognition_nets
-
     recognition = build_recognition_nets(model_cfg, clip)
     name = fusion or model_cfg.fusion
     if len(model_cfg.modalities) == 1:

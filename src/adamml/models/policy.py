@@ -18,8 +18,7 @@ from einops import rearrange
 from torch import nn
 from torchvision import models as tvm
 
-from adamml.config import ModelConfig
-from adamml.data.types import ClipSettings
+from adamml.config import ClipSettings, ModelConfig
 from adamml.models.backbones import adapt_first_conv, create_backbone, get_backbone_spec
 from adamml.models.temporal import TemporalMaxPool
 

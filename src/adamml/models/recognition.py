@@ -25,9 +25,9 @@ import torch
 from einops import rearrange, reduce
 from torch import nn
 
-from adamml.config import ModelConfig
-from adamml.data.types import ClipSettings
+from adamml.config import ClipSettings, ModelConfig
 from adamml.layouts import check_modalities
+from adamml.modalities.audio import spectrogram_shape as audio_shape
 from adamml.models.backbones import create_backbone, get_backbone_spec, load_pretrained
 from adamml.models.temporal import TemporalMaxPool
 
@@ -54,8 +54,6 @@ def spectrogram_shape(clip: ClipSettings, sample_rate: int = 24_000) -> tuple[in
     if clip.audio_frames:
         bins = clip.n_mels if clip.spectrogram == "mel" else clip.n_fft // 2 + 1
         return bins, clip.audio_frames
-    from adamml.modalities.audio import spectrogram_shape as audio_shape
-
     return audio_shape(sample_rate, clip)
 
 

@@ -17,11 +17,12 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, SequentialSampler
+from torch.utils.data import DataLoader
 
 from adamml.config import ExperimentConfig, save_config, to_dict
-from adamml.training.checkpoint import load_checkpoint, rng_state, save_checkpoint
-from adamml.training.distributed import Runtime, all_reduce_sum
+from adamml.data.loader import make_loader, set_loader_epoch
+from adamml.runtime.checkpoint import load_checkpoint, rng_state, save_checkpoint
+from adamml.runtime.distributed import Runtime, all_reduce_sum
 from adamml.training.loss import adamml_loss, classification_loss, is_correct
 from adamml.training.schedule import Phase
 
@@ -50,38 +51,6 @@ def move_to(batch: dict, device: torch.device) -> dict:
         k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
         for k, v in batch.items()
     }
-
-
-def make_loader(dataset, batch_size: int, runtime: Runtime, *, train: bool, seed: int, num_workers: int) -> DataLoader:
-    if runtime.distributed:
-        sampler = DistributedSampler(
-            dataset, num_replicas=runtime.world_size, rank=runtime.rank, shuffle=train, seed=seed,
-            drop_last=False,
-        )
-    elif train:
-        sampler = RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
-    else:
-        sampler = SequentialSampler(dataset)
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=num_workers,
-        drop_last=False,
-        pin_memory=runtime.device.type == "cuda",
-        persistent_workers=False,
-    )
-
-
-def set_loader_epoch(loader: DataLoader, epoch: int, seed: int) -> None:
-    """Make the epoch's order and augmentation a function of (seed, epoch) only."""
-    sampler = loader.sampler
-    if isinstance(sampler, DistributedSampler):
-        sampler.set_epoch(epoch)
-    elif isinstance(sampler, RandomSampler) and sampler.generator is not None:
-        sampler.generator.manual_seed(seed * 100_003 + epoch)
-    if hasattr(loader.dataset, "set_epoch"):
-        loader.dataset.set_epoch(epoch)
 
 
 def uses_fp16(runtime: Runtime, precision: str) -> bool:

@@ -9,7 +9,9 @@ import argparse
 import sys
 
 from adamml.config import ConfigError, load_config
-from adamml.training.stages import STAGES, run_recipe
+from adamml.runtime.distributed import setup, teardown
+from adamml.runtime.runs import STAGES
+from adamml.training.stages import run_recipe
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,8 +26,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from adamml.training.distributed import setup, teardown
-
     overrides = list(args.overrides)
     if args.data:
         overrides.append(f"data.root={args.data}")

@@ -1,7 +1,7 @@
 """The recipe's three stages as functions: unimodal networks, fusion baselines, AdaMML.
 
-Each stage writes ``<train.output_dir>/<stage name>/`` with ``config.yaml``, ``log.csv``,
-``last.pt`` (resume point) and ``best.pt`` (best validation score). Later stages initialise
+Each stage writes its folder of ``<train.output_dir>`` (the layout is
+:mod:`adamml.runtime.runs`). Later stages initialise
 their recognition networks from ``unimodal_<modality>/best.pt`` (SPEC section 4).
 """
 
@@ -16,31 +16,31 @@ from torch import nn
 
 from adamml.config import ExperimentConfig, ModelConfig, to_dict
 from adamml.data.datasets import build_datasets
-from adamml.training.checkpoint import load_checkpoint
-from adamml.training.distributed import Runtime
+from adamml.data.loader import make_loader, set_loader_epoch
+from adamml.evaluation.evaluate import evaluate_model
+from adamml.models.adamml import build_adamml
+from adamml.models.build import input_modalities
+from adamml.models.multimodal import build_multimodal
+from adamml.runtime import runs
+from adamml.runtime.checkpoint import load_checkpoint
+from adamml.runtime.distributed import Runtime
 from adamml.training.engine import (
     Task,
     adamml_step,
-    make_loader,
     move_to,
     multistep_lr,
     seed_everything,
     segment_loss_step,
-    set_loader_epoch,
     train_task,
 )
 from adamml.training.schedule import Phase, adamml_schedule, plain_schedule
 
-STAGES = ("unimodal", "fusion", "adamml")
-
 
 def stage_dir(cfg: ExperimentConfig, kind: str, name: str | None = None) -> Path:
-    root = Path(cfg.train.output_dir)
-    if kind == "unimodal":
-        return root / f"unimodal_{name}"
+    """This config's folder for a stage (see :mod:`adamml.runtime.runs`)."""
     if kind == "fusion":
-        return root / f"fusion_{name or cfg.model.fusion}"
-    return root / "adamml"
+        name = name or cfg.model.fusion
+    return runs.stage_dir(cfg.train.output_dir, kind, name)
 
 
 def unimodal_model_config(model_cfg: ModelConfig, modality: str) -> ModelConfig:
@@ -55,20 +55,11 @@ def unimodal_model_config(model_cfg: ModelConfig, modality: str) -> ModelConfig:
     return cfg
 
 
-def input_modalities(kind: str, model_cfg: ModelConfig) -> list[str]:
-    """The tensors a stage needs from the dataset (AdaMML's policy looks at rgbdiff for flow)."""
-    needed = list(model_cfg.modalities)
-    proxy = model_cfg.policy.flow_proxy
-    if kind == "adamml" and "flow" in needed and proxy not in needed:
-        needed.append(proxy)
-    return needed
-
-
 def load_recognition_from_unimodal(recognition: nn.ModuleDict, cfg: ExperimentConfig, *, required: bool = False) -> list[str]:
     """Copy stage-1 weights into each recognition network; returns the modalities loaded."""
     loaded = []
     for modality, net in recognition.items():
-        path = stage_dir(cfg, "unimodal", modality) / "best.pt"
+        path = stage_dir(cfg, "unimodal", modality) / runs.BEST
         if not path.exists():
             message = f"{path}: no stage-1 checkpoint for {modality}; its network starts from scratch"
             if required:
@@ -152,7 +143,7 @@ def pretrain_policy_extractors(model: nn.Module, cfg: ExperimentConfig, train_se
 
 def _will_resume(cfg: ExperimentConfig, kind: str, name: str | None, resume: bool) -> bool:
     """Stage-1 weights seed a new run; a resumed run already holds its own."""
-    return resume and (stage_dir(cfg, kind, name) / "last.pt").exists()
+    return resume and (stage_dir(cfg, kind, name) / runs.LAST).exists()
 
 
 def _sgd(params, cfg: ExperimentConfig, lr: float) -> torch.optim.SGD:
@@ -181,8 +172,6 @@ def _plain_task(kind: str, model: nn.Module, cfg: ExperimentConfig, base_lr: flo
 
 
 def _make_evaluator(cfg: ExperimentConfig, kind: str, model_cfg: ModelConfig, runtime: Runtime):
-    from adamml.evaluation.evaluate import evaluate_model
-
     def evaluate(model: nn.Module, loader, temperature: float) -> dict:
         return evaluate_model(model, loader, kind, model_cfg, cfg, runtime).metrics
 
@@ -190,8 +179,6 @@ def _make_evaluator(cfg: ExperimentConfig, kind: str, model_cfg: ModelConfig, ru
 
 
 def train_unimodal(cfg: ExperimentConfig, modality: str, runtime: Runtime, *, resume: bool = False, fault_after_steps: int | None = None) -> dict:
-    from adamml.models.multimodal import build_multimodal
-
     model_cfg = unimodal_model_config(cfg.model, modality)
     train_set, val_set, class_names = build_datasets(cfg, modalities=[modality])
     seed_everything(cfg.train.seed)  # the initial weights are part of a reproducible run
@@ -207,8 +194,6 @@ def train_unimodal(cfg: ExperimentConfig, modality: str, runtime: Runtime, *, re
 
 
 def train_fusion(cfg: ExperimentConfig, method: str, runtime: Runtime, *, resume: bool = False) -> dict:
-    from adamml.models.multimodal import build_multimodal
-
     model_cfg = copy.deepcopy(cfg.model)
     model_cfg.fusion = method
     train_set, val_set, class_names = build_datasets(cfg, modalities=list(model_cfg.modalities))
@@ -286,8 +271,6 @@ def adamml_task(model: nn.Module, cfg: ExperimentConfig) -> Task:
 
 
 def train_adamml(cfg: ExperimentConfig, runtime: Runtime, *, resume: bool = False, fault_after_steps: int | None = None) -> dict:
-    from adamml.models.adamml import build_adamml
-
     train_set, val_set, class_names = build_datasets(cfg, modalities=input_modalities("adamml", cfg.model))
     seed_everything(cfg.train.seed)
     model = build_adamml(cfg.model, cfg.data.clip)
