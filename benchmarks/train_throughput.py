@@ -21,24 +21,14 @@ import torch
 
 
 def make_batch(cfg, batch_size: int, device: torch.device) -> dict[str, torch.Tensor]:
-    from adamml.modalities.audio import spectrogram_shape
+    from adamml.modalities.table import MODALITIES
+    from adamml.models.build import input_modalities
 
     clip = cfg.data.clip
-    k, t, s = clip.num_segments, clip.frames_per_segment, clip.crop_size
     g = torch.Generator().manual_seed(0)
     batch: dict[str, torch.Tensor] = {}
-    for m in cfg.model.modalities:
-        if m == "rgb":
-            batch[m] = torch.randn(batch_size, k, t, 3, s, s, generator=g)
-        elif m == "audio":
-            bins, frames = spectrogram_shape(cfg.data.decode.sample_rate, clip)
-            batch[m] = torch.randn(batch_size, k, 1, bins, frames, generator=g)
-        elif m == "flow":
-            batch[m] = torch.randn(batch_size, k, t, 2 * clip.stack_length, s, s, generator=g)
-        elif m == "rgbdiff":
-            batch[m] = torch.randn(batch_size, k, t, 3 * clip.stack_length, s, s, generator=g)
-    if "flow" in cfg.model.modalities and cfg.model.policy.flow_proxy == "rgbdiff" and "rgbdiff" not in batch:
-        batch["rgbdiff"] = torch.randn(batch_size, k, t, 3 * clip.stack_length, s, s, generator=g)
+    for m in input_modalities("adamml", cfg.model):  # the model's, then the policy's proxies
+        batch[m] = torch.randn(batch_size, clip.num_segments, *MODALITIES[m].input_shape(clip), generator=g)
     batch["label"] = torch.randint(0, cfg.model.num_classes, (batch_size,), generator=g)
     batch["multi_hot"] = torch.nn.functional.one_hot(batch["label"], cfg.model.num_classes).float()
     return {key: v.to(device) for key, v in batch.items()}

@@ -7,12 +7,12 @@ import torch
 from torchvision import models as tvm
 
 from adamml.config import ClipSettings, load_config
+from adamml.modalities.table import modality_channels
 from adamml.models.backbones import BACKBONES
 from adamml.models.recognition import (
     TSNResNet,
     build_recognition_net,
     build_recognition_nets,
-    modality_channels,
 )
 from adamml.models.temporal import TemporalMaxPool, pooled_frames
 

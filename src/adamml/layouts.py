@@ -2,7 +2,8 @@
 
 One place so that data, models and training never guess each other's shapes.
 
-Modalities (names used everywhere: configs, dict keys, reports)::
+Modalities (names used everywhere: configs, dict keys, reports; their properties are the
+rows of :data:`adamml.modalities.table.MODALITIES`)::
 
     "rgb"      RGB frames
     "audio"    log spectrogram of the audio track
@@ -31,25 +32,9 @@ in the model's order. Segment logits: (B, K, M, C). Video logits: (B, C).
 
 from __future__ import annotations
 
-MODALITIES: tuple[str, ...] = ("rgb", "audio", "flow", "rgbdiff")
-
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 # Optical flow is clipped to +-FLOW_BOUND pixels and stored as uint8 (the TSN/AdaMML convention).
 FLOW_BOUND: float = 20.0
 
-
-def check_modalities(names: list[str] | tuple[str, ...]) -> list[str]:
-    """Validate modality names early, with a message that lists the valid ones."""
-    out = []
-    for name in names:
-        name = name.strip()
-        if name not in MODALITIES:
-            raise ValueError(
-                f"unknown modality {name!r}: expected one of {', '.join(MODALITIES)}"
-            )
-        out.append(name)
-    if not out:
-        raise ValueError("no modality given: expected one or more of " + ", ".join(MODALITIES))
-    return out

@@ -21,17 +21,11 @@ from adamml.config import ClipSettings, DecodeSettings, ExperimentConfig
 from adamml.data.cache import VideoCache
 from adamml.data.catalog import DATASETS, discover
 from adamml.data.formats import DatasetError, frame_folder_audio
-from adamml.data.sampling import sample_indices, segment_centres_s
+from adamml.data.sampling import sample_indices
 from adamml.data.types import DecodedVideo, VideoEntry
 from adamml.data.video import decode_frame_folder, decode_video
-from adamml.layouts import check_modalities
-from adamml.modalities.audio import log_spectrogram
-from adamml.modalities.flow import flow_clip
-from adamml.modalities.rgb import rgb_clip
-from adamml.modalities.rgbdiff import rgbdiff_clip
 from adamml.modalities.spatial import choose_crop
-
-STACKED = ("flow", "rgbdiff")  # modalities that need L frames after each sampled frame
+from adamml.modalities.table import MODALITIES, check_modalities, input_modalities
 
 
 def _tensor(value: Any) -> torch.Tensor:
@@ -83,7 +77,7 @@ class VideoDataset(Dataset):
         self.stream = stream
         self.epoch = 0
         # RGB-only samples may use the video's last frames; stacks need L frames after.
-        needs_stack = any(m in STACKED for m in self.modalities)
+        needs_stack = any(MODALITIES[m].stacked for m in self.modalities)
         self._sampling_clip = clip if needs_stack else dataclasses.replace(clip, stack_length=0)
         num_classes = len(self.class_names)
         for entry in self.entries:
@@ -99,10 +93,11 @@ class VideoDataset(Dataset):
                     f"{entry.source or entry.path}: {len(entry.labels)} labels on a single-label "
                     "dataset; set data.multi_label: true for multi-label sets"
                 )
-        if cache is None and "flow" in self.modalities and not decode.flow:
+        flow = [m for m in self.modalities if MODALITIES[m].reads == "flow"]
+        if cache is None and flow and not decode.flow:
             if any(not Path(e.path).is_dir() for e in self.entries):
                 raise DatasetError(
-                    "modality 'flow' requested but decode.flow is not set: set "
+                    f"modality {flow[0]!r} requested but decode.flow is not set: set "
                     "data.decode.flow to 'tvl1' (the paper's) or 'dis' to compute it while "
                     "decoding, or extract a cache with flow first (adamml extract)"
                 )
@@ -145,10 +140,11 @@ class VideoDataset(Dataset):
             decoded = decode_video(path, self.decode, keep_frames=self._frames_read if self.stream else None)
         if decoded.num_frames < 1:
             raise DatasetError(f"{path}: decoded to zero frames")
-        if "flow" in self.modalities and decoded.flow is None:
+        flow = [m for m in self.modalities if MODALITIES[m].reads == "flow"]
+        if flow and decoded.flow is None:
             where = "the cache entry" if self.cache is not None else "decoding"
             raise DatasetError(
-                f"{path}: modality 'flow' requested but {where} has no optical flow; re-run "
+                f"{path}: modality {flow[0]!r} requested but {where} has no optical flow; re-run "
                 "`adamml extract` with flow enabled (data.decode.flow: tvl1 or dis)"
             )
         return decoded
@@ -171,25 +167,15 @@ class VideoDataset(Dataset):
         n = decoded.num_frames
         indices = sample_indices(n, self._sampling_clip, self.train, rng, num_segments=self.num_segments)
         sample: dict[str, Any] = {}
-        visual = [m for m in self.modalities if m != "audio"]
-        if visual:
+        crop = None
+        if any(MODALITIES[m].visual for m in self.modalities):  # one crop for all of them
             height, width = decoded.frames.shape[1:3]
             crop = choose_crop(height, width, self.clip.crop_size, self.train, rng)
-            size, stack = self.clip.crop_size, self.clip.stack_length
-            if "rgb" in visual:
-                sample["rgb"] = _tensor(rgb_clip(decoded.frames, indices, crop, size))
-            if "flow" in visual:
-                sample["flow"] = _tensor(flow_clip(decoded.flow, indices, stack, crop, size))
-            if "rgbdiff" in visual:
-                sample["rgbdiff"] = _tensor(rgbdiff_clip(decoded.frames, indices, stack, crop, size))
-        if "audio" in self.modalities:
-            centres = segment_centres_s(indices, decoded.fps)
-            # A frame folder listed from frame `start` shares its WAV with the whole video.
-            start = entry.start if entry.start is not None and Path(entry.path).is_dir() else 1
-            centres = centres + (start - 1) / decoded.fps
-            sample["audio"] = _tensor(
-                log_spectrogram(decoded.audio, decoded.sample_rate, centres, self.clip, decoded.audio_missing)
-            )
+        # A frame folder listed from frame `start` shares its WAV with the whole video.
+        start = entry.start if entry.start is not None and Path(entry.path).is_dir() else 1
+        start_s = (start - 1) / decoded.fps
+        for m in self.modalities:
+            sample[m] = _tensor(MODALITIES[m].extract(decoded, indices, crop, self.clip, start_s))
         multi_hot = torch.zeros(len(self.class_names), dtype=torch.float32)
         multi_hot[entry.labels] = 1.0
         sample["audio_missing"] = torch.tensor(bool(decoded.audio_missing))
@@ -207,8 +193,8 @@ def build_datasets(
 
     ``with_train=False`` (evaluation) skips the training split and returns None for it.
 
-    Modalities default to the model's, plus "rgbdiff" when "flow" is used with the policy's
-    RGB-difference proxy (SPEC: the policy never computes flow to decide). The cache is
+    Modalities default to the model's, plus what its policy looks at in their place ("rgbdiff"
+    for "flow": the policy never computes flow to decide; see the modality table). The cache is
     ``data.cache`` or ``<root>/cache`` unless ``data.use_cache`` is false.
     """
     data = config.data
@@ -227,9 +213,7 @@ def build_datasets(
             f"{config.model.num_classes}; set model.num_classes: {len(class_names)}"
         )
     if modalities is None:
-        modalities = list(config.model.modalities)
-        if "flow" in modalities and config.model.policy.flow_proxy == "rgbdiff" and "rgbdiff" not in modalities:
-            modalities.append("rgbdiff")
+        modalities = input_modalities(config.model.modalities, flow_proxy=config.model.policy.flow_proxy)
     cache = None
     if data.use_cache:
         cache = VideoCache(Path(data.cache) if data.cache else root / "cache", data.decode)

@@ -26,7 +26,6 @@ from adamml.data.cache import VideoCache
 from adamml.data.catalog import discover
 from adamml.data.types import VideoDecodeError, VideoEntry
 from adamml.data.video import MissingAudioWarning, decode_frame_folder, decode_video
-from adamml.layouts import check_modalities
 
 __all__ = ["ExtractReport", "extract_videos", "extract_one", "add_arguments", "run"]
 
@@ -186,6 +185,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # The modality table imports torch (the spectrogram); extraction workers import this
+    # module and start faster without it, so only the command reads the table.
+    from adamml.modalities.table import MODALITIES, check_modalities
+
     try:
         modalities = check_modalities(args.modalities.split(","))
         entries, _ = discover(args.data, args.split, dataset=args.dataset)
@@ -196,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
         fps=args.fps,
         short_side=args.short_side,
         sample_rate=args.sample_rate,
-        flow=args.flow if "flow" in modalities else None,
+        flow=args.flow if any(MODALITIES[m].reads == "flow" for m in modalities) else None,
         strict_audio=args.strict,
     )
     cache = VideoCache(args.cache or Path(args.data) / "cache", settings, image_format=args.image_format)

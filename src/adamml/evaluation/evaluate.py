@@ -34,6 +34,7 @@ from adamml.evaluation.report import (
     write_json,
 )
 from adamml.layouts import IMAGENET_MEAN, IMAGENET_STD
+from adamml.modalities.table import title
 from adamml.models.adamml import RandomPolicy
 from adamml.models.build import input_modalities, model_from_checkpoint
 from adamml.models.flops import modality_costs
@@ -150,12 +151,9 @@ def _evaluate_pass(model, loader, kind, model_cfg, cfg, runtime, *, decisions_fn
 # ---- naming and running -------------------------------------------------------------------
 
 
-PRETTY = {"rgb": "RGB", "audio": "Audio", "flow": "Flow", "rgbdiff": "RGBDiff"}
-
-
 def method_name(kind: str, model_cfg: ModelConfig) -> str:
     if kind == "unimodal":
-        return PRETTY.get(model_cfg.modalities[0], model_cfg.modalities[0])
+        return title(model_cfg.modalities[0])
     if kind == "fusion":
         names = {"average": "Average", "weighted": "Weighted", "classwise": "Class-wise weighted", "fc": "FC"}
         return f"{names.get(model_cfg.fusion, model_cfg.fusion)} fusion"

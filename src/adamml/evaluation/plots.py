@@ -20,25 +20,18 @@ from matplotlib.patches import Rectangle
 from adamml.evaluation.metrics import per_class_selection_rates
 from adamml.evaluation.report import (
     METRIC_TITLES,
-    MODALITY_TITLES,
     MethodResult,
     atomic_write_bytes,
 )
+from adamml.modalities.table import MODALITIES, title
 
-# One colour per modality, the same in every figure.
-MODALITY_COLOURS: dict[str, str] = {
-    "rgb": "#1f77b4",
-    "audio": "#ff7f0e",
-    "flow": "#2ca02c",
-    "rgbdiff": "#9467bd",
-}
 SKIPPED_COLOUR = "#e6e6e6"
-VISUAL = ("rgb", "flow", "rgbdiff")
 
 
 def _colour(modality: str, i: int) -> str:
+    """The modality's colour from the modality table, the same in every figure."""
     fallback = ("#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
-    return MODALITY_COLOURS.get(modality, fallback[i % len(fallback)])
+    return MODALITIES[modality].colour if modality in MODALITIES else fallback[i % len(fallback)]
 
 
 def _save(fig: Figure, path: str | os.PathLike[str], dpi: float) -> Path:
@@ -211,7 +204,7 @@ def plot_policy_strips(
                 fontsize=9,
                 color="#2a7f2a" if ok else ("#b22222" if pred is not None else "black"),
             )
-        visual = [j for j, m in enumerate(mods) if m in VISUAL]
+        visual = [j for j, m in enumerate(mods) if m in MODALITIES and MODALITIES[m].visual]
         if kind == "thumbs":
             thumbs = _as_array(v["thumbnails"])
             ax.set_ylim(0, 1)
@@ -286,7 +279,7 @@ def plot_policy_strips(
                             fontweight="bold",
                         )
             ax.set_yticks([m - 0.5 - j for j in range(m)])
-            ax.set_yticklabels([MODALITY_TITLES.get(n, n) for n in mods], fontsize=7)
+            ax.set_yticklabels([title(n) for n in mods], fontsize=7)
             ax.tick_params(axis="y", length=0)
     return _save(fig, path, dpi)
 
@@ -329,7 +322,7 @@ def plot_selection_by_class(
             100.0 * rates[order, j],
             height=bar_h,
             color=_colour(name, j),
-            label=MODALITY_TITLES.get(name, name),
+            label=title(name),
         )
     ax.set_yticks(ys)
     ax.set_yticklabels([class_names[c] for c in order], fontsize=7)

@@ -19,12 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-MODALITY_TITLES: dict[str, str] = {
-    "rgb": "RGB",
-    "audio": "Audio",
-    "flow": "Flow",
-    "rgbdiff": "RGBDiff",
-}
+from adamml.modalities.table import title
 
 METRIC_TITLES: dict[str, str] = {
     "top1": "Acc. (%)",
@@ -181,7 +176,7 @@ def _rows(
     ref = _find_reference(results, reference)
     header = (
         ["Method", METRIC_TITLES[metric]]
-        + [f"{MODALITY_TITLES.get(m, m)} (%)" for m in modalities]
+        + [f"{title(m)} (%)" for m in modalities]
         + ["GFLOPs"]
     )
     rows = []

@@ -21,6 +21,7 @@ from adamml.data.datasets import VideoDataset
 from adamml.data.types import VideoDecodeError, VideoEntry
 from adamml.evaluation.evaluate import segment_costs
 from adamml.evaluation.metrics import gflops_per_video
+from adamml.modalities.table import MODALITIES
 from adamml.models.build import input_modalities, model_from_checkpoint
 
 
@@ -55,7 +56,7 @@ def predict_videos(
     costs = segment_costs(model_cfg, cfg.data.clip)
     decode = cfg.data.decode
     needed = input_modalities(kind, model_cfg)
-    if "flow" in needed and decode.flow is None:
+    if any(MODALITIES[m].reads == "flow" for m in needed) and decode.flow is None:
         decode.flow = "dis"
     entries = [VideoEntry(path=Path(v), labels=[0], source=str(v)) for v in videos]
     dataset = VideoDataset(

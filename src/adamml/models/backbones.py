@@ -45,6 +45,8 @@ class BackboneSpec:
     feature_dim: channels of the last feature map (what the classifier sees).
     classifier_prefix: state-dict prefix of the torchvision classifier, skipped when
         a checkpoint's class count differs.
+    at_width: builds the family at another width multiplier (``model.policy.width_mult``);
+        None when the family has no width knob.
     """
 
     name: str
@@ -53,6 +55,16 @@ class BackboneSpec:
     feature_dim: int
     classifier_prefix: str
     description: str = ""
+    at_width: Callable[[float], nn.Module] | None = None
+
+    @property
+    def framewise(self) -> bool:
+        """A ``features`` trunk run on each frame: what the policy's extractors are cut from."""
+        return self.family == "framewise"
+
+
+def _mobilenet_v2(width_mult: float) -> nn.Module:
+    return tvm.mobilenet_v2(weights=None, width_mult=width_mult)
 
 
 BACKBONES: dict[str, BackboneSpec] = {
@@ -69,6 +81,7 @@ BACKBONES: dict[str, BackboneSpec] = {
         1280,
         "classifier.1.",
         "MobileNetV2 (width 1.0)",
+        at_width=_mobilenet_v2,
     ),
     "efficientnet_b0": BackboneSpec(
         "efficientnet_b0",
@@ -102,6 +115,7 @@ BACKBONES: dict[str, BackboneSpec] = {
         1280,
         "classifier.1.",
         "MobileNetV2 at width 0.25",
+        at_width=_mobilenet_v2,
     ),
 }
 

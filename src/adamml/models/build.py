@@ -11,6 +11,7 @@ from pathlib import Path
 from torch import nn
 
 from adamml.config import ClipSettings, ExperimentConfig, ModelConfig, _from_dict, config_from_dict
+from adamml.modalities.table import input_modalities as modality_inputs
 from adamml.models.adamml import build_adamml
 from adamml.models.multimodal import build_multimodal
 from adamml.runtime.checkpoint import load_checkpoint
@@ -42,9 +43,6 @@ def model_from_checkpoint(path: str | Path) -> tuple[nn.Module, str, ModelConfig
 
 
 def input_modalities(kind: str, model_cfg: ModelConfig) -> list[str]:
-    """The tensors a stage needs from the dataset (AdaMML's policy looks at rgbdiff for flow)."""
-    needed = list(model_cfg.modalities)
-    proxy = model_cfg.policy.flow_proxy
-    if kind == "adamml" and "flow" in needed and proxy not in needed:
-        needed.append(proxy)
-    return needed
+    """The tensors a stage's model needs from the dataset (AdaMML's policy looks at rgbdiff
+    for flow; see :func:`adamml.modalities.table.input_modalities`)."""
+    return modality_inputs(model_cfg.modalities, flow_proxy=model_cfg.policy.flow_proxy, policy=kind == "adamml")

@@ -23,8 +23,9 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from adamml.config import ClipSettings, ConfigError, ExperimentConfig, ModelConfig, load_config
+from adamml.modalities.table import MODALITIES
 from adamml.models.policy import build_policy
-from adamml.models.recognition import build_recognition_net, spectrogram_shape
+from adamml.models.recognition import build_recognition_net
 
 
 def count_flops(module: nn.Module, *inputs: torch.Tensor) -> int:
@@ -74,17 +75,12 @@ def recognition_cost(
 
 
 def policy_cost(model_cfg: ModelConfig, clip: ClipSettings) -> ModuleCost | None:
-    """One segment (one LSTM step) through the policy network; None if it is not built yet."""
+    """One segment (one LSTM step) through the policy network."""
     policy = _on_meta(lambda: build_policy(model_cfg, clip))
     inputs = {}
     shapes = []
     for source in policy.extractors:
-        if source == "audio":
-            shape: tuple[int, ...] = (1, *spectrogram_shape(clip))
-        else:
-            channels = {"rgb": 3, "rgbdiff": 3 * clip.stack_length, "flow": 2 * clip.stack_length}
-            r = policy.resolution
-            shape = (len(policy.frame_indices), channels[source], r, r)
+        shape = MODALITIES[source].input_shape(clip, frames=len(policy.frame_indices), size=policy.resolution)
         shapes.append(shape)
         inputs[source] = torch.empty((1, 1, *shape), device="meta")
     with FlopCounterMode(display=False) as counter, torch.no_grad():

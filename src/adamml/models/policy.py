@@ -16,15 +16,11 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
-from torchvision import models as tvm
 
 from adamml.config import ClipSettings, ModelConfig
+from adamml.modalities.table import MODALITIES, policy_source
 from adamml.models.backbones import adapt_first_conv, create_backbone, get_backbone_spec
 from adamml.models.temporal import TemporalMaxPool
-
-# What the policy looks at to decide about each recognition modality. Flow is never computed
-# just to decide whether to compute it: its proxy is configurable (PolicyConfig.flow_proxy).
-_VISUAL_SOURCES = ("rgb", "rgbdiff", "flow")
 
 
 @dataclass
@@ -190,7 +186,7 @@ class PolicyNetwork(nn.Module):
                     f"the batch has {', '.join(sorted(batch))}"
                 )
             x = batch[source]
-            if source in _VISUAL_SOURCES:
+            if MODALITIES[source].visual:
                 x = x[:, :, self.frame_indices]
                 b, k, t = x.shape[:3]
                 if x.shape[-2:] != (self.resolution, self.resolution):
@@ -245,19 +241,20 @@ def _policy_backbone(
 ) -> tuple[nn.Module, int]:
     """A framewise trunk from the backbone table (random weights) and its feature width.
 
-    ``width_mult`` other than 1 rebuilds a MobileNetV2 at that width (the table holds widths
-    1.0 and 0.25 only); ``blocks`` keeps the first N blocks of its ``features``.
+    ``width_mult`` other than 1 rebuilds the family at that width (``BackboneSpec.at_width``:
+    the table holds MobileNetV2 at widths 1.0 and 0.25 only); ``blocks`` keeps the first N
+    blocks of its ``features``.
     """
     spec = get_backbone_spec(name)
-    if spec.family != "framewise":
+    if not spec.framewise:
         raise ValueError(
             f"policy backbone {name!r} is a {spec.family} network: the policy needs a light "
             "framewise one (mobilenet_v2, mobilenet_v2_tiny, efficientnet_b0)"
         )
     if width_mult != 1.0:
-        if not name.startswith("mobilenet_v2"):
-            raise ValueError(f"policy.width_mult applies to MobileNetV2 only, not {name!r}")
-        net = tvm.mobilenet_v2(weights=None, width_mult=width_mult)
+        if spec.at_width is None:
+            raise ValueError(f"policy.width_mult applies to MobileNetV2 only, not {name!r} (it has no width knob)")
+        net = spec.at_width(width_mult)
         if in_channels != 3:
             adapt_first_conv(net, in_channels, inflate=False)
     else:
@@ -275,28 +272,26 @@ def _policy_backbone(
 def build_policy(model_cfg: ModelConfig, clip: ClipSettings) -> PolicyNetwork:
     """The policy for ``model_cfg.modalities``, with random weights (it is trained in stage 3)."""
     pcfg = model_cfg.policy
-    sources = {}
-    for m in model_cfg.modalities:
-        sources[m] = pcfg.flow_proxy if m == "flow" else m
-    if pcfg.flow_proxy not in ("rgbdiff", "flow"):
-        raise ValueError(f"policy.flow_proxy must be 'rgbdiff' or 'flow', got {pcfg.flow_proxy!r}")
+    for proxied in (m for m in MODALITIES.values() if m.proxy):  # a bad choice fails here
+        policy_source(proxied.name, pcfg.flow_proxy)
+    sources = {m: policy_source(m, pcfg.flow_proxy) for m in model_cfg.modalities}
     indices = policy_frame_indices(clip.frames_per_segment, pcfg.frames)
-    channels = {"rgb": 3, "rgbdiff": 3 * clip.stack_length, "flow": 2 * clip.stack_length}
     extractors = nn.ModuleDict()
     for source in dict.fromkeys(sources.values()):
-        in_channels = 1 if source == "audio" else channels[source]
-        audio_backbone = model_cfg.backbones.get("audio", "")
-        if source == "audio" and get_backbone_spec(audio_backbone).family == "framewise":
-            # SPEC: the policy's audio extractor is the audio sub-network's MobileNetV2 (so it
-            # can start from the stage-1 audio network); policy.backbone/width_mult apply to
-            # the visual extractors.
-            net, dim = _policy_backbone(audio_backbone, 1.0, in_channels)
+        modality = MODALITIES[source]
+        in_channels = modality.channels(clip)
+        own = get_backbone_spec(model_cfg.backbones[source]) if source in model_cfg.backbones else None
+        if not modality.visual and own is not None and own.framewise:
+            # As in the reference, the policy's audio extractor is the audio sub-network's
+            # MobileNetV2 (so it can start from the stage-1 audio network);
+            # policy.backbone/width_mult apply to the visual extractors.
+            net, dim = _policy_backbone(own.name, 1.0, in_channels)
         else:
             net, dim = _policy_backbone(pcfg.backbone, pcfg.width_mult, in_channels, pcfg.blocks)
-        if source == "audio":
-            extractors[source] = SpectrogramFeatures(net, dim)
-        else:
+        if modality.visual:
             extractors[source] = FrameFeatures(net, len(indices), dim)
+        else:
+            extractors[source] = SpectrogramFeatures(net, dim)
     return PolicyNetwork(
         modalities=list(model_cfg.modalities),
         sources=sources,

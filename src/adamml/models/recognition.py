@@ -21,40 +21,21 @@ Parameter names are torchvision's (``conv1.weight``, ``features.0.0.weight``, ``
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from einops import rearrange, reduce
 from torch import nn
 
 from adamml.config import ClipSettings, ModelConfig
-from adamml.layouts import check_modalities
-from adamml.modalities.audio import spectrogram_shape as audio_shape
-from adamml.models.backbones import create_backbone, get_backbone_spec, load_pretrained
+from adamml.modalities.table import MODALITIES, check_modalities
+from adamml.models.backbones import (
+    BackboneSpec,
+    create_backbone,
+    get_backbone_spec,
+    load_pretrained,
+)
 from adamml.models.temporal import TemporalMaxPool
-
-
-def modality_channels(modality: str, clip: ClipSettings) -> int:
-    """Input channels per frame position: rgb 3, flow 2L, rgbdiff 3L, audio 1."""
-    channels = {
-        "rgb": 3,
-        "flow": 2 * clip.stack_length,
-        "rgbdiff": 3 * clip.stack_length,
-        "audio": 1,
-    }
-    check_modalities([modality])
-    return channels[modality]
-
-
-def spectrogram_shape(clip: ClipSettings, sample_rate: int = 24_000) -> tuple[int, int]:
-    """(F, S) of one segment's spectrogram, as ``adamml.modalities.audio`` computes it.
-
-    F = n_fft // 2 + 1 (linear) or n_mels; S = ``clip.audio_frames`` when set (every shipped
-    config sets it), else the centred STFT's frame count, which depends on ``sample_rate``
-    only through rounding (256 for 1.28 s at a 5 ms hop).
-    """
-    if clip.audio_frames:
-        bins = clip.n_mels if clip.spectrogram == "mel" else clip.n_fft // 2 + 1
-        return bins, clip.audio_frames
-    return audio_shape(sample_rate, clip)
 
 
 class RecognitionNet(nn.Module):
@@ -70,23 +51,17 @@ class RecognitionNet(nn.Module):
         self.num_classes = num_classes
         self.feature_dim = feature_dim
         self.frames = frames  # T for visual modalities, 1 for audio
+        self.visual = MODALITIES[modality].visual
 
     def input_shape(self, clip: ClipSettings) -> tuple[int, ...]:
         """Shape of one sample (no batch): (T, C, H, W) visual, (1, F, S) audio."""
-        if self.modality == "audio":
-            return (1, *spectrogram_shape(clip))
-        return (
-            clip.frames_per_segment,
-            modality_channels(self.modality, clip),
-            clip.crop_size,
-            clip.crop_size,
-        )
+        return MODALITIES[self.modality].input_shape(clip)
 
     def _fold(self, x: torch.Tensor) -> torch.Tensor:
         """(N, T, C, H, W) or audio (N, 1, F, S) -> (N*T, C, H, W), checking T."""
-        if self.modality == "audio":
+        if not self.visual:
             if x.dim() != 4:
-                raise ValueError(f"audio input must be (N, 1, F, S), got {tuple(x.shape)}")
+                raise ValueError(f"{self.modality} input must be (N, 1, F, S), got {tuple(x.shape)}")
             return x
         if x.dim() != 5 or x.shape[1] != self.frames:
             raise ValueError(
@@ -185,6 +160,18 @@ class FramewiseNet(RecognitionNet):
         return self.classifier(features)
 
 
+def _tsn_resnet(model: nn.Module, spec: BackboneSpec, *, temporal_pool: bool, **common) -> RecognitionNet:
+    return TSNResNet(model, temporal_pool=temporal_pool, **common)
+
+
+def _framewise(model: nn.Module, spec: BackboneSpec, *, temporal_pool: bool, **common) -> RecognitionNet:
+    return FramewiseNet(model, feature_dim=int(getattr(model, "last_channel", spec.feature_dim)), **common)
+
+
+# BackboneSpec.family -> how a backbone of that family becomes a recognition network.
+FAMILIES: dict[str, Callable[..., RecognitionNet]] = {"resnet": _tsn_resnet, "framewise": _framewise}
+
+
 def build_recognition_net(
     modality: str,
     backbone: str,
@@ -202,29 +189,14 @@ def build_recognition_net(
     classifier with another class count is left freshly initialised.
     """
     spec = get_backbone_spec(backbone)
-    in_channels = modality_channels(modality, clip)
-    frames = 1 if modality == "audio" else clip.frames_per_segment
+    check_modalities([modality])
+    in_channels = MODALITIES[modality].channels(clip)
+    frames = MODALITIES[modality].frames(clip)
     model = create_backbone(backbone, in_channels)
-    net: RecognitionNet
-    if spec.family == "resnet":
-        net = TSNResNet(
-            model,
-            modality=modality,
-            num_classes=num_classes,
-            frames=frames,
-            temporal_pool=temporal_pool,
-            dropout=dropout,
-        )
-    else:
-        feature_dim = int(getattr(model, "last_channel", spec.feature_dim))
-        net = FramewiseNet(
-            model,
-            modality=modality,
-            num_classes=num_classes,
-            frames=frames,
-            feature_dim=feature_dim,
-            dropout=dropout,
-        )
+    net = FAMILIES[spec.family](
+        model, spec, modality=modality, num_classes=num_classes, frames=frames,
+        temporal_pool=temporal_pool, dropout=dropout,
+    )
     if pretrained:
         load_pretrained(net, pretrained)
     return net
