@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import re
 import typing
 from pathlib import Path
 
@@ -40,7 +42,8 @@ def test_bases_chain_and_a_shipped_name_works_as_base(tmp_path):
 
 def test_a_table_value_replaces_the_base_table_whole(tmp_path):
     write(tmp_path / "a.yaml", {"model": {"backbones": {"rgb": "resnet18", "audio": "resnet18"}}})
-    cfg = load_config(write(tmp_path / "b.yaml", {"base": "a", "model": {"backbones": {"rgb": "resnet50"}}}))
+    child = {"base": "a", "model": {"modalities": ["rgb"], "backbones": {"rgb": "resnet50"}}}
+    cfg = load_config(write(tmp_path / "b.yaml", child))
     assert cfg.model.backbones == {"rgb": "resnet50"}
 
 
@@ -113,3 +116,95 @@ def test_shipped_configs_state_only_what_differs_from_their_base(path):
     inherited = to_dict(load_config(base) if base else ExperimentConfig())
     inherited["train"]["output_dir"] = f"runs/{path.stem}"
     assert _restated(ExperimentConfig, data, inherited) == []
+
+
+# ---- a config is checked whole when it loads -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "suggestion"),
+    [
+        ("model.fusion=wieghted", "model.fusion", "weighted"),
+        ("model.backbones.rgb=resnet_tiyn", "model.backbones.rgb", "resnet_tiny"),
+        ("model.modalities=[rgb,audoi]", "model.modalities[1]", "audio"),
+        ("train.precision=fp33", "train.precision", None),
+    ],
+)
+def test_train_with_a_wrong_name_exits_2_with_one_line_naming_the_key(tmp_path, capsys, override, key, suggestion):
+    from adamml.cli import main
+
+    code = main(["train", "--config", "demo", "--data", str(tmp_path / "data"), "--output", str(tmp_path / "run"), override])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and "Traceback" not in err
+    bad = override.split("=")[1].strip("[]").split(",")[-1]
+    assert f"{key}: got {bad!r}; expected one of" in err
+    if suggestion:
+        assert f"did you mean {suggestion!r}" in err
+    assert not (tmp_path / "run").exists()  # nothing ran
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key"),
+    [
+        (["model.modalities=[rgb,flow]", "model.backbones.flow=resnet_tiny", "train.adamml.cost_weights.flow=1.0"], "data.decode.flow"),
+        (["model.modalities=[rgb,flow]", "data.decode.flow=tvl1", "train.adamml.cost_weights.flow=1.0"], "model.backbones"),
+        (["model.modalities=[rgb,flow]", "data.decode.flow=tvl1", "model.backbones.flow=resnet_tiny"], "train.adamml.cost_weights"),
+        (["model.modalities=[rgb,rgb]"], "model.modalities"),
+        (["model.policy.frames=3"], "model.policy.frames"),
+        (["model.policy.backbone=resnet18"], "model.policy.backbone"),
+        (["model.policy.blocks=40"], "model.policy.blocks"),
+        (["model.policy.flow_proxy=audio"], "model.policy.flow_proxy"),
+        (["data.dataset=kinetics"], "data.dataset"),
+        (["data.decode.flow=farneback"], "data.decode.flow"),
+        (["data.clip.stack_length=0"], "data.clip.stack_length"),
+        (["train.adamml.temperature_decay=1.5"], "train.adamml.temperature_decay"),
+        (["train.unimodal.lr_steps=[6,2]"], "train.unimodal.lr_steps"),
+        (["model.pretrained.rgb=/no/such/weights.pth"], "model.pretrained.rgb"),
+    ],
+)
+def test_rules_between_fields_are_checked_at_load(overrides, key):
+    with pytest.raises(ConfigError, match=rf"demo\.yaml: {re.escape(key)}: "):
+        load_config("demo", overrides)
+
+
+def test_a_catalogue_dataset_fixes_the_class_count():
+    with pytest.raises(ConfigError, match="model.num_classes: got 30, but kinetics_sounds has 31 classes"):
+        load_config("kinetics_sounds_rgb_audio", ["model.num_classes=30"])
+
+
+def test_train_checks_its_fusion_and_modality_options(tmp_path, capsys):
+    from adamml.cli import main
+
+    assert main(["train", "--config", "demo", "--data", str(tmp_path), "--stage", "fusion", "--fusion", "avg"]) == 2
+    assert "--fusion: got 'avg'" in capsys.readouterr().err
+    assert main(["train", "--config", "demo", "--data", str(tmp_path), "--stage", "unimodal", "--modality", "flow"]) == 2
+    assert "--modality: got 'flow'; expected one of rgb, audio" in capsys.readouterr().err
+
+
+def test_flops_takes_the_same_overrides_and_errors(capsys):
+    from adamml.cli import main
+
+    assert main(["flops", "--config", "demo", "data.clip.crop_size=32", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["config"] == "demo"
+    assert main(["flops", "--config", "demo", "model.fusion=wieghted"]) == 2
+    assert "model.fusion: got 'wieghted'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_shipped_config_loads_builds_on_meta_and_counts_its_flops(path):
+    """timm's test over its model table, over our config table: every config is buildable."""
+    import torch
+
+    from adamml.models.adamml import build_adamml
+    from adamml.models.flops import flops_report
+
+    cfg = load_config(path)
+    with torch.device("meta"):
+        model = build_adamml(cfg.model, cfg.data.clip)
+    assert list(model.modalities) == cfg.model.modalities
+    assert all(p.is_meta for p in model.parameters())
+    report = flops_report(cfg)
+    assert [r["name"] for r in report["modalities"]] == cfg.model.modalities
+    assert all(r["per_segment"] > 0 for r in report["modalities"]) and report["policy"]["per_segment"] > 0
+    assert report["adamml_max_per_video"] > report["all_modalities_per_video"]

@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+from adamml.errors import AdamMLError
+
 # name -> (module, one-line help). Imported lazily so `adamml --help` stays instant.
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("adamml.demo", "generate, extract, train and evaluate on the embedded dataset"),
@@ -50,26 +52,16 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "_missing", None):
         print(f"adamml {args.command}: not available ({args._missing})", file=sys.stderr)
         return 2
-    module = importlib.import_module(args._module)
     try:
+        module = importlib.import_module(args._module)
         return int(module.run(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except _user_errors() as exc:  # bad input: say what and where, without a traceback
-        print(f"adamml {args.command}: {exc}", file=sys.stderr)
+    except (AdamMLError, FileNotFoundError) as exc:  # bad input: say what and where, no traceback
+        message = " ".join(str(exc).split())  # one line, whatever the message holds
+        print(f"adamml {args.command}: {message}", file=sys.stderr)
         return 2
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Errors whose message already names the file and the problem (see each module)."""
-    from adamml.config import ConfigError
-    from adamml.data.formats import DatasetError
-    from adamml.data.types import VideoDecodeError
-    from adamml.models.backbones import PretrainedWeightsError
-    from adamml.runtime.checkpoint import CheckpointError
-
-    return (ConfigError, DatasetError, VideoDecodeError, PretrainedWeightsError, CheckpointError, FileNotFoundError)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,9 +23,20 @@ from typing import Any
 
 import yaml
 
+from adamml.data.catalog import DATASETS
 from adamml.errors import AdamMLError
+from adamml.layouts import MODALITIES
+from adamml.modalities.flow import FLOW_METHODS
+from adamml.models.backbones import BACKBONES
+from adamml.models.fusion import FUSIONS
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+
+# The names a config may use where no table elsewhere holds them.
+DATA_FORMATS = ("folder", "csv", "list")  # data.dataset for own data: the layout is detected
+PRECISIONS = ("auto", "32", "bf16", "16")
+FLOW_PROXIES = ("rgbdiff", "flow")  # what the policy looks at to decide about flow
+SPECTROGRAMS = ("linear", "mel")
 
 
 # ---- how videos become tensors (data.decode, data.clip): read by data, modalities and models --
@@ -172,7 +184,7 @@ class TrainConfig:
     output_dir: str | None = None  # None: runs/<name>
     momentum: float = 0.9  # every stage's SGD
     weight_decay: float = 1e-4  # every stage's SGD and the policy's Adam
-    precision: str = "auto"  # auto | 32 | bf16 | 16 (mixed precision on GPU)
+    precision: str = "auto"  # PRECISIONS: auto | 32 | bf16 | 16 (mixed precision on GPU)
     eval_every: int = 1  # validate every N epochs (0: only at the end of each stage)
     progress: bool = True
     max_steps_per_epoch: int | None = None
@@ -390,8 +402,120 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+def check_choice(key: str, value: Any, choices: typing.Iterable[str]) -> None:
+    """``value`` must be one of ``choices``; the error names the key, the value and the choices."""
+    choices = list(choices)
+    if value in choices:
+        return
+    close = difflib.get_close_matches(str(value), choices, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    raise ConfigError(f"{key}: got {value!r}; expected one of {', '.join(choices)}{hint}")
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+def _policy_blocks(name: str) -> int:
+    """Feature blocks of a framewise backbone (built on the meta device: no memory, instant)."""
+    import torch
+
+    with torch.device("meta"):
+        return len(BACKBONES[name].constructor().features)
+
+
+def check_config(cfg: ExperimentConfig) -> None:
+    """Check every name against its table and the rules between fields, before anything runs.
+
+    Raises ConfigError naming the first key that is wrong, what it holds and what is valid.
+    """
+    data, model, train = cfg.data, cfg.model, cfg.train
+    if data.dataset not in DATASETS:
+        check_choice("data.dataset", data.dataset, [*DATASETS, *DATA_FORMATS])
+    if data.decode.flow is not None:
+        check_choice("data.decode.flow", data.decode.flow, FLOW_METHODS)
+    check_choice("data.clip.spectrogram", data.clip.spectrogram, SPECTROGRAMS)
+    clip = data.clip
+    for key in ("num_segments", "frames_per_segment", "frame_stride", "stack_length", "crop_size", "n_fft"):
+        _require(getattr(clip, key) >= 1, f"data.clip.{key}", f"got {getattr(clip, key)}; expected 1 or more")
+    _require(data.eval_segments is None or data.eval_segments >= 1, "data.eval_segments",
+             f"got {data.eval_segments}; expected 1 or more (or null: data.clip.num_segments)")
+
+    _require(bool(model.modalities), "model.modalities", f"empty; expected one or more of {', '.join(MODALITIES)}")
+    for i, m in enumerate(model.modalities):
+        check_choice(f"model.modalities[{i}]", m, MODALITIES)
+    dupes = sorted({m for m in model.modalities if model.modalities.count(m) > 1})
+    _require(not dupes, "model.modalities", f"{', '.join(dupes)} given twice")
+    for m, name in model.backbones.items():
+        check_choice("model.backbones", m, MODALITIES)
+        check_choice(f"model.backbones.{m}", name, BACKBONES)
+    missing = [m for m in model.modalities if m not in model.backbones]
+    _require(not missing, "model.backbones",
+             f"no backbone for {', '.join(missing)}; every modality in model.modalities needs one")
+    for m, path in model.pretrained.items():
+        check_choice("model.pretrained", m, model.modalities)
+        _require(Path(path).is_file(), f"model.pretrained.{m}", f"no file {path!r}")
+    check_choice("model.fusion", model.fusion, [f for f in FUSIONS if f != "unimodal"])
+    _require(model.num_classes >= 1, "model.num_classes", f"got {model.num_classes}; expected 1 or more")
+    info = DATASETS.get(data.dataset)
+    _require(info is None or model.num_classes == info.num_classes, "model.num_classes",
+             f"got {model.num_classes}, but {data.dataset} has {info.num_classes if info else 0} classes")
+    _require(0.0 <= model.dropout < 1.0, "model.dropout", f"got {model.dropout}; expected 0 <= dropout < 1")
+    if "flow" in model.modalities:
+        _require(data.decode.flow is not None, "data.decode.flow",
+                 f"null, but model.modalities has flow; set one of {', '.join(FLOW_METHODS)}")
+
+    policy = model.policy
+    check_choice("model.policy.backbone", policy.backbone, BACKBONES)
+    framewise = [n for n, spec in BACKBONES.items() if spec.family == "framewise"]
+    check_choice("model.policy.backbone", policy.backbone, framewise)  # the light per-frame nets
+    _require(policy.width_mult == 1.0 or policy.backbone.startswith("mobilenet_v2"), "model.policy.width_mult",
+             f"got {policy.width_mult}; only a MobileNetV2 policy backbone can change width")
+    if policy.blocks is not None:
+        total = _policy_blocks(policy.backbone)
+        _require(1 <= policy.blocks <= total, "model.policy.blocks",
+                 f"got {policy.blocks}; {policy.backbone} has blocks 1 to {total}")
+    check_choice("model.policy.flow_proxy", policy.flow_proxy, FLOW_PROXIES)
+    looks_at = len(range(0, clip.frames_per_segment, 2))
+    _require(1 <= policy.frames <= looks_at, "model.policy.frames",
+             f"got {policy.frames}; the policy looks at every other frame of the segment's "
+             f"{clip.frames_per_segment} (data.clip.frames_per_segment), so 1 to {looks_at}")
+    for key in ("resolution", "joint_dim", "hidden_size"):
+        _require(getattr(policy, key) >= 1, f"model.policy.{key}", f"got {getattr(policy, key)}; expected 1 or more")
+
+    check_choice("train.precision", train.precision, PRECISIONS)
+    _require(train.batch_size >= 1, "train.batch_size", f"got {train.batch_size}; expected 1 or more")
+    _require(train.eval_every >= 0, "train.eval_every", f"got {train.eval_every}; expected 0 or more")
+    stages = {"unimodal": train.unimodal, "fusion": train.fusion, "adamml": train.adamml}
+    for stage, section in stages.items():
+        for key in ("epochs", "warmup_epochs", "finetune_epochs", "policy_pretrain_epochs"):
+            if hasattr(section, key):
+                value = getattr(section, key)
+                _require(value >= 0, f"train.{stage}.{key}", f"got {value}; expected 0 or more")
+        for key in ("lr", "head_lr", "policy_lr", "policy_pretrain_lr"):
+            if hasattr(section, key):
+                value = getattr(section, key)
+                _require(value > 0, f"train.{stage}.{key}", f"got {value}; expected a positive rate")
+        steps = getattr(section, "lr_steps", [])
+        _require(steps == sorted(steps) and all(s > 0 for s in steps), f"train.{stage}.lr_steps",
+                 f"got {steps}; expected positive epochs in increasing order")
+    adamml = train.adamml
+    _require(adamml.alternate_every >= 1, "train.adamml.alternate_every", f"got {adamml.alternate_every}; expected 1 or more")
+    _require(adamml.temperature > 0, "train.adamml.temperature", f"got {adamml.temperature}; expected > 0")
+    _require(0 < adamml.temperature_decay <= 1, "train.adamml.temperature_decay",
+             f"got {adamml.temperature_decay}; expected 0 < decay <= 1")
+    missing = [m for m in model.modalities if m not in adamml.cost_weights]
+    _require(not missing, "train.adamml.cost_weights",
+             f"no weight for {', '.join(missing)}; every modality in model.modalities needs one")
+    negative = [m for m, w in adamml.cost_weights.items() if w < 0]
+    _require(not negative, "train.adamml.cost_weights", f"negative weight for {', '.join(negative)}")
+    _require(adamml.gamma >= 0, "train.adamml.gamma", f"got {adamml.gamma}; expected 0 or more")
+
+
 def load_config(name_or_path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Read a config (a file or a shipped name; its ``base:`` chain merged) and apply overrides."""
+    """Read a config (a file or a shipped name; its ``base:`` chain merged), apply overrides
+    and check the result whole (``check_config``)."""
     data: dict = {}
     source = "<defaults>"
     if name_or_path is not None:
@@ -400,9 +524,11 @@ def load_config(name_or_path: str | Path | None = None, overrides: list[str] | N
         data = read_config_file(path)
     data = apply_overrides(data, overrides or [])
     try:
-        return _from_dict(ExperimentConfig, data, "")
+        cfg = _from_dict(ExperimentConfig, data, "")
+        check_config(cfg)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
+    return cfg
 
 
 def save_config(config: ExperimentConfig, path: str | Path) -> None:

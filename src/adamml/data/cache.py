@@ -37,6 +37,7 @@ import numpy as np
 
 from adamml.config import DecodeSettings
 from adamml.data.types import DecodedVideo
+from adamml.errors import AdamMLError
 
 __all__ = ["CacheError", "VideoCache", "LazyImages", "settings_fingerprint", "CACHE_VERSION"]
 
@@ -45,7 +46,7 @@ CACHE_VERSION = 1
 _CONTENT_FIELDS = ("fps", "short_side", "sample_rate", "flow")
 
 
-class CacheError(RuntimeError):
+class CacheError(AdamMLError, RuntimeError):
     """A cache file is unreadable; the message names it and says how to recover."""
 
 

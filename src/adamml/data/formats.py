@@ -33,6 +33,7 @@ import re
 from pathlib import Path
 
 from adamml.data.types import VideoEntry
+from adamml.errors import AdamMLError
 
 VIDEO_EXTENSIONS: tuple[str, ...] = (
     ".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp",
@@ -40,7 +41,7 @@ VIDEO_EXTENSIONS: tuple[str, ...] = (
 LABEL_SEPARATORS = re.compile(r"[;|]")
 
 
-class DatasetError(ValueError):
+class DatasetError(AdamMLError, ValueError):
     """A dataset file is missing or malformed; the message names the file, line and fix."""
 
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from adamml.errors import AdamMLError
+
 
 @dataclass
 class DecodedVideo:
@@ -36,7 +38,7 @@ class DecodedVideo:
         return self.num_frames / self.fps if self.fps > 0 else 0.0
 
 
-class VideoDecodeError(RuntimeError):
+class VideoDecodeError(AdamMLError, RuntimeError):
     """A video could not be read; the message names the file and the problem."""
 
 

@@ -35,6 +35,8 @@ from torch import nn
 from torchvision import models as tvm
 from torchvision.models.resnet import BasicBlock
 
+from adamml.errors import AdamMLError
+
 
 @dataclass(frozen=True)
 class BackboneSpec:
@@ -120,7 +122,7 @@ BACKBONES: dict[str, BackboneSpec] = {
 }
 
 
-class PretrainedWeightsError(ValueError):
+class PretrainedWeightsError(AdamMLError, ValueError):
     """A weights file is missing, unreadable or does not fit the model; the message says which."""
 
 

@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from adamml.errors import AdamMLError
+
 
 def rng_state() -> dict:
     state = {
@@ -40,8 +42,8 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
-class CheckpointError(RuntimeError):
-    pass
+class CheckpointError(AdamMLError, RuntimeError):
+    """A checkpoint is missing, unreadable or refused; the message names the file and why."""
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -6,9 +6,8 @@ Works the same under ``python`` and ``torchrun --nproc-per-node N`` (one or many
 from __future__ import annotations
 
 import argparse
-import sys
 
-from adamml.config import ConfigError, load_config
+from adamml.config import FUSIONS, check_choice, load_config
 from adamml.runtime.distributed import setup, teardown
 from adamml.runtime.runs import STAGES
 from adamml.training.stages import run_recipe
@@ -31,11 +30,11 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"data.root={args.data}")
     if args.output:
         overrides.append(f"train.output_dir={args.output}")
-    try:
-        cfg = load_config(args.config, overrides)
-    except ConfigError as exc:
-        print(f"adamml train: {exc}", file=sys.stderr)
-        return 2
+    cfg = load_config(args.config, overrides)  # checked whole: a wrong name fails here, not mid-run
+    if args.fusion is not None:
+        check_choice("--fusion", args.fusion, [f for f in FUSIONS if f != "unimodal"])
+    if args.modality is not None:
+        check_choice("--modality", args.modality, cfg.model.modalities)
     runtime = setup()
     try:
         results = run_recipe(cfg, runtime, stage=args.stage, modality=args.modality, fusion=args.fusion, resume=args.resume)
