@@ -145,8 +145,9 @@ def test_build_recognition_nets_follows_the_config_order():
 
 
 def test_a_modality_without_a_backbone_is_named():
-    cfg = load_config(
-        "tiny", ["model.modalities=[rgb, audio]", "model.backbones={rgb: resnet_tiny}"]
-    )
+    """load_config refuses such a config (tests/test_config.py); a config built in code is
+    still caught by the builder."""
+    cfg = load_config("tiny")
+    cfg.model.backbones = {"rgb": "resnet_tiny"}
     with pytest.raises(ValueError, match="no entry for modality 'audio'"):
         build_recognition_nets(cfg.model, cfg.data.clip)
