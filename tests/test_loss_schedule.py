@@ -57,7 +57,7 @@ def test_correctness_for_multi_label_means_top1_is_one_of_the_labels():
 
 def test_adamml_schedule_warms_up_alternates_then_finetunes():
     cfg = AdamMLTrainConfig(warmup_epochs=2, epochs=2, alternate_every=1, finetune_epochs=1)
-    phases = [(p.segment, p.trains) for p in adamml_schedule(cfg)]
+    phases = [(p.block, p.trains) for p in adamml_schedule(cfg)]
     assert phases == [
         ("warmup", "recognition"),
         ("warmup", "recognition"),

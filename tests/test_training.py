@@ -102,7 +102,7 @@ def test_fusion_stage_starts_from_stage_one_and_reduces_the_loss(trained_run):
 
 def test_adamml_stage_follows_the_schedule_and_records_selection_rates(trained_run):
     rows = read_log(trained_run / "adamml" / "log.csv")
-    assert [(r["segment"], r["trains"]) for r in rows] == [
+    assert [(r["block"], r["trains"]) for r in rows] == [
         ("warmup", "recognition"),
         ("alternate", "recognition"),
         ("alternate", "policy"),

@@ -161,7 +161,7 @@ class AdamMLTrainConfig:
     warmup_epochs: int = 5
     epochs: int = 20  # alternating epochs
     finetune_epochs: int = 10
-    alternate_every: int = 1  # epochs per block of the alternating stage
+    alternate_every: int = 1  # epochs of each turn (recognition, then policy) when alternating
     lr: float = 0.001  # recognition networks (SGD)
     head_lr: float = 0.01  # the fusion head's weights
     lr_steps: list[int] = field(default_factory=lambda: [10, 15])  # of the alternating epochs

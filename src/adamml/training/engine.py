@@ -179,7 +179,7 @@ def train_task(
     temperature = tcfg.adamml.temperature
     best = -math.inf
     optimizers: dict[str, torch.optim.Optimizer] = {}
-    opt_segment = None
+    opt_block = None
     last_path = run_dir / "last.pt"
     if resume and last_path.exists():
         state = load_checkpoint(last_path)
@@ -188,14 +188,15 @@ def train_task(
         temperature = state.get("temperature", temperature)
         best = state.get("best", best)
         if start < len(schedule):
-            opt_segment = schedule[start].segment
-            if state.get("optimizer_segment") == opt_segment:
+            opt_block = schedule[start].block
+            # (checkpoints written before Phase.segment became Phase.block say "optimizer_segment")
+            if state.get("optimizer_block", state.get("optimizer_segment")) == opt_block:
                 task.set_trainable(schedule[start])
                 optimizers = task.make_optimizers(schedule[start])
                 for name, opt in optimizers.items():
                     opt.load_state_dict(state["optimizers"][name])
             else:
-                opt_segment = None
+                opt_block = None
         if runtime.is_main:
             print(f"resumed {last_path} at epoch {start}/{len(schedule)}", flush=True)
     if runtime.is_main:
@@ -211,9 +212,9 @@ def train_task(
         phase = schedule[epoch]
         seed_everything(tcfg.seed * 1009 + epoch * 7919 + runtime.rank)
         task.set_trainable(phase)
-        if phase.segment != opt_segment:
+        if phase.block != opt_block:
             optimizers = task.make_optimizers(phase)
-            opt_segment = phase.segment
+            opt_block = phase.block
         wrapped: nn.Module = model
         if runtime.distributed:
             wrapped = nn.parallel.DistributedDataParallel(
@@ -237,7 +238,7 @@ def train_task(
         if runtime.is_main and tcfg.progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(train_loader, desc=f"{task.kind} {epoch + 1}/{len(schedule)} {phase.segment}:{phase.trains}", leave=False, dynamic_ncols=True)
+            bar = tqdm(train_loader, desc=f"{task.kind} {epoch + 1}/{len(schedule)} {phase.block}:{phase.trains}", leave=False, dynamic_ncols=True)
             iterator = bar
         for i, batch in enumerate(iterator):
             if tcfg.max_steps_per_epoch is not None and i >= tcfg.max_steps_per_epoch:
@@ -267,7 +268,7 @@ def train_task(
             sel_n = all_reduce_sum(torch.tensor([float(sel_count)], dtype=torch.float64)).item()
         row: dict = {
             "epoch": epoch + 1,
-            "segment": phase.segment,
+            "block": phase.block,
             "trains": phase.trains,
             "lr": ",".join(f"{k}={v:.2g}" for k, v in lrs.items()),
             "train_loss": round(float(totals[0] / max(totals[2], 1)), 5),
@@ -294,7 +295,7 @@ def train_task(
                 "epoch": epoch + 1,
                 "model": model.state_dict(),
                 "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-                "optimizer_segment": opt_segment,
+                "optimizer_block": opt_block,
                 "temperature": temperature,
                 "best": best,
                 "metrics": metrics,

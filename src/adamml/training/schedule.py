@@ -14,10 +14,12 @@ from adamml.config import AdamMLTrainConfig
 
 @dataclass(frozen=True)
 class Phase:
-    segment: str  # "train" | "warmup" | "alternate" | "finetune": optimisers restart per segment
+    """One epoch of a stage's schedule."""
+
+    block: str  # "train" | "warmup" | "alternate" | "finetune": optimisers restart per block
     trains: str  # "all" | "recognition" | "policy": what this epoch updates
-    segment_epoch: int  # epoch index inside the segment (for LR schedules)
-    segment_epochs: int  # number of epochs (LR-schedule steps) of the segment
+    block_epoch: int  # epoch index inside the block (for LR schedules)
+    block_epochs: int  # number of epochs (LR-schedule steps) of the block
 
 
 def plain_schedule(epochs: int) -> list[Phase]:
@@ -26,10 +28,10 @@ def plain_schedule(epochs: int) -> list[Phase]:
 
 def adamml_schedule(cfg: AdamMLTrainConfig) -> list[Phase]:
     phases = [Phase("warmup", "recognition", e, cfg.warmup_epochs) for e in range(cfg.warmup_epochs)]
-    block = max(1, cfg.alternate_every)
+    span = max(1, cfg.alternate_every)
     epoch = 0
     while epoch < cfg.epochs:
-        n = min(block, cfg.epochs - epoch)
+        n = min(span, cfg.epochs - epoch)
         phases += [Phase("alternate", "recognition", epoch + i, cfg.epochs) for i in range(n)]
         phases += [Phase("alternate", "policy", epoch + i, cfg.epochs) for i in range(n)]
         epoch += n

@@ -159,7 +159,7 @@ def _plain_task(kind: str, model: nn.Module, cfg: ExperimentConfig, base_lr: flo
         return {"all": _sgd(groups, cfg, base_lr)}
 
     def phase_lrs(phase: Phase) -> dict[str, float]:
-        return {"all": multistep_lr(base_lr, milestones, phase.segment_epoch)}
+        return {"all": multistep_lr(base_lr, milestones, phase.block_epoch)}
 
     return Task(
         kind=kind,
@@ -252,10 +252,10 @@ def adamml_task(model: nn.Module, cfg: ExperimentConfig) -> Task:
         }
 
     def phase_lrs(phase: Phase) -> dict[str, float]:
-        milestones = tcfg.lr_steps if phase.segment == "alternate" else []
+        milestones = tcfg.lr_steps if phase.block == "alternate" else []
         return {
-            "recognition": multistep_lr(tcfg.lr, milestones, phase.segment_epoch),
-            "policy": multistep_lr(tcfg.policy_lr, milestones, phase.segment_epoch),
+            "recognition": multistep_lr(tcfg.lr, milestones, phase.block_epoch),
+            "policy": multistep_lr(tcfg.policy_lr, milestones, phase.block_epoch),
         }
 
     return Task(
