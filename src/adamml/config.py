@@ -29,6 +29,7 @@ from adamml.layouts import MODALITIES
 from adamml.modalities.flow import FLOW_METHODS
 from adamml.models.backbones import BACKBONES
 from adamml.models.fusion import FUSIONS
+from adamml.runtime.files import atomic_write_text
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -532,8 +533,4 @@ def load_config(name_or_path: str | Path | None = None, overrides: list[str] | N
 
 
 def save_config(config: ExperimentConfig, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-    tmp.replace(path)
+    atomic_write_text(path, yaml.safe_dump(to_dict(config), sort_keys=False))

@@ -16,8 +16,9 @@ The fingerprint hashes the settings, so caches made with different fps / size / 
   spectrogram's log(power + 1e-6)).
 - ``"raw"``: plain uint8 arrays and float32 audio; exact, large, fastest to read.
 
-Files are written to a temporary name in the same folder and renamed (``os.replace``), so a
-killed extraction never leaves a file that ``has`` would report as done.
+Files are written atomically (:func:`adamml.runtime.files.atomic_path`: a temporary name in
+the same folder, then a rename), so a killed extraction never leaves a file that ``has``
+would report as done.
 """
 
 from __future__ import annotations
@@ -25,9 +26,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import re
-import tempfile
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,10 +37,12 @@ import numpy as np
 from adamml.config import DecodeSettings
 from adamml.data.types import DecodedVideo
 from adamml.errors import AdamMLError
+from adamml.runtime.files import atomic_path, atomic_write_bytes
 
 __all__ = ["CacheError", "VideoCache", "LazyImages", "settings_fingerprint", "CACHE_VERSION"]
 
 CACHE_VERSION = 1
+SHARED = 0o644  # cache files: readable by everyone whatever the umask (caches are often shared)
 # Settings that change what is stored (strict_audio only changes whether extraction fails).
 _CONTENT_FIELDS = ("fps", "short_side", "sample_rate", "flow")
 
@@ -177,7 +178,7 @@ class VideoCache:
         if target.is_file():
             return
         body = {"version": CACHE_VERSION, "settings": dataclasses.asdict(self.settings)}
-        _atomic_write_bytes(target, (json.dumps(body, indent=2) + "\n").encode())
+        atomic_write_bytes(target, (json.dumps(body, indent=2) + "\n").encode(), mode=SHARED)
 
     def save(self, video_path: str | Path, decoded: DecodedVideo, frame_range: FrameRange = None) -> Path:
         """Store ``decoded`` atomically; returns the cache file."""
@@ -220,17 +221,8 @@ class VideoCache:
             else:
                 arrays["flow"] = decoded.flow
         target = self.entry_path(video_path, frame_range)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".tmp", dir=self.folder)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                np.savez(handle, **arrays)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(tmp, 0o644)  # mkstemp makes 0600; caches are often shared
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(target, mode=SHARED) as tmp:
+            np.savez(tmp, **arrays)
         return target
 
     def load(self, video_path: str | Path, *, lazy: bool = False, frame_range: FrameRange = None) -> DecodedVideo:
@@ -287,15 +279,3 @@ class VideoCache:
         if not self.folder.is_dir():
             return []
         return sorted(p for p in self.folder.glob("*.npz") if not p.name.startswith("."))
-
-
-def _atomic_write_bytes(target: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

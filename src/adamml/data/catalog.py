@@ -10,6 +10,7 @@ which :func:`discover` (at the end of this module) reads first. See docs/dataset
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from collections.abc import Iterable
@@ -25,6 +26,7 @@ from adamml.data.formats import (
     read_official_list,
 )
 from adamml.data.types import VideoEntry
+from adamml.runtime.files import atomic_write_text
 
 CLASSLIST_DIR = Path(__file__).parent / "classlists"
 
@@ -165,25 +167,17 @@ def class_names_for(name: str) -> list[str]:
 
 def write_class_list(names: list[str], path: str | Path) -> Path:
     """Write one class name per line, atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text("".join(f"{n}\n" for n in names), encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return atomic_write_text(path, "".join(f"{n}\n" for n in names))
 
 
 def _write_csv(rows: list[tuple[str, list[int]]], path: Path) -> Path:
     """``path,label`` CSV with multi-labels joined by ';', written atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "label"])
-        for video, labels in rows:
-            writer.writerow([video, ";".join(str(i) for i in labels)])
-    tmp.replace(path)
-    return path
+    buf = io.StringIO(newline="")
+    writer = csv.writer(buf)
+    writer.writerow(["path", "label"])
+    for video, labels in rows:
+        writer.writerow([video, ";".join(str(i) for i in labels)])
+    return atomic_write_text(path, buf.getvalue())
 
 
 # ----------------------------------------------------------------------------- ActivityNet

@@ -65,6 +65,7 @@ import numpy as np
 from tqdm import tqdm
 
 from adamml.data.writer import write_video
+from adamml.runtime.files import atomic_write_text
 
 P_OCCLUDED: float = 0.3
 P_SILENT: float = 0.3
@@ -491,12 +492,6 @@ def _run_job(job: _Job) -> tuple[str, int, str, str, bool]:
     return job.relpath, job.class_index, bits(visual), bits(audible), wrote
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
 def generate_dataset(
     out_dir: str | Path,
     *,
@@ -546,7 +541,7 @@ def generate_dataset(
                 f"({', '.join(changed)} differ); pick an empty folder or delete the old one"
             )
     else:
-        _atomic_write_text(manifest, json.dumps(settings, indent=2) + "\n")
+        atomic_write_text(manifest, json.dumps(settings, indent=2) + "\n")
 
     per_class = {"train": train_per_class, "val": val_per_class}
     jobs = [
@@ -568,9 +563,9 @@ def generate_dataset(
         rows[split].append((relpath, CLASS_NAMES[class_index]))
         seg_writer.writerow([relpath, CLASS_NAMES[class_index], visual, audible])
     classes_path = out / "classes.txt"
-    _atomic_write_text(classes_path, "".join(name + "\n" for name in CLASS_NAMES))
+    atomic_write_text(classes_path, "".join(name + "\n" for name in CLASS_NAMES))
     segments_path = out / "segments.csv"
-    _atomic_write_text(segments_path, seg_lines.getvalue())
+    atomic_write_text(segments_path, seg_lines.getvalue())
     csv_paths = {}
     for split in SPLITS:
         buf = io.StringIO()
@@ -578,7 +573,7 @@ def generate_dataset(
         writer.writerow(["path", "label"])
         writer.writerows(rows[split])
         csv_paths[split] = out / f"{split}.csv"
-        _atomic_write_text(csv_paths[split], buf.getvalue())
+        atomic_write_text(csv_paths[split], buf.getvalue())
     written = sum(1 for r in results if r[4])
     return SynthInfo(
         out_dir=out, classes=list(CLASS_NAMES), counts={s: len(rows[s]) for s in SPLITS},

@@ -6,12 +6,13 @@ arrays pretending to be videos.
 
 from __future__ import annotations
 
-import os
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
+
+from adamml.runtime.files import atomic_path
 
 
 def write_video(
@@ -36,10 +37,8 @@ def write_video(
     n, h, w, _ = frames.shape
     if h % 2 or w % 2:
         raise ValueError(f"{path}: H.264 needs even frame sizes, got {w}x{h}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
     rate = Fraction(fps).limit_denominator(1000)
-    with av.open(str(tmp), mode="w", format="mp4") as container:
+    with atomic_path(path) as tmp, av.open(str(tmp), mode="w", format="mp4") as container:
         vstream = container.add_stream("libx264", rate=rate)
         vstream.width, vstream.height, vstream.pix_fmt = w, h, "yuv420p"
         vstream.options = {"crf": str(crf), "preset": "veryfast", "tune": "zerolatency"}
@@ -70,5 +69,4 @@ def write_video(
                     container.mux(packet)
             for packet in astream.encode():
                 container.mux(packet)
-    tmp.replace(path)
     return path

@@ -28,7 +28,6 @@ from adamml.data.loader import make_loader
 from adamml.evaluation.metrics import MetricAccumulator, gflops_per_video
 from adamml.evaluation.report import (
     MethodResult,
-    atomic_write_text,
     format_table,
     write_csv,
     write_json,
@@ -39,6 +38,7 @@ from adamml.models.adamml import RandomPolicy
 from adamml.models.build import input_modalities, model_from_checkpoint
 from adamml.models.flops import modality_costs
 from adamml.runtime.distributed import Runtime, setup, teardown
+from adamml.runtime.files import atomic_write_text
 from adamml.runtime.runs import find_stage_checkpoints
 
 

@@ -21,9 +21,9 @@ from adamml.evaluation.metrics import per_class_selection_rates
 from adamml.evaluation.report import (
     METRIC_TITLES,
     MethodResult,
-    atomic_write_bytes,
 )
 from adamml.modalities.table import MODALITIES, title
+from adamml.runtime.files import atomic_write_bytes
 
 SKIPPED_COLOUR = "#e6e6e6"
 

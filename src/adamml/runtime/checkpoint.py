@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ import numpy as np
 import torch
 
 from adamml.errors import AdamMLError
+from adamml.runtime.files import atomic_path
 
 
 def rng_state() -> dict:
@@ -35,10 +35,8 @@ def set_rng_state(state: dict) -> None:
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     """Write atomically: a run killed while saving keeps its previous checkpoint intact."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
     return path
 
 
