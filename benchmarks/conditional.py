@@ -26,8 +26,9 @@ import time
 import torch
 
 from adamml.config import ClipSettings, ModelConfig, PolicyConfig
+from adamml.evaluation.metrics import gflops_per_video
 from adamml.models.adamml import AdaMML, build_adamml
-from adamml.models.flops import modality_costs, video_gflops
+from adamml.models.flops import modality_costs
 
 RATES = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -106,7 +107,7 @@ def run_device(model: AdaMML, args, clip, costs: dict[str, float], device: torch
         return fn
 
     full = forced_decisions(1.0, b, k).to(device)
-    masked_gf = video_gflops(full, per_seg, costs["policy"]).mean().item()
+    masked_gf = statistics.fmean(gflops_per_video(full, per_seg, costs["policy"]))
     threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"\n{name}{threads}: {b} video(s) x {k} segments per call, median of {args.repeats}")
@@ -123,7 +124,7 @@ def run_device(model: AdaMML, args, clip, costs: dict[str, float], device: torch
             infer(d, "conditional"), infer(d, "masked"), args.repeats, device
         )
         cond_s, masked_s = cond_s / b, masked_s / b
-        cond_gf = video_gflops(d, per_seg, costs["policy"]).mean().item()
+        cond_gf = statistics.fmean(gflops_per_video(d, per_seg, costs["policy"]))
         print(
             f"{rate:>8.0%} | {cond_s:>19.4f} {cond_gf:>8.2f} | "
             f"{masked_s:>14.4f} {masked_gf:>8.2f} | {cond_s / masked_s:>10.2f} "

@@ -10,8 +10,10 @@ import torch
 import torch.nn.functional as F
 
 from adamml.config import ClipSettings, ModelConfig, PolicyConfig
-from adamml.models.adamml import AdaMML, RandomPolicy, build_adamml, selection_rates
+from adamml.evaluation.metrics import selection_rates
+from adamml.models.adamml import AdaMML, RandomPolicy, build_adamml
 from adamml.models.backbones import PretrainedWeightsError
+from adamml.models.build import load_unimodal
 from adamml.models.recognition import build_recognition_net
 
 B, K, T, H, C = 2, 3, 4, 32, 5
@@ -221,7 +223,8 @@ def test_selection_rates() -> None:
     d = torch.zeros(2, 4, 2)
     d[:, :, 1] = 1
     d[0, 0, 0] = 1
-    torch.testing.assert_close(selection_rates(d), torch.tensor([1 / 8, 1.0]))
+    rates = torch.tensor(selection_rates(d))
+    torch.testing.assert_close(rates, torch.tensor([1 / 8, 1.0]))
 
 
 def test_random_policy_matches_requested_rates_and_is_seeded() -> None:
@@ -229,7 +232,7 @@ def test_random_policy_matches_requested_rates_and_is_seeded() -> None:
     d = policy(500, 10, ["rgb", "audio"])
     assert d.shape == (500, 10, 2)
     assert set(d.unique().tolist()) <= {0.0, 1.0}
-    rates = selection_rates(d)
+    rates = torch.tensor(selection_rates(d))
     assert abs(rates[0].item() - 0.25) < 0.03 and abs(rates[1].item() - 0.9) < 0.03
     again = RandomPolicy({"rgb": 0.25, "audio": 0.9}, seed=3)(500, 10, ["rgb", "audio"])
     assert torch.equal(d, again)
@@ -294,13 +297,13 @@ def test_load_unimodal_copies_a_stage1_network(tmp_path: Path) -> None:
     state = _stage1_state(seed=7)
     path = tmp_path / "rgb.pt"
     torch.save({"model": state, "epoch": 3}, path)
-    net.load_unimodal("rgb", path)
+    load_unimodal(net.recognition, "rgb", path)
     for key, value in net.recognition["rgb"].state_dict().items():
         assert torch.equal(value, state[key]), key
     # A checkpoint of a whole stage-1 MultiModalNet (keys under "recognition.rgb.") works too.
     state2 = _stage1_state(seed=8)
     torch.save({"model": {f"recognition.rgb.{k}": v for k, v in state2.items()}}, path)
-    net.load_unimodal("rgb", path)
+    load_unimodal(net.recognition, "rgb", path)
     assert torch.equal(net.recognition["rgb"].fc.weight, state2["fc.weight"])
 
 
@@ -309,9 +312,9 @@ def test_load_unimodal_mismatch_names_the_file_and_keys(tmp_path: Path) -> None:
     path = tmp_path / "wrong_classes.pt"
     torch.save({"model": _stage1_state(seed=1, num_classes=C + 2)}, path)
     with pytest.raises(PretrainedWeightsError, match=r"wrong_classes\.pt.*fc\.weight"):
-        net.load_unimodal("rgb", path)
+        load_unimodal(net.recognition, "rgb", path)
     with pytest.raises(ValueError, match="flow"):
-        net.load_unimodal("flow", path)
+        load_unimodal(net.recognition, "flow", path)
 
 
 def test_three_modalities_with_flow_decided_from_rgbdiff() -> None:

@@ -11,13 +11,13 @@ from torchvision import models as tvm
 
 from adamml.cli import main
 from adamml.config import load_config
+from adamml.evaluation.metrics import gflops_per_video
 from adamml.models.flops import (
     count_flops,
     count_macs,
     flops_report,
     modality_costs,
     recognition_cost,
-    video_gflops,
 )
 
 
@@ -90,13 +90,13 @@ def test_video_gflops_adds_policy_cost_per_segment_and_selected_costs():
     decisions = torch.tensor(
         [[[1, 1], [1, 1]], [[0, 0], [0, 0]], [[1, 0], [0, 1]]], dtype=torch.float32
     )  # (B=3, K=2, M=2)
-    out = video_gflops(decisions, [10.0, 1.0], policy_cost=0.5)
+    out = torch.tensor(gflops_per_video(decisions, [10.0, 1.0], policy_gflops=0.5), dtype=torch.float64)
     torch.testing.assert_close(out, torch.tensor([23.0, 1.0, 12.0], dtype=torch.float64))
 
 
 def test_video_gflops_rejects_a_wrong_number_of_modalities():
     with pytest.raises(ValueError, match="M=3"):
-        video_gflops(torch.ones(1, 2, 2), [1.0, 2.0, 3.0], 0.0)
+        gflops_per_video(torch.ones(1, 2, 2), [1.0, 2.0, 3.0], 0.0)
 
 
 def test_cli_prints_a_table_in_gflops_and_says_they_are_multiply_adds(capsys):

@@ -181,7 +181,7 @@ def gflops_per_video(
     costs = np.asarray(modality_gflops, dtype=np.float64)
     if costs.shape != (d.shape[2],):
         raise ValueError(
-            f"modality_gflops: expected {d.shape[2]} costs (one per modality), got {costs.shape}"
+            f"decisions must be (N, K, M={costs.size}) for {costs.size} modality costs, got {d.shape}"
         )
     per_segment = d @ costs + float(policy_gflops)  # (N, K)
     return [float(v) for v in per_segment.sum(axis=1)]

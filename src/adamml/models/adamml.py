@@ -14,14 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from einops import rearrange
 from torch import nn
 
 from adamml.config import ClipSettings, ModelConfig
-from adamml.models.backbones import PretrainedWeightsError, read_state_dict
 from adamml.models.fusion import build_fusion
 from adamml.models.policy import PolicyNetwork, build_policy
 from adamml.models.recognition import build_recognition_nets
@@ -41,13 +39,6 @@ class AdaMMLOutput:
     segment_logits: torch.Tensor
     policy_logits: torch.Tensor | None = None
     probs: torch.Tensor | None = None
-
-
-def selection_rates(decisions: torch.Tensor) -> torch.Tensor:
-    """(B, K, M) decisions -> (M,) fraction of (video, segment) pairs each modality ran on."""
-    if decisions.dim() != 3:
-        raise ValueError(f"decisions must be (B, K, M), got shape {tuple(decisions.shape)}")
-    return decisions.detach().float().mean(dim=(0, 1))
 
 
 class RandomPolicy:
@@ -244,48 +235,6 @@ class AdaMML(nn.Module):
 
     def unfreeze_recognition(self) -> None:
         _set_requires_grad(self.recognition_parameters(), True)
-
-    # ---- initialisation from stage 1 -----------------------------------------------------
-
-    def load_unimodal(self, modality: str, path: str | Path) -> None:
-        """Initialise one recognition sub-network from a stage-1 checkpoint.
-
-        The file holds a "model" state dict of a unimodal model (a bare RecognitionNet, or a
-        MultiModalNet whose keys start with "recognition.<modality>."). Loading is strict:
-        every tensor must fit (a stage-1 net trained for another class count is an error),
-        and the error names the file and the keys.
-        """
-        if modality not in self.recognition:
-            raise ValueError(
-                f"{path}: cannot load a {modality!r} network: the model's modalities are "
-                f"{', '.join(self.modalities)}"
-            )
-        state = read_state_dict(path)
-        prefix = f"recognition.{modality}."
-        if any(key.startswith(prefix) for key in state):
-            state = {key[len(prefix) :]: v for key, v in state.items() if key.startswith(prefix)}
-        net = self.recognition[modality]
-        own = net.state_dict()
-        unexpected = sorted(set(state) - set(own))
-        missing = sorted(set(own) - set(state))
-        wrong = [
-            f"{key} (file {tuple(state[key].shape)}, model {tuple(own[key].shape)})"
-            for key in own
-            if key in state and state[key].shape != own[key].shape
-        ]
-        if unexpected or missing or wrong:
-            parts = []
-            if wrong:
-                parts.append("shape mismatch: " + ", ".join(wrong[:6]))
-            if missing:
-                parts.append("missing from the file: " + ", ".join(missing[:6]))
-            if unexpected:
-                parts.append("not in the model: " + ", ".join(unexpected[:6]))
-            raise PretrainedWeightsError(
-                f"{path}: not a stage-1 {modality!r} checkpoint for this model "
-                f"({'; '.join(parts)}); check model.backbones, num_classes and the clip settings"
-            )
-        net.load_state_dict(state)
 
 
 def _set_requires_grad(params: Iterator[nn.Parameter], flag: bool) -> None:

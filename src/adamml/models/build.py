@@ -13,6 +13,7 @@ from torch import nn
 from adamml.config import ClipSettings, ExperimentConfig, ModelConfig, _from_dict, config_from_dict
 from adamml.modalities.table import input_modalities as modality_inputs
 from adamml.models.adamml import build_adamml
+from adamml.models.backbones import PretrainedWeightsError, read_state_dict
 from adamml.models.multimodal import build_multimodal
 from adamml.runtime.checkpoint import load_checkpoint
 
@@ -46,3 +47,45 @@ def input_modalities(kind: str, model_cfg: ModelConfig) -> list[str]:
     """The tensors a stage's model needs from the dataset (AdaMML's policy looks at rgbdiff
     for flow; see :func:`adamml.modalities.table.input_modalities`)."""
     return modality_inputs(model_cfg.modalities, flow_proxy=model_cfg.policy.flow_proxy, policy=kind == "adamml")
+
+
+def load_unimodal(recognition: nn.ModuleDict, modality: str, path: str | Path, state: dict | None = None) -> None:
+    """Initialise ``recognition[modality]`` from a stage-1 checkpoint.
+
+    The checkpoint's "model" state dict is that of a unimodal model (a bare RecognitionNet, or
+    a MultiModalNet whose keys start with "recognition.<modality>."); ``state`` is that dict
+    when the caller has read the file already, else the file is read as weights. Loading is
+    strict: every tensor must fit (a stage-1 net trained for another class count is an
+    error), and the error names the file and the keys.
+    """
+    if modality not in recognition:
+        raise ValueError(
+            f"{path}: cannot load a {modality!r} network: the model's modalities are "
+            f"{', '.join(recognition)}"
+        )
+    state = read_state_dict(path) if state is None else state
+    prefix = f"recognition.{modality}."
+    if any(key.startswith(prefix) for key in state):
+        state = {key[len(prefix) :]: v for key, v in state.items() if key.startswith(prefix)}
+    net = recognition[modality]
+    own = net.state_dict()
+    unexpected = sorted(set(state) - set(own))
+    missing = sorted(set(own) - set(state))
+    wrong = [
+        f"{key} (file {tuple(state[key].shape)}, model {tuple(own[key].shape)})"
+        for key in own
+        if key in state and state[key].shape != own[key].shape
+    ]
+    if unexpected or missing or wrong:
+        parts = []
+        if wrong:
+            parts.append("shape mismatch: " + ", ".join(wrong[:6]))
+        if missing:
+            parts.append("missing from the file: " + ", ".join(missing[:6]))
+        if unexpected:
+            parts.append("not in the model: " + ", ".join(unexpected[:6]))
+        raise PretrainedWeightsError(
+            f"{path}: not a stage-1 {modality!r} checkpoint for this model "
+            f"({'; '.join(parts)}); check model.backbones, num_classes and the clip settings"
+        )
+    net.load_state_dict(state)

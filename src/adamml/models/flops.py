@@ -112,23 +112,6 @@ def modality_costs(model_cfg: ModelConfig, clip: ClipSettings) -> dict[str, floa
     return out
 
 
-def video_gflops(
-    decisions: torch.Tensor, costs_per_modality: list[float], policy_cost: float
-) -> torch.Tensor:
-    """Per-video cost (B,) from decisions (B, K, M) in {0, 1}.
-
-    sum over segments of [policy_cost + sum_m decision * cost_m], in the unit of the costs
-    (GMACs from ``modality_costs``). SPEC section 5.
-    """
-    if decisions.dim() != 3 or decisions.shape[-1] != len(costs_per_modality):
-        raise ValueError(
-            f"decisions must be (B, K, M={len(costs_per_modality)}), got {tuple(decisions.shape)}"
-        )
-    costs = torch.as_tensor(costs_per_modality, dtype=torch.float64, device=decisions.device)
-    d = decisions.detach().to(torch.float64)
-    return (d * costs).sum(dim=(1, 2)) + policy_cost * decisions.shape[1]
-
-
 def flops_report(cfg: ExperimentConfig, segments: int | None = None) -> dict:
     """Everything ``adamml flops`` prints, as data: raw FLOPs per segment and per video."""
     clip = cfg.data.clip

@@ -19,7 +19,7 @@ from adamml.data.datasets import build_datasets
 from adamml.data.loader import make_loader, set_loader_epoch
 from adamml.evaluation.evaluate import evaluate_model
 from adamml.models.adamml import build_adamml
-from adamml.models.build import input_modalities
+from adamml.models.build import input_modalities, load_unimodal
 from adamml.models.multimodal import build_multimodal
 from adamml.runtime import runs
 from adamml.runtime.checkpoint import load_checkpoint
@@ -58,7 +58,7 @@ def unimodal_model_config(model_cfg: ModelConfig, modality: str) -> ModelConfig:
 def load_recognition_from_unimodal(recognition: nn.ModuleDict, cfg: ExperimentConfig, *, required: bool = False) -> list[str]:
     """Copy stage-1 weights into each recognition network; returns the modalities loaded."""
     loaded = []
-    for modality, net in recognition.items():
+    for modality in recognition:
         path = stage_dir(cfg, "unimodal", modality) / runs.BEST
         if not path.exists():
             message = f"{path}: no stage-1 checkpoint for {modality}; its network starts from scratch"
@@ -66,15 +66,7 @@ def load_recognition_from_unimodal(recognition: nn.ModuleDict, cfg: ExperimentCo
                 raise FileNotFoundError(message + " (run `adamml train --stage unimodal` first)")
             warnings.warn(message, stacklevel=2)
             continue
-        state = load_checkpoint(path)["model"]
-        prefix = f"recognition.{modality}."
-        sub = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        if not sub:
-            raise ValueError(f"{path}: holds no weights for a {modality} recognition network")
-        try:
-            net.load_state_dict(sub)
-        except RuntimeError as exc:
-            raise ValueError(f"{path}: does not match the {modality} network of this config: {exc}") from None
+        load_unimodal(recognition, modality, path, state=load_checkpoint(path)["model"])
         loaded.append(modality)
     return loaded
 
