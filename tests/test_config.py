@@ -208,3 +208,10 @@ def test_every_shipped_config_loads_builds_on_meta_and_counts_its_flops(path):
     assert [r["name"] for r in report["modalities"]] == cfg.model.modalities
     assert all(r["per_segment"] > 0 for r in report["modalities"]) and report["policy"]["per_segment"] > 0
     assert report["adamml_max_per_video"] > report["all_modalities_per_video"]
+
+
+def test_the_config_knows_the_modalities_of_the_modality_table():
+    from adamml.config import MODALITIES as names
+    from adamml.modalities.table import MODALITIES
+
+    assert names == tuple(MODALITIES)

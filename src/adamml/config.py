@@ -25,7 +25,6 @@ import yaml
 
 from adamml.data.catalog import DATASETS
 from adamml.errors import AdamMLError
-from adamml.layouts import MODALITIES
 from adamml.modalities.flow import FLOW_METHODS
 from adamml.models.backbones import BACKBONES
 from adamml.models.fusion import FUSIONS
@@ -38,6 +37,9 @@ DATA_FORMATS = ("folder", "csv", "list")  # data.dataset for own data: the layou
 PRECISIONS = ("auto", "32", "bf16", "16")
 FLOW_PROXIES = ("rgbdiff", "flow")  # what the policy looks at to decide about flow
 SPECTROGRAMS = ("linear", "mel")
+# The rows of adamml.modalities.table.MODALITIES, which imports this module (the clip
+# settings) and so cannot be imported here; tests/test_config.py keeps the two equal.
+MODALITIES = ("rgb", "audio", "flow", "rgbdiff")
 
 
 # ---- how videos become tensors (data.decode, data.clip): read by data, modalities and models --
