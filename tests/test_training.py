@@ -114,7 +114,7 @@ def test_adamml_stage_follows_the_schedule_and_records_selection_rates(trained_r
     assert temps[0] == pytest.approx(5.0) and temps[1] == pytest.approx(5.0 * 0.965)
     for r in rows:
         assert 0.0 <= float(r["train_sel_rgb"]) <= 100.0
-    state = torch.load(trained_run / "adamml" / "last.pt", weights_only=False)
+    state = torch.load(trained_run / "adamml" / "last.pt", weights_only=True)
     assert state["epoch"] == len(rows) and state["kind"] == "adamml"
     assert set(state["optimizers"]) == {"recognition", "policy"}
 
@@ -154,12 +154,12 @@ def test_resume_after_a_kill_mid_epoch_finishes_like_an_uninterrupted_run(tiny_d
     steps_per_epoch = -(-24 // 6)  # 24 training videos, batch 6
     with pytest.raises(TrainingInterrupted):
         train_unimodal(killed, "audio", Runtime(), fault_after_steps=steps_per_epoch + 2)
-    state = torch.load(tmp_path / "killed" / "unimodal_audio" / "last.pt", weights_only=False)
+    state = torch.load(tmp_path / "killed" / "unimodal_audio" / "last.pt", weights_only=True)
     assert state["epoch"] == 1  # the epoch in progress was lost, the finished one kept
     train_unimodal(killed, "audio", Runtime(), resume=True)
 
-    a = torch.load(tmp_path / "whole" / "unimodal_audio" / "last.pt", weights_only=False)["model"]
-    b = torch.load(tmp_path / "killed" / "unimodal_audio" / "last.pt", weights_only=False)["model"]
+    a = torch.load(tmp_path / "whole" / "unimodal_audio" / "last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "killed" / "unimodal_audio" / "last.pt", weights_only=True)["model"]
     assert a.keys() == b.keys()
     for key in a:
         assert torch.allclose(a[key].float(), b[key].float(), atol=1e-6), key
@@ -326,7 +326,7 @@ def test_training_runs_under_torchrun_with_two_gloo_processes(tiny_data, tmp_pat
         capture_output=True, text=True, timeout=300, env=env,
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    state = torch.load(tmp_path / "unimodal_audio" / "last.pt", weights_only=False)
+    state = torch.load(tmp_path / "unimodal_audio" / "last.pt", weights_only=True)
     assert state["epoch"] == 1
     # Rank 0 alone writes; the distributed evaluation counted every validation video once.
     assert state["metrics"]["num_videos"] == 12.0

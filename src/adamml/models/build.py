@@ -15,7 +15,7 @@ from adamml.modalities.table import input_modalities as modality_inputs
 from adamml.models.adamml import build_adamml
 from adamml.models.backbones import PretrainedWeightsError, read_state_dict
 from adamml.models.multimodal import build_multimodal
-from adamml.runtime.checkpoint import load_checkpoint
+from adamml.runtime.checkpoint import CheckpointError, load_checkpoint
 
 
 def build_model(kind: str, model_cfg: ModelConfig, clip: ClipSettings) -> nn.Module:
@@ -33,7 +33,7 @@ def model_from_checkpoint(path: str | Path) -> tuple[nn.Module, str, ModelConfig
     state = load_checkpoint(path)
     for key in ("kind", "model", "config"):
         if key not in state:
-            raise ValueError(f"{path}: not an adamml training checkpoint (no {key!r} entry)")
+            raise CheckpointError(f"{path}: not an adamml training checkpoint (no {key!r} entry)")
     cfg = config_from_dict(state["config"], f"{path}: config")
     model_cfg = _from_dict(ModelConfig, state.get("model_config") or state["config"]["model"], "model")
     kind = state["kind"]
