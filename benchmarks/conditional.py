@@ -14,7 +14,7 @@ both modes, their ratio, and the GFLOPs per video counted from the real modules
 
 Default model: ResNet-18 RGB on 8 frames at 112x112 + MobileNetV2 audio on a 1x128x128
 spectrogram, MobileNetV2 policy at 112x112, 8 segments per video: the paper's ResNet-18
-pairing (SPEC section 2) at a size that runs in about two minutes on two CPU cores.
+pairing (docs/method.md, "Architecture") at a size that runs in about two minutes on two CPU cores.
 """
 
 from __future__ import annotations

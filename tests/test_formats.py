@@ -25,7 +25,7 @@ from adamml.data.formats import (
     read_official_list,
 )
 
-SPEC_KINETICS_SOUNDS = [
+PAPER_KINETICS_SOUNDS = [
     "blowing nose", "blowing out candles", "bowling", "chopping wood", "dribbling basketball",
     "laughing", "mowing lawn", "playing accordion", "playing bagpipes", "playing bass guitar",
     "playing clarinet", "playing drums", "playing guitar", "playing harmonica",
@@ -241,7 +241,7 @@ def test_class_names_duplicate_and_empty(tmp_path: Path) -> None:
 
 
 def test_kinetics_sounds_has_31_classes_in_spec_order() -> None:
-    assert class_names_for("kinetics_sounds") == SPEC_KINETICS_SOUNDS
+    assert class_names_for("kinetics_sounds") == PAPER_KINETICS_SOUNDS
     assert DATASETS["kinetics_sounds"].metric == "top1"
 
 

@@ -30,7 +30,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture
 def paper_rows() -> list[MethodResult]:
-    """Kinetics-Sounds, RGB + Audio, as the paper reports it (SPEC section 7)."""
+    """Kinetics-Sounds, RGB + Audio, as the paper reports it (its Table 1)."""
     return [
         MethodResult("RGB", 82.85, selection={"rgb": 100.0}, gflops=141.36),
         MethodResult("Audio", 65.49, selection={"audio": 100.0}, gflops=3.82),

@@ -64,7 +64,7 @@ class DecodeSettings:
 class ClipSettings:
     """How a decoded video becomes model input: segments, frames per segment, sizes.
 
-    Defaults are the paper's (SPEC section 2): 8 frames at stride 4 per segment, 224x224
+    Defaults are the paper's (docs/method.md): 8 frames at stride 4 per segment, 224x224
     crops, 5 stacked flow fields, a 1.28 s log spectrogram window (n_fft 511 -> 256 bins,
     10 ms Hann window, 5 ms hop at 24 kHz).
     """
@@ -105,7 +105,8 @@ class DataConfig:
 
 @dataclass
 class PolicyConfig:
-    """The light network that decides, per segment, which modalities to run (SPEC section 2)."""
+    """The light network that decides, per segment, which modalities to run (docs/method.md;
+    reference ``models/policy_net.py``)."""
 
     backbone: str = "mobilenet_v2"
     width_mult: float = 1.0
@@ -137,7 +138,7 @@ class ModelConfig:
 
 @dataclass
 class UnimodalTrainConfig:
-    """Stage 1: each modality's recognition network trained alone (SGD, as the reference's `train.py`)."""
+    """Stage 1: each modality's recognition network trained alone (SGD, as the reference's ``train_unimodal.py``)."""
 
     epochs: int = 60
     lr: float = 0.01

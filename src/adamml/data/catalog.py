@@ -69,8 +69,8 @@ DATASETS: dict[str, DatasetInfo] = {
         splits=("train", "val"),
         class_list="kinetics_sounds.txt",
         class_source=(
-            "the 31 Kinetics-400 classes listed in the AdaMML paper (shipped, in SPEC order, "
-            "which is alphabetical); videos are the Kinetics-400 train/val videos of those classes"
+            "the 31 Kinetics-400 classes listed in the AdaMML paper (shipped, in alphabetical "
+            "order); videos are the Kinetics-400 train/val videos of those classes"
         ),
         layout=_FOLDER_LAYOUT.format(train="train", test="val"),
     ),

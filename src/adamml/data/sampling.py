@@ -71,7 +71,8 @@ def clip_indices(starts: np.ndarray, clip: ClipSettings, num_frames: int) -> np.
 def segment_centres_s(indices: np.ndarray, fps: float) -> np.ndarray:
     """Time in seconds at the middle of each segment's clip: float64 (K,), from (K, T) indices.
 
-    The audio window of a segment is centred here (SPEC: a 1.28 s window per segment).
+    The audio window of a segment is centred here (the paper's 1.28 s window per segment;
+    docs/method.md, "Audio input").
     """
     if fps <= 0:
         raise ValueError(f"fps must be positive, got {fps}")

@@ -1,4 +1,6 @@
-"""The audio modality: a log spectrogram of a fixed window centred on each segment (SPEC 2).
+"""The audio modality: a log spectrogram of a fixed window centred on each segment.
+
+As the reference's ``utils/video_dataset.py`` computes it (docs/method.md, "Audio input").
 
 Paper defaults at 24 kHz: a 1.28 s window (30,720 samples), n_fft 511 (256 bins), 10 ms Hann
 window (240 samples) zero-padded to n_fft, 5 ms hop (120 samples), centred frames with

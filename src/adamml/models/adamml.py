@@ -1,9 +1,10 @@
 """AdaMML: a policy picks, per segment, which recognition sub-networks run; late fusion of
-what ran gives the video prediction (SPEC sections 2-3).
+what ran gives the video prediction (docs/method.md; reference ``models/adamml.py``).
 
 Unlike the reference, which runs every sub-network and masks the outputs, evaluation here
 really skips: in "conditional" mode each sub-network runs once on just the (video, segment)
-pairs selected for it, so time falls with the selection rate (SPEC section 8).
+pairs selected for it, so time falls with the selection rate (docs/method.md, "Where adamml
+goes past the reference").
 
 What "nothing selected" gives (defined by the fusion head, adamml.models.fusion): a segment
 with no modality selected is left out of the average over segments; a video with nothing

@@ -1,6 +1,6 @@
 """The AdaMML policy: a light network that decides, per segment, which modalities to compute.
 
-SPEC section 2. Per-modality MobileNetV2 feature extractors look at *cheap* inputs (a few
+docs/method.md, "Architecture"; reference ``models/policy_net.py``. Per-modality MobileNetV2 feature extractors look at *cheap* inputs (a few
 low-resolution RGB frames, the spectrogram, RGB differences in place of optical flow), a joint
 MLP mixes their features, an LSTM cell carries context from segment to segment (fed with the
 previous step's decision logits), and one 2-way head per modality says skip (0) or use (1).

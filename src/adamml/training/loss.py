@@ -1,4 +1,4 @@
-"""The AdaMML objective: classification loss plus the efficiency loss of SPEC section 3.
+"""The AdaMML objective: classification loss plus the paper's efficiency loss (docs/method.md, "Loss").
 
     L = CE(P(V), y) + sum_k lambda_k * C_k,
     C_k = (|U_k|_0 / C)^2  if the video is classified correctly,  gamma  otherwise,

@@ -2,7 +2,8 @@
 
 Each stage writes its folder of ``<train.output_dir>`` (the layout is
 :mod:`adamml.runtime.runs`). Later stages initialise
-their recognition networks from ``unimodal_<modality>/best.pt`` (SPEC section 4).
+their recognition networks from ``unimodal_<modality>/best.pt``, as the reference's
+``train_adamml.py --unimodality_pretrained`` does (docs/method.md, "Training recipe").
 """
 
 from __future__ import annotations
