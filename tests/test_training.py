@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -279,7 +280,7 @@ def test_distributed_evaluation_with_two_gloo_processes_matches_one_process(trai
     one = subprocess.run([*base, "--out", str(tmp_path / "one")], capture_output=True, text=True, timeout=300, env=env)
     assert one.returncode == 0, one.stderr
     two = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()),
          "-m", "adamml.cli", "evaluate", "--checkpoint", ckpt, "--no-plots", "--batch-size", "5",
          "--out", str(tmp_path / "two")],
         capture_output=True, text=True, timeout=300, env=env,
@@ -288,6 +289,13 @@ def test_distributed_evaluation_with_two_gloo_processes_matches_one_process(trai
     a = json.loads((tmp_path / "one" / "results.json").read_text())
     b = json.loads((tmp_path / "two" / "results.json").read_text())
     assert a == b or _same_numbers(a, b)
+
+
+def _free_port() -> int:
+    """A port no one listens on: several test runs share this machine, a fixed port collides."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _same_numbers(a, b) -> bool:
@@ -319,7 +327,7 @@ def test_cli_reports_an_unknown_config_key(tmp_path, capsys):
 def test_training_runs_under_torchrun_with_two_gloo_processes(tiny_data, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     out = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29521",
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()),
          "-m", "adamml.cli", "train", "--config", "demo", "--data", str(tiny_data), "--output", str(tmp_path),
          "--stage", "unimodal", "--modality", "audio", "train.unimodal.epochs=1", "train.batch_size=6",
          "train.progress=false"],
