@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from adamml.data.catalog import DATASETS
@@ -423,8 +424,6 @@ def _require(ok: bool, key: str, message: str) -> None:
 
 def _policy_blocks(name: str) -> int:
     """Feature blocks of a framewise backbone (built on the meta device: no memory, instant)."""
-    import torch
-
     with torch.device("meta"):
         return len(BACKBONES[name].constructor().features)
 
