@@ -28,6 +28,10 @@ def make_loader(dataset, batch_size: int, runtime: Runtime, *, train: bool, seed
         drop_last=False,
         pin_memory=runtime.device.type == "cuda",
         persistent_workers=False,
+        # Every iterator draws its workers' base seed; from the global generator that draw
+        # would shift the dropout and Gumbel noise of the training steps after it, so that
+        # anything starting an extra iterator (a progress bar did) changed the weights.
+        generator=torch.Generator().manual_seed(seed),
     )
 
 
@@ -38,5 +42,7 @@ def set_loader_epoch(loader: DataLoader, epoch: int, seed: int) -> None:
         sampler.set_epoch(epoch)
     elif isinstance(sampler, RandomSampler) and sampler.generator is not None:
         sampler.generator.manual_seed(seed * 100_003 + epoch)
+    if loader.generator is not None:
+        loader.generator.manual_seed(seed * 100_019 + epoch)
     if hasattr(loader.dataset, "set_epoch"):
         loader.dataset.set_epoch(epoch)

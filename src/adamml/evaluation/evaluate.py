@@ -114,10 +114,14 @@ def _evaluate_pass(model, loader, kind, model_cfg, cfg, runtime, *, decisions_fn
     was_training = model.training
     model.eval()
     generator = torch.Generator(device=runtime.device).manual_seed(seed) if sample else None
-    iterator = loader
+    bar = None
     if progress and runtime.is_main:
-        iterator = tqdm(loader, desc=f"evaluate {kind}", leave=False, dynamic_ncols=True)
-    for batch in iterator:
+        # Told about each batch rather than wrapping the loader: tqdm.auto's bar starts an
+        # iterator of its own (the loader's workers twice).
+        bar = tqdm(total=len(loader), desc=f"evaluate {kind}", leave=False, dynamic_ncols=True)
+    for batch in loader:
+        if bar is not None:
+            bar.update()
         batch = {k: (v.to(runtime.device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
         if kind == "adamml":
             forced = None
@@ -142,6 +146,8 @@ def _evaluate_pass(model, loader, kind, model_cfg, cfg, runtime, *, decisions_fn
             gflops=gflops,
             videos=list(batch["video"]),
         )
+    if bar is not None:
+        bar.close()
     model.train(was_training)
     metrics = acc.compute()
     metrics["score"] = metrics["mAP"] if cfg.data.multi_label else metrics["top1"]

@@ -53,6 +53,18 @@ def move_to(batch: dict, device: torch.device) -> dict:
     }
 
 
+def progress_bar(desc: str, total: int):
+    """A bar that is told about each step and never touches the loader: wrapping the loader
+    (tqdm.auto's bar starts an iterator of its own) would change what the run does."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def steps_per_epoch(loader: DataLoader, max_steps: int | None) -> int:
+    return len(loader) if max_steps is None else min(len(loader), max_steps)
+
+
 def uses_fp16(runtime: Runtime, precision: str) -> bool:
     """fp16 autocast (which needs a gradient scaler): asked for, or "auto" without bf16."""
     if runtime.device.type != "cuda" or precision == "32":
@@ -233,14 +245,11 @@ def train_task(
         sel_totals = torch.zeros(len(task.modalities), dtype=torch.float64)
         sel_count = 0
         started = time.time()
-        iterator = train_loader
         bar = None
         if runtime.is_main and tcfg.progress:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(train_loader, desc=f"{task.kind} {epoch + 1}/{len(schedule)} {phase.block}:{phase.trains}", leave=False, dynamic_ncols=True)
-            iterator = bar
-        for i, batch in enumerate(iterator):
+            bar = progress_bar(f"{task.kind} {epoch + 1}/{len(schedule)} {phase.block}:{phase.trains}",
+                               steps_per_epoch(train_loader, tcfg.max_steps_per_epoch))
+        for i, batch in enumerate(train_loader):
             if tcfg.max_steps_per_epoch is not None and i >= tcfg.max_steps_per_epoch:
                 break
             batch = move_to(batch, runtime.device)
@@ -255,6 +264,7 @@ def train_task(
                 sel_totals += result.decisions.detach().float().mean(dim=1).sum(dim=0).cpu().double()
                 sel_count += n
             if bar is not None:
+                bar.update()
                 post = {"loss": f"{totals[0] / totals[2]:.3f}", "acc": f"{100 * totals[1] / totals[2]:.1f}"}
                 if sel_count:
                     for m, r in zip(task.modalities, sel_totals / sel_count, strict=True):
