@@ -35,12 +35,12 @@ def make_batch(cfg, batch_size: int, device: torch.device) -> dict[str, torch.Te
 
 
 def run_phase(task, batch, phase, runtime, precision: str, steps: int, warmup: int) -> tuple[float, float]:
-    from adamml.training.engine import optimisation_step, uses_fp16
+    from adamml.training.engine import make_scaler, optimisation_step
 
     model = task.model
     task.set_trainable(phase)
     optimizers = task.make_optimizers(phase)
-    scaler = torch.amp.GradScaler("cuda", enabled=uses_fp16(runtime, precision))
+    scaler = make_scaler(runtime, precision)
     model.train()
     task.set_modes(phase)
     if runtime.device.type == "cuda":
@@ -51,7 +51,7 @@ def run_phase(task, batch, phase, runtime, precision: str, steps: int, warmup: i
             if runtime.device.type == "cuda":
                 torch.cuda.synchronize()
             started = time.perf_counter()
-        optimisation_step(task, model, batch, phase, 5.0, optimizers, scaler, runtime, precision)
+        optimisation_step(task, model, batch, phase, optimizers, scaler, runtime, precision)
     if runtime.device.type == "cuda":
         torch.cuda.synchronize()
         memory = torch.cuda.max_memory_allocated() / 2**30

@@ -114,5 +114,30 @@ def test_a_kill_mid_epoch_then_resume_gives_identical_weights(data_root, referen
     steps = 12 // 4  # 12 training videos, batch 4
     with pytest.raises(TrainingInterrupted):  # killed inside the policy epoch
         train(data_root, tmp_path, fault_after_steps=2 * steps + 2)
-    assert torch.load(tmp_path / "adamml" / "last.pt", weights_only=False)["epoch"] == 2
+    state = torch.load(tmp_path / "adamml" / "last.pt", weights_only=False)
+    assert state["epoch"] == 2
+    assert state["task"]["temperature"]["value"] == pytest.approx(cfg.train.adamml.temperature * cfg.train.adamml.temperature_decay**2)
     assert_identical(reference, train(data_root, tmp_path, resume=True))
+
+
+def test_the_gradient_scaler_state_survives_a_kill_and_resume(data_root, tmp_path, monkeypatch):
+    """fp16 runs scale their loss; the scale grows every few overflow-free steps and must
+    carry on after a resume rather than start again (a real CPU scaler stands in for CUDA's)."""
+    from adamml.training import driver
+    from adamml.training.engine import TrainingInterrupted
+    from adamml.training.stages import train_unimodal
+
+    monkeypatch.setattr(driver, "make_scaler", lambda runtime, precision: torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=5))
+    torch.set_num_threads(1)
+    whole = config(data_root, tmp_path / "whole", "train.unimodal.epochs=2")
+    train_unimodal(whole, "rgb", Runtime())
+    killed = config(data_root, tmp_path / "killed", "train.unimodal.epochs=2")
+    with pytest.raises(TrainingInterrupted):  # 3 steps an epoch: killed in the second
+        train_unimodal(killed, "rgb", Runtime(), fault_after_steps=5)
+    assert torch.load(tmp_path / "killed" / "unimodal_rgb" / "last.pt", weights_only=False)["scaler"]["_growth_tracker"] == 3
+    train_unimodal(killed, "rgb", Runtime(), resume=True)
+
+    a = torch.load(tmp_path / "whole" / "unimodal_rgb" / "last.pt", weights_only=False)
+    b = torch.load(tmp_path / "killed" / "unimodal_rgb" / "last.pt", weights_only=False)
+    assert a["scaler"] == b["scaler"] == {**a["scaler"], "scale": 2.0**11, "_growth_tracker": 1}
+    assert_identical({"unimodal_rgb": a["model"]}, {"unimodal_rgb": b["model"]})

@@ -18,21 +18,25 @@ from torch import nn
 from adamml.config import ExperimentConfig, ModelConfig, to_dict
 from adamml.data.datasets import build_datasets
 from adamml.data.loader import make_loader, set_loader_epoch
-from adamml.evaluation.evaluate import evaluate_model
 from adamml.models.adamml import build_adamml
 from adamml.models.build import input_modalities, load_unimodal
 from adamml.models.multimodal import build_multimodal
 from adamml.runtime import runs
 from adamml.runtime.checkpoint import load_checkpoint
 from adamml.runtime.distributed import Runtime
+from adamml.training.driver import fit
 from adamml.training.engine import (
+    StepResult,
     Task,
+    Temperature,
     adamml_step,
-    move_to,
+    make_scaler,
     multistep_lr,
     seed_everything,
     segment_loss_step,
-    train_task,
+    set_learning_rates,
+    train_one_epoch,
+    wrap_distributed,
 )
 from adamml.training.schedule import Phase, adamml_schedule, plain_schedule
 
@@ -88,6 +92,41 @@ def init_policy_from_recognition(model: nn.Module) -> list[str]:
     return copied
 
 
+class _ExtractorClassifier(nn.Module):
+    """A policy feature extractor with a temporary linear head: segment scores averaged per
+    video. The head is thrown away after pre-training."""
+
+    def __init__(self, policy: nn.Module, source: str, num_classes: int):
+        super().__init__()
+        self.source = source
+        self.extractor = policy.extractors[source]
+        self.head = nn.Linear(self.extractor.output_dim, num_classes)
+        self._policy_inputs = policy.policy_inputs  # not a submodule: only its extractor trains
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        x = self._policy_inputs(batch)[self.source]
+        b, k = x.shape[:2]
+        return self.head(self.extractor(x.flatten(0, 1))).view(b, k, -1).mean(dim=1)
+
+
+def _extractor_pretrain_task(policy: nn.Module, source: str, cfg: ExperimentConfig, device: torch.device) -> Task:
+    model = _ExtractorClassifier(policy, source, cfg.model.num_classes).to(device)
+    lr = cfg.train.adamml.policy_pretrain_lr
+
+    def step(net: nn.Module, batch: dict, phase: Phase) -> StepResult:
+        logits = net(batch)
+        return StepResult(loss=torch.nn.functional.cross_entropy(logits, batch["label"]), logits=logits)
+
+    return Task(
+        kind="policy_pretrain",
+        model=model,
+        modalities=[source],
+        step=step,
+        make_optimizers=lambda phase: {"all": torch.optim.Adam(model.parameters(), lr=lr)},
+        phase_lrs=lambda phase: {"all": lr},
+    )
+
+
 def pretrain_policy_extractors(model: nn.Module, cfg: ExperimentConfig, train_set, runtime: Runtime, *, skip: list[str]) -> dict[str, float]:
     """Teach the policy's other feature extractors the task before the policy learns to decide.
 
@@ -95,39 +134,35 @@ def pretrain_policy_extractors(model: nn.Module, cfg: ExperimentConfig, train_se
     here, and a randomly initialised extractor gives the policy almost the same features for
     every input, so it cannot tell an informative segment from an occluded one. A few epochs
     of plain classification (a temporary linear head on the extractor's features, segment
-    scores averaged per video) are our stand-in. Returns the last epoch's training accuracy
-    per source. ``train.adamml.policy_pretrain_epochs: 0`` turns it off.
+    scores averaged per video) are our stand-in, run by the training loop of every stage.
+    Returns the last epoch's training accuracy per source.
+    ``train.adamml.policy_pretrain_epochs: 0`` turns it off.
     """
     epochs = cfg.train.adamml.policy_pretrain_epochs
     accuracy: dict[str, float] = {}
     if epochs <= 0:
         return accuracy
-    loader = make_loader(train_set, cfg.train.batch_size, runtime, train=True, seed=cfg.train.seed, num_workers=cfg.data.num_workers)
+    tcfg = cfg.train
+    loader = make_loader(train_set, tcfg.batch_size, runtime, train=True, seed=tcfg.seed, num_workers=cfg.data.num_workers)
     policy = model.policy.to(runtime.device)
-    for source, extractor in policy.extractors.items():
+    scaler = make_scaler(runtime, tcfg.precision)
+    for source in policy.extractors:
         if source in skip:
             continue
-        head = nn.Linear(extractor.output_dim, cfg.model.num_classes).to(runtime.device)
-        params = list(extractor.parameters()) + list(head.parameters())
-        opt = torch.optim.Adam(params, lr=cfg.train.adamml.policy_pretrain_lr)
-        extractor.train()
+        task = _extractor_pretrain_task(policy, source, cfg, runtime.device)
+        optimizers = task.make_optimizers(Phase("pretrain", "all", 0, epochs))
         for epoch in range(epochs):
-            seed_everything(cfg.train.seed * 1009 + 104_729 + epoch)
-            set_loader_epoch(loader, epoch, cfg.train.seed + 1)
-            correct = total = 0
-            for batch in loader:
-                batch = move_to(batch, runtime.device)
-                x = policy.policy_inputs(batch)[source]
-                b, k = x.shape[:2]
-                feats = extractor(x.flatten(0, 1))
-                logits = head(feats).view(b, k, -1).mean(dim=1)
-                loss = torch.nn.functional.cross_entropy(logits, batch["label"])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                correct += (logits.argmax(-1) == batch["label"]).sum().item()
-                total += b
-            accuracy[source] = correct / max(total, 1)
+            phase = Phase("pretrain", "all", epoch, epochs)
+            seed_everything(tcfg.seed * 1009 + 104_729 + epoch)
+            set_learning_rates(task, phase, optimizers)
+            set_loader_epoch(loader, epoch, tcfg.seed + 1)
+            title = f"policy extractor {source} {epoch + 1}/{epochs}"
+            stats = train_one_epoch(
+                task, wrap_distributed(task.model, runtime), loader, phase, optimizers, scaler, runtime,
+                precision=tcfg.precision, multi_label=cfg.data.multi_label, max_steps=tcfg.max_steps_per_epoch,
+                progress=title if runtime.is_main and tcfg.progress else None,
+            )
+            accuracy[source] = stats.accuracy
             if runtime.is_main:
                 print(f"[adamml] policy extractor '{source}' pre-training epoch {epoch + 1}/{epochs}: "
                       f"train acc {100 * accuracy[source]:.1f}%", flush=True)
@@ -143,7 +178,8 @@ def _sgd(params, cfg: ExperimentConfig, lr: float) -> torch.optim.SGD:
     return torch.optim.SGD(params, lr=lr, momentum=cfg.train.momentum, weight_decay=cfg.train.weight_decay)
 
 
-def _plain_task(kind: str, model: nn.Module, cfg: ExperimentConfig, base_lr: float, milestones: list[int], head_lr: float | None = None) -> Task:
+def _plain_task(kind: str, model: nn.Module, model_cfg: ModelConfig, cfg: ExperimentConfig, base_lr: float,
+                milestones: list[int], head_lr: float | None = None) -> Task:
     def make_optimizers(phase: Phase) -> dict[str, torch.optim.Optimizer]:
         groups = [{"params": [p for p in model.recognition.parameters() if p.requires_grad], "lr_scale": 1.0}]
         head = [p for p in model.fusion.parameters() if p.requires_grad]
@@ -161,14 +197,8 @@ def _plain_task(kind: str, model: nn.Module, cfg: ExperimentConfig, base_lr: flo
         step=segment_loss_step(cfg.data.multi_label),
         make_optimizers=make_optimizers,
         phase_lrs=phase_lrs,
+        model_cfg=model_cfg,
     )
-
-
-def _make_evaluator(cfg: ExperimentConfig, kind: str, model_cfg: ModelConfig, runtime: Runtime):
-    def evaluate(model: nn.Module, loader, temperature: float) -> dict:
-        return evaluate_model(model, loader, kind, model_cfg, cfg, runtime).metrics
-
-    return evaluate
 
 
 def train_unimodal(cfg: ExperimentConfig, modality: str, runtime: Runtime, *, resume: bool = False, fault_after_steps: int | None = None) -> dict:
@@ -176,12 +206,10 @@ def train_unimodal(cfg: ExperimentConfig, modality: str, runtime: Runtime, *, re
     train_set, val_set, class_names = build_datasets(cfg, modalities=[modality])
     seed_everything(cfg.train.seed)  # the initial weights are part of a reproducible run
     model = build_multimodal(model_cfg, cfg.data.clip)
-    task = _plain_task("unimodal", model, cfg, cfg.train.unimodal.lr, cfg.train.unimodal.lr_steps)
-    return train_task(
+    task = _plain_task("unimodal", model, model_cfg, cfg, cfg.train.unimodal.lr, cfg.train.unimodal.lr_steps)
+    return fit(
         task, plain_schedule(cfg.train.unimodal.epochs), cfg, train_set, val_set, runtime,
-        stage_dir(cfg, "unimodal", modality),
-        evaluate=_make_evaluator(cfg, "unimodal", model_cfg, runtime),
-        resume=resume, extra_state={"model_config": to_dict(model_cfg), "class_names": class_names},
+        stage_dir(cfg, "unimodal", modality), resume=resume, extra_state={"model_config": to_dict(model_cfg), "class_names": class_names},
         fault_after_steps=fault_after_steps,
     )
 
@@ -194,11 +222,10 @@ def train_fusion(cfg: ExperimentConfig, method: str, runtime: Runtime, *, resume
     model = build_multimodal(model_cfg, cfg.data.clip, fusion=method)
     if not _will_resume(cfg, "fusion", method, resume):
         load_recognition_from_unimodal(model.recognition, cfg)
-    task = _plain_task("fusion", model, cfg, cfg.train.fusion.lr, [], head_lr=cfg.train.fusion.head_lr)
-    return train_task(
+    task = _plain_task("fusion", model, model_cfg, cfg, cfg.train.fusion.lr, [], head_lr=cfg.train.fusion.head_lr)
+    return fit(
         task, plain_schedule(cfg.train.fusion.epochs), cfg, train_set, val_set, runtime,
-        stage_dir(cfg, "fusion", method),
-        evaluate=_make_evaluator(cfg, "fusion", model_cfg, runtime), resume=resume,
+        stage_dir(cfg, "fusion", method), resume=resume,
         extra_state={"model_config": to_dict(model_cfg), "class_names": class_names},
     )
 
@@ -210,6 +237,7 @@ def adamml_task(model: nn.Module, cfg: ExperimentConfig) -> Task:
     if missing:
         raise ValueError(f"train.adamml.cost_weights has no weight for {', '.join(missing)}")
     weights = torch.tensor([tcfg.cost_weights[m] for m in modalities], dtype=torch.float32)
+    temperature = Temperature(tcfg.temperature, tcfg.temperature_decay)
 
     def set_trainable(phase: Phase) -> None:
         if phase.trains == "policy":
@@ -255,11 +283,13 @@ def adamml_task(model: nn.Module, cfg: ExperimentConfig) -> Task:
         kind="adamml",
         model=model,
         modalities=modalities,
-        step=adamml_step(weights, tcfg.gamma, cfg.data.multi_label),
+        step=adamml_step(weights, tcfg.gamma, cfg.data.multi_label, temperature),
         make_optimizers=make_optimizers,
         phase_lrs=phase_lrs,
         set_trainable=set_trainable,
         set_modes=set_modes,
+        model_cfg=cfg.model,
+        temperature=temperature,
     )
 
 
@@ -271,10 +301,9 @@ def train_adamml(cfg: ExperimentConfig, runtime: Runtime, *, resume: bool = Fals
         load_recognition_from_unimodal(model.recognition, cfg)
         initialised = init_policy_from_recognition(model)
         pretrain_policy_extractors(model, cfg, train_set, runtime, skip=initialised)
-    return train_task(
+    return fit(
         adamml_task(model, cfg), adamml_schedule(cfg.train.adamml), cfg, train_set, val_set, runtime,
-        stage_dir(cfg, "adamml"),
-        evaluate=_make_evaluator(cfg, "adamml", cfg.model, runtime), resume=resume,
+        stage_dir(cfg, "adamml"), resume=resume,
         extra_state={"model_config": to_dict(cfg.model), "class_names": class_names}, fault_after_steps=fault_after_steps,
     )
 

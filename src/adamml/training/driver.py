@@ -1,0 +1,228 @@
+"""The stage driver: runs a schedule of epochs for a task, validates, keeps checkpoints.
+
+It runs the same under ``python`` and ``torchrun``: a distributed sampler with ``set_epoch``,
+one checkpoint dict per epoch, the epoch list of ``schedule.py`` so a killed run resumes at the
+next epoch with identical results (every epoch reseeds from (seed, epoch), so nothing depends
+on what ran before; the task's temperature, the optimisers and the gradient scaler come back
+from the checkpoint). Two small functions hold the policy of a run: :func:`validation_due`
+(which epochs are validated) and :func:`is_better` (which validated epoch is ``best.pt``).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from adamml.config import ExperimentConfig, save_config, to_dict
+from adamml.data.loader import make_loader, set_loader_epoch
+from adamml.runtime.checkpoint import load_checkpoint, rng_state, save_checkpoint
+from adamml.runtime.distributed import Runtime
+from adamml.training.engine import (
+    Task,
+    TrainingInterrupted,
+    evaluate,
+    make_scaler,
+    seed_everything,
+    set_learning_rates,
+    train_one_epoch,
+    wrap_distributed,
+)
+from adamml.training.schedule import Phase
+
+
+class EpochLogger:
+    """One CSV row per epoch, and TensorBoard scalars when tensorboard is installed."""
+
+    def __init__(self, run_dir: Path, enabled: bool):
+        self.path = run_dir / "log.csv"
+        self.enabled = enabled
+        self.writer = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+            except Exception:  # tensorboard not installed: CSV only
+                self.writer = None
+
+    def log(self, row: dict, step: int) -> None:
+        if not self.enabled:
+            return
+        new = not self.path.exists()
+        with self.path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+        if self.writer is not None:
+            for key, value in row.items():
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    self.writer.add_scalar(key, value, step)
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """Each epoch's (and process's) random stream: a function of these only."""
+    return seed * 1009 + epoch * 7919 + rank
+
+
+def validation_due(cfg: ExperimentConfig, schedule: list[Phase], epoch: int) -> bool:
+    """Validate every ``train.eval_every`` epochs (0: never) and after the last one."""
+    every = cfg.train.eval_every
+    return epoch == len(schedule) - 1 or (every > 0 and (epoch + 1) % every == 0)
+
+
+def selection_score(metrics: dict) -> float:
+    """What ranks checkpoints: the validation score (top-1, or mAP for multi-label sets)."""
+    return metrics.get("score", -math.inf) if metrics else -math.inf
+
+
+def is_better(metrics: dict, best: float) -> bool:
+    """Whether the latest validation beats the best so far (then it becomes ``best.pt``)."""
+    return selection_score(metrics) > best
+
+
+@dataclass
+class RunState:
+    """What the driver carries from epoch to epoch (and back from ``last.pt``)."""
+
+    epoch: int = 0  # epochs done
+    best: float = -math.inf
+    metrics: dict = field(default_factory=dict)  # the latest validation
+    optimizers: dict[str, torch.optim.Optimizer] = field(default_factory=dict)
+    optimizer_block: str | None = None  # the schedule block the optimisers belong to
+
+
+def _resume(task: Task, schedule: list[Phase], state: dict, scaler: torch.amp.GradScaler) -> RunState:
+    task.model.load_state_dict(state["model"])
+    if "task" in state:
+        task.load_state_dict(state["task"])
+    elif task.temperature is not None and "temperature" in state:  # checkpoints before "task"
+        task.temperature.value = float(state["temperature"])
+    if scaler.is_enabled() and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    run = RunState(epoch=state["epoch"], best=state.get("best", -math.inf))
+    # (checkpoints written before Phase.segment became Phase.block say "optimizer_segment")
+    saved_block = state.get("optimizer_block", state.get("optimizer_segment"))
+    if run.epoch < len(schedule) and saved_block == schedule[run.epoch].block:
+        phase = schedule[run.epoch]
+        task.set_trainable(phase)
+        run.optimizers = task.make_optimizers(phase)
+        for name, opt in run.optimizers.items():
+            opt.load_state_dict(state["optimizers"][name])
+        run.optimizer_block = phase.block
+    return run
+
+
+def _checkpoint(task: Task, run: RunState, scaler: torch.amp.GradScaler, cfg: ExperimentConfig, extra_state: dict | None) -> dict:
+    return {
+        "kind": task.kind,
+        "epoch": run.epoch,
+        "model": task.model.state_dict(),
+        "optimizers": {k: o.state_dict() for k, o in run.optimizers.items()},
+        "optimizer_block": run.optimizer_block,
+        "task": task.state_dict(),
+        "scaler": scaler.state_dict(),
+        "best": run.best,
+        "metrics": run.metrics,
+        "config": to_dict(cfg),
+        "rng": rng_state(),
+        **(extra_state or {}),
+    }
+
+
+def fit(
+    task: Task,
+    schedule: list[Phase],
+    cfg: ExperimentConfig,
+    train_set,
+    val_set,
+    runtime: Runtime,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    extra_state: dict | None = None,
+    fault_after_steps: int | None = None,
+) -> dict:
+    """Run ``schedule`` for ``task``; checkpoint ``run_dir/last.pt`` after every epoch and
+    ``best.pt`` when a validation improves (or at the end, if none was kept).
+
+    Returns the last validation metrics. ``fault_after_steps`` raises TrainingInterrupted
+    after that many optimiser steps of this call (a kill, for tests: nothing is saved then).
+    """
+    tcfg = cfg.train
+    run_dir = Path(run_dir)
+    model = task.model.to(runtime.device)
+    scaler = make_scaler(runtime, tcfg.precision)
+    last_path = run_dir / "last.pt"
+    run = RunState()
+    if resume and last_path.exists():
+        run = _resume(task, schedule, load_checkpoint(last_path), scaler)
+        if runtime.is_main:
+            print(f"resumed {last_path} at epoch {run.epoch}/{len(schedule)}", flush=True)
+    if runtime.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+    logger = EpochLogger(run_dir, runtime.is_main)
+    loader_args = {"runtime": runtime, "seed": tcfg.seed, "num_workers": cfg.data.num_workers}
+    train_loader = make_loader(train_set, tcfg.batch_size, train=True, **loader_args)
+    val_loader = make_loader(val_set, tcfg.batch_size, train=False, **loader_args) if val_set is not None else None
+    steps_done = 0
+
+    def count_step() -> None:
+        nonlocal steps_done
+        steps_done += 1
+        if fault_after_steps is not None and steps_done >= fault_after_steps:
+            raise TrainingInterrupted(f"fault injected after {steps_done} steps")
+
+    for epoch in range(run.epoch, len(schedule)):
+        phase = schedule[epoch]
+        seed_everything(epoch_seed(tcfg.seed, epoch, runtime.rank))
+        task.set_trainable(phase)
+        if phase.block != run.optimizer_block:
+            run.optimizers = task.make_optimizers(phase)
+            run.optimizer_block = phase.block
+        lrs = set_learning_rates(task, phase, run.optimizers)
+        set_loader_epoch(train_loader, epoch, tcfg.seed)
+        started = time.time()
+        title = f"{task.kind} {epoch + 1}/{len(schedule)} {phase.block}:{phase.trains}"
+        stats = train_one_epoch(
+            task, wrap_distributed(model, runtime), train_loader, phase, run.optimizers, scaler, runtime,
+            precision=tcfg.precision, multi_label=cfg.data.multi_label, max_steps=tcfg.max_steps_per_epoch,
+            progress=title if runtime.is_main and tcfg.progress else None, after_step=count_step,
+        )
+        row: dict = {
+            "epoch": epoch + 1,
+            "block": phase.block,
+            "trains": phase.trains,
+            "lr": ",".join(f"{k}={v:.2g}" for k, v in lrs.items()),
+            **stats.row(),
+        }
+        if task.temperature is not None:
+            row["temperature"] = round(task.temperature.value, 5)
+        task.end_epoch(phase)
+        if val_loader is not None and task.model_cfg is not None and validation_due(cfg, schedule, epoch):
+            run.metrics = evaluate(task, val_loader, cfg, runtime)
+            row.update({f"val_{k}": v for k, v in run.metrics.items() if isinstance(v, int | float)})
+        row["seconds"] = round(time.time() - started, 2)
+        improved = is_better(run.metrics, run.best)
+        run.best = max(run.best, selection_score(run.metrics))
+        run.epoch = epoch + 1
+        if runtime.is_main:
+            logger.log(row, epoch + 1)
+            state = _checkpoint(task, run, scaler, cfg, extra_state)
+            save_checkpoint(state, last_path)
+            if improved or epoch == len(schedule) - 1 and not (run_dir / "best.pt").exists():
+                save_checkpoint(state, run_dir / "best.pt")
+            print(f"[{task.kind}] " + " ".join(f"{k}={v}" for k, v in row.items()), flush=True)
+    logger.close()
+    return run.metrics
