@@ -215,3 +215,9 @@ def test_the_config_knows_the_modalities_of_the_modality_table():
     from adamml.modalities.table import MODALITIES
 
     assert names == tuple(MODALITIES)
+
+
+def test_an_old_run_folders_config_yaml_loads_as_a_config_file(tmp_path):
+    old = {"name": "old", "train": {"lr": 0.03, "adamml_lr": 0.002, "log_every": 10}, "eval": {"seed": 0}}
+    cfg = load_config(write(tmp_path / "config.yaml", old))
+    assert (cfg.train.unimodal.lr, cfg.train.fusion.lr, cfg.train.adamml.head_lr) == (0.03, 0.002, 0.03)
