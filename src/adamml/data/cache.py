@@ -221,8 +221,8 @@ class VideoCache:
             else:
                 arrays["flow"] = decoded.flow
         target = self.entry_path(video_path, frame_range)
-        with atomic_path(target, mode=SHARED) as tmp:
-            np.savez(tmp, **arrays)
+        with atomic_path(target, mode=SHARED) as tmp, open(tmp, "wb") as handle:
+            _write_npz(handle, arrays)
         return target
 
     def load(self, video_path: str | Path, *, lazy: bool = False, frame_range: FrameRange = None) -> DecodedVideo:
@@ -279,3 +279,16 @@ class VideoCache:
         if not self.folder.is_dir():
             return []
         return sorted(p for p in self.folder.glob("*.npz") if not p.name.startswith("."))
+
+
+def _write_npz(handle, arrays: dict[str, np.ndarray]) -> None:
+    """``np.savez`` with a fixed timestamp on every member, so the same video gives the same bytes.
+
+    ``np.savez`` stamps each member with the current time; then two extractions of one video
+    (or two engines, see ``adamml.scale``) could not be compared or deduplicated by content.
+    """
+    with zipfile.ZipFile(handle, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for name, value in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with archive.open(info, "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)

@@ -27,7 +27,7 @@ from adamml.data.catalog import discover
 from adamml.data.types import VideoDecodeError, VideoEntry
 from adamml.data.video import MissingAudioWarning, decode_frame_folder, decode_video
 
-__all__ = ["ExtractReport", "extract_videos", "extract_one", "add_arguments", "run"]
+__all__ = ["ExtractReport", "extract_videos", "extract_one", "extract_path", "limit_threads", "add_arguments", "run"]
 
 
 @dataclass
@@ -39,6 +39,16 @@ class ExtractReport:
     failed: list[tuple[str, str]] = field(default_factory=list)
     missing_audio: list[str] = field(default_factory=list)
     seconds: float = 0.0
+
+    def record(self, result: tuple[str, str, bool]) -> None:
+        """Count one :func:`extract_path` result."""
+        path, status, audio_missing = result
+        if status == "done":
+            self.done += 1
+            if audio_missing:
+                self.missing_audio.append(path)
+        else:
+            self.failed.append((path, status.removeprefix("failed: ")))
 
     @property
     def ok(self) -> bool:
@@ -80,7 +90,7 @@ def extract_one(entry: VideoEntry, cache: VideoCache) -> tuple[str, str, bool]:
     return str(path), "done", decoded.audio_missing
 
 
-def _init_worker() -> None:
+def limit_threads() -> None:
     """One thread per worker, so N workers use N cores without oversubscription.
 
     Decoding needs no torch; importing it only to set its thread count would add seconds to
@@ -93,10 +103,11 @@ def _init_worker() -> None:
         sys.modules["torch"].set_num_threads(1)
 
 
-def _worker(
+def extract_path(
     path: str, start: int | None, end: int | None, root: str, settings: dict, image_format: str
 ) -> tuple[str, str, bool]:
-    """Runs in a spawned process: rebuild the cache handle, decode, report as plain data."""
+    """Runs in a worker (a spawned process or a Ray task): rebuild the cache handle, decode,
+    report as plain data; never raises, so one broken video cannot stop a run."""
     cache = VideoCache(root, DecodeSettings(**settings), image_format=image_format)
     entry = VideoEntry(path=Path(path), labels=[], start=start, end=end)
     try:
@@ -125,33 +136,24 @@ def extract_videos(
         else:
             todo.append(entry)
 
-    def record(result: tuple[str, str, bool]) -> None:
-        path, status, audio_missing = result
-        if status == "done":
-            report.done += 1
-            if audio_missing:
-                report.missing_audio.append(path)
-        else:
-            report.failed.append((path, status.removeprefix("failed: ")))
-
     bar = tqdm(total=len(todo), desc="extract", unit="video", disable=not progress or not todo)
     settings = dataclasses.asdict(cache.settings)
     if workers <= 1 or len(todo) <= 1:
         for entry in todo:
-            record(_worker(str(entry.path), entry.start, entry.end, str(cache.root), settings, cache.image_format))
+            report.record(extract_path(str(entry.path), entry.start, entry.end, str(cache.root), settings, cache.image_format))
             bar.update()
     else:
         with ProcessPoolExecutor(
-            max_workers=min(workers, len(todo)), mp_context=get_context("spawn"), initializer=_init_worker
+            max_workers=min(workers, len(todo)), mp_context=get_context("spawn"), initializer=limit_threads
         ) as pool:
             futures = [
                 pool.submit(
-                    _worker, str(e.path), e.start, e.end, str(cache.root), settings, cache.image_format
+                    extract_path, str(e.path), e.start, e.end, str(cache.root), settings, cache.image_format
                 )
                 for e in todo
             ]
             for future in as_completed(futures):
-                record(future.result())
+                report.record(future.result())
                 bar.update()
     bar.close()
     report.failed.sort()
@@ -182,6 +184,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strict", action="store_true", help="a video without audio is a failure")
     parser.add_argument("--image-format", default="jpeg", choices=("jpeg", "raw"), help="frame storage")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    engine = parser.add_argument_group("engine (see docs/scale-out.md)")
+    engine.add_argument(
+        "--engine", default="local", choices=("local", "ray"),
+        help="local: --workers processes on this machine (default); ray: Ray Data tasks on a "
+        "cluster or a local Ray (needs `pip install 'adamml[ray]'`)",
+    )
+    engine.add_argument("--address", default=None, help="ray: a running cluster (default: RAY_ADDRESS, else start a local Ray)")
+    engine.add_argument("--manifest", type=Path, default=None, help="ray: per-video status file (default: CACHE/<settings>/manifest.jsonl)")
+    engine.add_argument("--retry-failed", action="store_true", help="ray: redo videos an earlier run recorded as failed")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -204,6 +215,19 @@ def run(args: argparse.Namespace) -> int:
     )
     cache = VideoCache(args.cache or Path(args.data) / "cache", settings, image_format=args.image_format)
     print(f"{len(entries)} videos in split {args.split!r}; cache {cache.folder}", file=sys.stderr)
-    report = extract_videos(entries, cache, workers=args.workers, progress=not args.no_progress)
+    if args.engine == "ray":
+        from adamml.scale.extract import extract_videos_ray
+        from adamml.scale.runtime import RayNotInstalledError
+
+        try:
+            report = extract_videos_ray(
+                entries, cache, address=args.address, manifest=args.manifest,
+                retry_failed=args.retry_failed, progress=not args.no_progress,
+            )
+        except RayNotInstalledError as exc:
+            print(f"adamml extract: {exc}", file=sys.stderr)
+            return 2
+    else:
+        report = extract_videos(entries, cache, workers=args.workers, progress=not args.no_progress)
     print(report.summary())
     return 1 if report.failed else 0
