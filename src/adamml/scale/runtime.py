@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from adamml.errors import AdamMLError
+
 __all__ = ["RayNotInstalledError", "import_ray", "connect", "quiet_ray_data", "cluster_gpus"]
 
 
-class RayNotInstalledError(ImportError):
+class RayNotInstalledError(AdamMLError, ImportError):
     """``--engine ray`` without Ray: say how to get it."""
 
 
