@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from media import make_garbage, make_truncated, make_video
 
@@ -162,3 +163,111 @@ def test_local_engine_runs_without_ray_and_ray_engine_says_how_to_install(tmp_pa
     assert main([*base, "--engine", "ray", "--cache", str(tmp_path / "other")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("adamml extract: --engine ray needs Ray") and "pip install 'adamml[ray]'" in err[-1]
+
+
+# ----------------------------------------------------------------------------- prediction
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """An AdaMML model of the `tiny` config with seeded random weights, saved as training does."""
+    import torch
+
+    from adamml.config import load_config, to_dict
+    from adamml.models.adamml import build_adamml
+    from adamml.runtime.checkpoint import save_checkpoint
+
+    cfg = load_config("tiny")
+    torch.manual_seed(0)
+    model = build_adamml(cfg.model, cfg.data.clip)
+    path = tmp_path_factory.mktemp("ckpt") / "best.pt"
+    save_checkpoint({
+        "kind": "adamml", "model": model.state_dict(), "config": to_dict(cfg),
+        "model_config": to_dict(cfg.model), "class_names": ["w", "x", "y", "z"],
+    }, path)
+    return path
+
+
+def _lines(path: Path) -> dict[str, dict]:
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    by_video = {r["video"]: r for r in records}
+    assert len(by_video) == len(records), "a video appears twice"
+    return by_video
+
+
+def test_ray_predict_gives_the_local_predictions(ray_cluster, tiny_checkpoint, tmp_path: Path, capsys) -> None:
+    from adamml.cli import main
+
+    folder = tmp_path / "videos"
+    videos = _videos(folder, 5) + [make_video(folder / "silent.mp4", num_frames=16, fps=8.0, audio_channels=None)]
+    listing = tmp_path / "list.txt"
+    listing.write_text("".join(f"videos/{v.name}\n" for v in videos))  # relative to the list
+    common = ["predict", "--checkpoint", str(tiny_checkpoint), "--no-progress", "--topk", "3"]
+    assert main([*common, str(listing), "--out", str(tmp_path / "local.jsonl")]) == 0
+    assert main([*common, str(folder), "--engine", "ray", "--batch-size", "4", "--out", str(tmp_path / "ray.jsonl")]) == 0
+    assert "predicted 6" in capsys.readouterr().out
+    local, remote = _lines(tmp_path / "local.jsonl"), _lines(tmp_path / "ray.jsonl")
+    assert sorted(local) == sorted(remote) == sorted(str(v) for v in videos)
+    for video, a in local.items():
+        b = remote[video]
+        assert (a["classes"], a["decisions"], a["gflops"], a["audio_missing"]) == (
+            b["classes"], b["decisions"], b["gflops"], b["audio_missing"]), video
+        np.testing.assert_allclose(a["scores"], b["scores"], atol=1e-5)
+    assert remote[str(videos[-1])]["audio_missing"] and len(remote[str(videos[0])]["decisions"]) == 4
+    manifest = Manifest(tmp_path / "ray.manifest.jsonl")
+    assert manifest.counts(str(v) for v in videos) == {DONE: 6}
+
+
+def test_ray_predict_names_a_corrupt_file_and_predicts_the_others(ray_cluster, tiny_checkpoint, tmp_path: Path) -> None:
+    from adamml.inference.batch import predict_to_jsonl
+    from adamml.scale.predict import ray_records
+
+    videos = [str(v) for v in _videos(tmp_path / "v", 3)]
+    bad = str(make_garbage(tmp_path / "v" / "broken.mp4"))
+    out = tmp_path / "p.jsonl"
+    report = predict_to_jsonl(videos + [bad], out, lambda todo: ray_records(todo, tiny_checkpoint, batch_size=2), progress=False)
+    assert report.done == 3 and [v for v, _ in report.failed] == [bad]
+    assert "broken.mp4" in report.summary()
+    lines = _lines(out)
+    assert "broken.mp4" in lines[bad]["error"] and all("classes" in lines[v] for v in videos)
+    assert Manifest(tmp_path / "p.manifest.jsonl").status(bad) == FAILED
+
+
+def test_predict_killed_midway_reruns_only_the_pending_videos(ray_cluster, tiny_checkpoint, tmp_path: Path) -> None:
+    """The driver dies after 2 records (and mid-way through writing a line); the rerun asks the
+    engine only for the rest, and every video ends up once in the output."""
+    from adamml.inference.batch import predict_to_jsonl
+    from adamml.scale.predict import ray_records
+
+    videos = [str(v) for v in _videos(tmp_path / "v", 6)]
+    out = tmp_path / "p.jsonl"
+
+    class Killed(BaseException):
+        pass
+
+    def dies_after_two(todo):
+        for n, record in enumerate(ray_records(todo, tiny_checkpoint, batch_size=1)):
+            if n == 2:
+                raise Killed
+            yield record
+
+    with pytest.raises(Killed):
+        predict_to_jsonl(videos, out, dies_after_two, progress=False)
+    first = _lines(out)
+    assert len(first) == 2
+    with out.open("a") as handle:
+        handle.write('{"video": "' + videos[0][:10])  # the kill landed inside a write
+    asked: list[str] = []
+
+    def counting(todo):
+        asked.extend(todo)
+        return ray_records(todo, tiny_checkpoint, batch_size=4)
+
+    report = predict_to_jsonl(videos, out, counting, progress=False)
+    assert sorted(asked) == sorted(set(videos) - set(first))  # nothing finished is redone
+    assert (report.done, report.skipped, report.failed) == (4, 2, [])
+    final = _lines(out)
+    assert sorted(final) == sorted(videos) and all(final[v] == first[v] for v in first)
+    assert Manifest(tmp_path / "p.manifest.jsonl").counts(videos) == {DONE: 6}
+    asked.clear()
+    assert predict_to_jsonl(videos, out, counting, progress=False).skipped == 6 and asked == []

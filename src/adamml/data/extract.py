@@ -216,17 +216,12 @@ def run(args: argparse.Namespace) -> int:
     cache = VideoCache(args.cache or Path(args.data) / "cache", settings, image_format=args.image_format)
     print(f"{len(entries)} videos in split {args.split!r}; cache {cache.folder}", file=sys.stderr)
     if args.engine == "ray":
-        from adamml.scale.extract import extract_videos_ray
-        from adamml.scale.runtime import RayNotInstalledError
+        from adamml.scale.extract import extract_videos_ray  # a missing Ray is a one-line error
 
-        try:
-            report = extract_videos_ray(
-                entries, cache, address=args.address, manifest=args.manifest,
-                retry_failed=args.retry_failed, progress=not args.no_progress,
-            )
-        except RayNotInstalledError as exc:
-            print(f"adamml extract: {exc}", file=sys.stderr)
-            return 2
+        report = extract_videos_ray(
+            entries, cache, address=args.address, manifest=args.manifest,
+            retry_failed=args.retry_failed, progress=not args.no_progress,
+        )
     else:
         report = extract_videos(entries, cache, workers=args.workers, progress=not args.no_progress)
     print(report.summary())

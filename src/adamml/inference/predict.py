@@ -7,6 +7,7 @@ all-zero spectrogram the model was trained to expect, with a warning), at any si
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import warnings
@@ -42,7 +43,52 @@ def load_predictor(checkpoint: str | Path):
     return model, kind, model_cfg, cfg, list(class_names)
 
 
+def prediction_dataset(videos: list[str | Path], kind: str, model_cfg, cfg, class_names: list[str]):
+    """The evaluation samples of ``videos`` for a model: decoded straight from the files,
+    keeping only the frames a sample reads. Needs no model, so decoding can run elsewhere
+    (a Ray task) than the network."""
+    decode = cfg.data.decode
+    needed = input_modalities(kind, model_cfg)
+    if any(MODALITIES[m].reads == "flow" for m in needed) and decode.flow is None:
+        decode = dataclasses.replace(decode, flow="dis")
+    entries = [VideoEntry(path=Path(v), labels=[0], source=str(v)) for v in videos]
+    return VideoDataset(
+        entries, class_names, modalities=needed, clip=cfg.data.clip, decode=decode,
+        train=False, cache=None, num_segments=cfg.data.eval_segments, stream=True,
+    )
+
+
 @torch.no_grad()
+def predict_samples(samples: list[dict], bundle, *, topk: int = 5, device: str = "cpu") -> list[Prediction]:
+    """Run the model on a batch of :func:`prediction_dataset` samples (only the sub-networks
+    the policy selects, for AdaMML); one :class:`Prediction` per sample."""
+    model, kind, model_cfg, cfg, class_names = bundle
+    costs = segment_costs(model_cfg, cfg.data.clip)
+    batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in default_collate(samples).items()}
+    if kind == "adamml":
+        out = model(batch, mode="conditional")
+        decisions = out.decisions.cpu().numpy()
+        policy_cost = costs["policy"]
+    else:  # a fixed network runs every modality on every segment, and has no policy
+        out = model(batch)
+        k = batch[model_cfg.modalities[0]].shape[1]
+        decisions = np.ones((len(samples), k, len(model_cfg.modalities)))
+        policy_cost = 0.0
+    gflops = gflops_per_video(decisions, [costs[m] for m in model_cfg.modalities], policy_cost)
+    probs = torch.softmax(out.logits.float(), dim=-1).cpu()
+    scores, idx = probs.topk(min(topk, probs.shape[-1]), dim=-1)
+    return [
+        Prediction(
+            video=str(sample["video"]),
+            top=[(class_names[j], float(v)) for v, j in zip(scores[b].tolist(), idx[b].tolist(), strict=True)],
+            segments=[[m for m, d in zip(model_cfg.modalities, row, strict=True) if d > 0.5] for row in decisions[b]],
+            gflops=gflops[b],
+            audio_missing=bool(sample.get("audio_missing", False)),
+        )
+        for b, sample in enumerate(samples)
+    ]
+
+
 def predict_videos(
     videos: list[str | Path],
     checkpoint: str | Path,
@@ -51,54 +97,39 @@ def predict_videos(
     device: str = "cpu",
     model_bundle=None,
 ) -> list[Prediction]:
-    model, kind, model_cfg, cfg, class_names = model_bundle or load_predictor(checkpoint)
+    bundle = model_bundle or load_predictor(checkpoint)
+    model, kind, model_cfg, cfg, class_names = bundle
     model.to(device).eval()
-    costs = segment_costs(model_cfg, cfg.data.clip)
-    decode = cfg.data.decode
-    needed = input_modalities(kind, model_cfg)
-    if any(MODALITIES[m].reads == "flow" for m in needed) and decode.flow is None:
-        decode.flow = "dis"
-    entries = [VideoEntry(path=Path(v), labels=[0], source=str(v)) for v in videos]
-    dataset = VideoDataset(
-        entries, class_names, modalities=needed, clip=cfg.data.clip, decode=decode,
-        train=False, cache=None, num_segments=cfg.data.eval_segments, stream=True,
-    )
+    dataset = prediction_dataset(videos, kind, model_cfg, cfg, class_names)
     results = []
     for i, video in enumerate(videos):
-        sample = dataset[i]
-        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in default_collate([sample]).items()}
-        if kind == "adamml":
-            out = model(batch, mode="conditional")
-            decisions = out.decisions[0].cpu().numpy()
-            policy_cost = costs["policy"]
-        else:  # a fixed network runs every modality on every segment, and has no policy
-            out = model(batch)
-            k = batch[model_cfg.modalities[0]].shape[1]
-            decisions = np.ones((k, len(model_cfg.modalities)))
-            policy_cost = 0.0
-        modality_costs = [costs[m] for m in model_cfg.modalities]
-        gflops = gflops_per_video(decisions[None], modality_costs, policy_cost)[0]
-        probs = torch.softmax(out.logits[0].float(), dim=-1).cpu()
-        scores, idx = probs.topk(min(topk, probs.numel()))
-        results.append(Prediction(
-            video=str(video),
-            top=[(class_names[j], float(s)) for s, j in zip(scores.tolist(), idx.tolist(), strict=True)],
-            segments=[[m for m, d in zip(model_cfg.modalities, row, strict=True) if d > 0.5] for row in decisions],
-            gflops=gflops,
-            audio_missing=bool(sample.get("audio_missing", False)),
-        ))
+        (prediction,) = predict_samples([dataset[i]], bundle, topk=topk, device=device)
+        prediction.video = str(video)
+        results.append(prediction)
     return results
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("videos", nargs="+", help="video files")
+    parser.add_argument("videos", nargs="+", metavar="VIDEO_OR_DIR_OR_LIST", help="video files; with --out also folders and list files")
     parser.add_argument("--checkpoint", required=True, help="a trained model (e.g. runs/x/adamml/best.pt)")
     parser.add_argument("--topk", type=int, default=5)
     parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    batch = parser.add_argument_group("a corpus into JSON lines (see docs/scale-out.md)")
+    batch.add_argument("--out", type=Path, default=None, help="write one JSON line per video here; resumable, with a manifest beside it")
+    batch.add_argument("--engine", default="local", choices=("local", "ray"), help="local (default) or ray (Ray Data; `pip install 'adamml[ray]'`); ray needs --out")
+    batch.add_argument("--address", default=None, help="ray: a running cluster (default: RAY_ADDRESS, else start a local Ray)")
+    batch.add_argument("--batch-size", type=int, default=8, help="ray: videos per model call (default 8)")
+    batch.add_argument("--actors", type=int, default=None, help="ray: model replicas (default: one per GPU, else half the CPUs)")
+    batch.add_argument("--manifest", type=Path, default=None, help="per-video status file (default: OUT with .manifest.jsonl)")
+    batch.add_argument("--retry-failed", action="store_true", help="redo videos an earlier run recorded as failed")
+    batch.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.out is not None or args.engine != "local":
+        return _run_batch(args)
+
     missing = [v for v in args.videos if not Path(v).is_file()]
     if missing:
         print(f"adamml predict: no such file: {', '.join(missing)}", file=sys.stderr)
@@ -126,3 +157,35 @@ def run(args: argparse.Namespace) -> int:
         for f in failures:
             print(f"{f['video']}: FAILED: {f['error']}", file=sys.stderr)
     return 1 if failures else 0
+
+
+def _run_batch(args: argparse.Namespace) -> int:
+    """``--out``: a corpus into JSON lines, on this machine or on Ray (adamml.inference.batch)."""
+    from adamml.inference.batch import expand_videos, local_records, predict_to_jsonl
+
+    if args.out is None:
+        print(f"adamml predict: --engine {args.engine} writes JSON lines: give --out predictions.jsonl", file=sys.stderr)
+        return 2
+    videos = expand_videos(args.videos)
+    if args.engine == "ray":
+        from adamml.scale.predict import ray_records
+        from adamml.scale.runtime import import_ray
+
+        import_ray()  # fail before anything is written when the extra is missing
+
+        def produce(todo):
+            return ray_records(todo, args.checkpoint, topk=args.topk, batch_size=args.batch_size,
+                               actors=args.actors, address=args.address)
+    else:
+        bundle = load_predictor(args.checkpoint)
+
+        def produce(todo):
+            return local_records(todo, bundle, topk=args.topk, device=args.device)
+
+    print(f"{len(videos)} videos -> {args.out}", file=sys.stderr)
+    report = predict_to_jsonl(
+        videos, args.out, produce, manifest=args.manifest, retry_failed=args.retry_failed,
+        progress=not args.no_progress,
+    )
+    print(report.summary())
+    return 1 if report.failed else 0
