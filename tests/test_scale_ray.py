@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 from media import make_garbage, make_truncated, make_video
 
+from adamml.config import DecodeSettings
 from adamml.data.cache import VideoCache
 from adamml.data.extract import extract_videos
-from adamml.data.types import DecodeSettings
 from adamml.scale.manifest import DONE, FAILED, PENDING, Manifest
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -109,7 +109,7 @@ def test_ray_extract_names_a_corrupt_file_and_does_the_others(ray_cluster, tmp_p
 def test_ray_extract_killed_midway_resumes_without_redoing_finished_videos(ray_cluster, tmp_path: Path) -> None:
     """A driver joined to the cluster (``--address``) is SIGKILLed once 2 videos are done;
     the rerun finishes the rest and leaves the finished cache files alone."""
-    from adamml.data.formats import discover
+    from adamml.data.catalog import discover
     from adamml.scale.extract import extract_videos_ray
 
     root = tmp_path / "data"
@@ -219,7 +219,7 @@ def test_ray_predict_gives_the_local_predictions(ray_cluster, tiny_checkpoint, t
 
 
 def test_ray_predict_names_a_corrupt_file_and_predicts_the_others(ray_cluster, tiny_checkpoint, tmp_path: Path) -> None:
-    from adamml.inference.batch import predict_to_jsonl
+    from adamml.scale.batch import predict_to_jsonl
     from adamml.scale.predict import ray_records
 
     videos = [str(v) for v in _videos(tmp_path / "v", 3)]
@@ -236,7 +236,7 @@ def test_ray_predict_names_a_corrupt_file_and_predicts_the_others(ray_cluster, t
 def test_predict_killed_midway_reruns_only_the_pending_videos(ray_cluster, tiny_checkpoint, tmp_path: Path) -> None:
     """The driver dies after 2 records (and mid-way through writing a line); the rerun asks the
     engine only for the rest, and every video ends up once in the output."""
-    from adamml.inference.batch import predict_to_jsonl
+    from adamml.scale.batch import predict_to_jsonl
     from adamml.scale.predict import ray_records
 
     videos = [str(v) for v in _videos(tmp_path / "v", 6)]

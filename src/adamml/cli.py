@@ -16,11 +16,11 @@ from adamml.errors import AdamMLError
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("adamml.demo", "generate, extract, train and evaluate on the embedded dataset"),
     "synth": ("adamml.data.synth", "write the embedded synthetic audio-visual dataset"),
-    "extract": ("adamml.data.extract", "decode videos once and cache what training needs"),
+    "extract": ("adamml.scale.extract", "decode videos once and cache what training needs"),
     "flops": ("adamml.models.flops", "count GFLOPs (multiply-adds) of a model configuration"),
     "train": ("adamml.training.run", "train a stage of the recipe from a YAML config"),
     "evaluate": ("adamml.evaluation.evaluate", "evaluate checkpoints: accuracy, mAP, GFLOPs"),
-    "predict": ("adamml.inference.predict", "classify video files with a trained model"),
+    "predict": ("adamml.scale.predict", "classify video files with a trained model"),
 }
 
 

@@ -27,7 +27,7 @@ from adamml.data.catalog import discover
 from adamml.data.types import VideoDecodeError, VideoEntry
 from adamml.data.video import MissingAudioWarning, decode_frame_folder, decode_video
 
-__all__ = ["ExtractReport", "extract_videos", "extract_one", "extract_path", "limit_threads", "add_arguments", "run"]
+__all__ = ["ExtractReport", "extract_videos", "extract_one", "extract_path", "limit_threads", "open_split", "add_arguments", "run"]
 
 
 @dataclass
@@ -184,28 +184,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strict", action="store_true", help="a video without audio is a failure")
     parser.add_argument("--image-format", default="jpeg", choices=("jpeg", "raw"), help="frame storage")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    engine = parser.add_argument_group("engine (see docs/scale-out.md)")
-    engine.add_argument(
-        "--engine", default="local", choices=("local", "ray"),
-        help="local: --workers processes on this machine (default); ray: Ray Data tasks on a "
-        "cluster or a local Ray (needs `pip install 'adamml[ray]'`)",
-    )
-    engine.add_argument("--address", default=None, help="ray: a running cluster (default: RAY_ADDRESS, else start a local Ray)")
-    engine.add_argument("--manifest", type=Path, default=None, help="ray: per-video status file (default: CACHE/<settings>/manifest.jsonl)")
-    engine.add_argument("--retry-failed", action="store_true", help="ray: redo videos an earlier run recorded as failed")
 
 
-def run(args: argparse.Namespace) -> int:
+def open_split(args: argparse.Namespace) -> tuple[list[VideoEntry], VideoCache]:
+    """The entries of ``--split`` and the cache they go to (both engines' commands use it)."""
     # The modality table imports torch (the spectrogram); extraction workers import this
     # module and start faster without it, so only the command reads the table.
     from adamml.modalities.table import MODALITIES, check_modalities
 
-    try:
-        modalities = check_modalities(args.modalities.split(","))
-        entries, _ = discover(args.data, args.split, dataset=args.dataset)
-    except ValueError as exc:  # DatasetError is a ValueError
-        print(f"adamml extract: {exc}", file=sys.stderr)
-        return 2
+    modalities = check_modalities(args.modalities.split(","))
+    entries, _ = discover(args.data, args.split, dataset=args.dataset)
     settings = DecodeSettings(
         fps=args.fps,
         short_side=args.short_side,
@@ -215,14 +203,15 @@ def run(args: argparse.Namespace) -> int:
     )
     cache = VideoCache(args.cache or Path(args.data) / "cache", settings, image_format=args.image_format)
     print(f"{len(entries)} videos in split {args.split!r}; cache {cache.folder}", file=sys.stderr)
-    if args.engine == "ray":
-        from adamml.scale.extract import extract_videos_ray  # a missing Ray is a one-line error
+    return entries, cache
 
-        report = extract_videos_ray(
-            entries, cache, address=args.address, manifest=args.manifest,
-            retry_failed=args.retry_failed, progress=not args.no_progress,
-        )
-    else:
-        report = extract_videos(entries, cache, workers=args.workers, progress=not args.no_progress)
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        entries, cache = open_split(args)
+    except ValueError as exc:  # DatasetError is a ValueError
+        print(f"adamml extract: {exc}", file=sys.stderr)
+        return 2
+    report = extract_videos(entries, cache, workers=args.workers, progress=not args.no_progress)
     print(report.summary())
     return 1 if report.failed else 0

@@ -110,26 +110,14 @@ def predict_videos(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("videos", nargs="+", metavar="VIDEO_OR_DIR_OR_LIST", help="video files; with --out also folders and list files")
+    parser.add_argument("videos", nargs="+", help="video files")
     parser.add_argument("--checkpoint", required=True, help="a trained model (e.g. runs/x/adamml/best.pt)")
     parser.add_argument("--topk", type=int, default=5)
     parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    batch = parser.add_argument_group("a corpus into JSON lines (see docs/scale-out.md)")
-    batch.add_argument("--out", type=Path, default=None, help="write one JSON line per video here; resumable, with a manifest beside it")
-    batch.add_argument("--engine", default="local", choices=("local", "ray"), help="local (default) or ray (Ray Data; `pip install 'adamml[ray]'`); ray needs --out")
-    batch.add_argument("--address", default=None, help="ray: a running cluster (default: RAY_ADDRESS, else start a local Ray)")
-    batch.add_argument("--batch-size", type=int, default=8, help="ray: videos per model call (default 8)")
-    batch.add_argument("--actors", type=int, default=None, help="ray: model replicas (default: one per GPU, else half the CPUs)")
-    batch.add_argument("--manifest", type=Path, default=None, help="per-video status file (default: OUT with .manifest.jsonl)")
-    batch.add_argument("--retry-failed", action="store_true", help="redo videos an earlier run recorded as failed")
-    batch.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.out is not None or args.engine != "local":
-        return _run_batch(args)
-
     missing = [v for v in args.videos if not Path(v).is_file()]
     if missing:
         print(f"adamml predict: no such file: {', '.join(missing)}", file=sys.stderr)
@@ -158,34 +146,3 @@ def run(args: argparse.Namespace) -> int:
             print(f"{f['video']}: FAILED: {f['error']}", file=sys.stderr)
     return 1 if failures else 0
 
-
-def _run_batch(args: argparse.Namespace) -> int:
-    """``--out``: a corpus into JSON lines, on this machine or on Ray (adamml.inference.batch)."""
-    from adamml.inference.batch import expand_videos, local_records, predict_to_jsonl
-
-    if args.out is None:
-        print(f"adamml predict: --engine {args.engine} writes JSON lines: give --out predictions.jsonl", file=sys.stderr)
-        return 2
-    videos = expand_videos(args.videos)
-    if args.engine == "ray":
-        from adamml.scale.predict import ray_records
-        from adamml.scale.runtime import import_ray
-
-        import_ray()  # fail before anything is written when the extra is missing
-
-        def produce(todo):
-            return ray_records(todo, args.checkpoint, topk=args.topk, batch_size=args.batch_size,
-                               actors=args.actors, address=args.address)
-    else:
-        bundle = load_predictor(args.checkpoint)
-
-        def produce(todo):
-            return local_records(todo, bundle, topk=args.topk, device=args.device)
-
-    print(f"{len(videos)} videos -> {args.out}", file=sys.stderr)
-    report = predict_to_jsonl(
-        videos, args.out, produce, manifest=args.manifest, retry_failed=args.retry_failed,
-        progress=not args.no_progress,
-    )
-    print(report.summary())
-    return 1 if report.failed else 0

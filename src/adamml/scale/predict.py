@@ -1,17 +1,21 @@
-"""``adamml predict --engine ray``: decode in CPU tasks, predict in batched model actors.
+"""``adamml predict [--out OUT] [--engine ray]``: decode in CPU tasks, predict in batched model actors.
 
 One row per video. Stage 1, ``_decode_row`` (one CPU each): the local engine's
 :func:`~adamml.inference.predict.prediction_dataset` decodes the file and builds the policy's
 and the sub-networks' inputs. Stage 2, ``_Predictor`` actors (one GPU each where the cluster
 has GPUs, else one CPU each): :func:`~adamml.inference.predict.predict_samples` on batches,
 running the policy and only the sub-networks it selects. The driver writes the JSON lines
-and the manifest (:func:`adamml.inference.batch.predict_to_jsonl`). Videos and the checkpoint
-must be readable at the same paths on every node (a shared file system).
+and the manifest (:func:`adamml.scale.batch.predict_to_jsonl`, which also serves
+``--engine local``). Videos and the checkpoint must be readable at the same paths on every
+node (a shared file system).
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import pickle
+import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -20,18 +24,24 @@ from typing import Any
 
 import numpy as np
 
+from adamml.data.extract import limit_threads
+from adamml.inference import predict as local
+from adamml.inference.predict import load_predictor, predict_samples, prediction_dataset
+from adamml.scale.batch import (
+    error_record,
+    expand_videos,
+    local_records,
+    predict_to_jsonl,
+    prediction_record,
+)
 from adamml.scale.extract import MAX_BLOCKS
-from adamml.scale.runtime import cluster_gpus, connect, quiet_ray_data
+from adamml.scale.runtime import cluster_gpus, connect, import_ray, quiet_ray_data
 
-__all__ = ["ray_records", "plan_actors"]
+__all__ = ["ray_records", "plan_actors", "add_arguments", "run"]
 
 
 def _decode_row(row: dict[str, Any], *, kind: str, model_cfg, cfg, class_names: list[str]) -> dict[str, Any]:
     """A Ray task: one video's model inputs, pickled (or its error), and the seconds it took."""
-    from adamml.data.extract import limit_threads
-    from adamml.inference.batch import error_record
-    from adamml.inference.predict import prediction_dataset
-
     limit_threads()
     t0 = time.perf_counter()
     video = row["video"]
@@ -49,18 +59,11 @@ class _Predictor:
     """A Ray actor holding the model; called on batches of decoded rows."""
 
     def __init__(self, checkpoint: str, topk: int, device: str) -> None:
-        from adamml.inference.predict import load_predictor
-
         self.bundle = load_predictor(checkpoint)
         self.bundle[0].to(device).eval()
         self.topk, self.device = topk, device
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import json
-
-        from adamml.inference.batch import prediction_record
-        from adamml.inference.predict import predict_samples
-
         t0 = time.perf_counter()
         videos = [str(v) for v in batch["video"]]
         records: list[dict[str, Any]] = [{"video": v, "error": e} for v, e in zip(videos, batch["error"], strict=True)]
@@ -105,10 +108,6 @@ def ray_records(
     ``timings``, if given, receives (decode seconds, predict seconds) per video: the
     per-stage figures from which a cluster's throughput is estimated (docs/scale-out.md).
     """
-    import json
-
-    from adamml.inference.predict import load_predictor
-
     ray = connect(address)
     quiet_ray_data(ray)
     _, kind, model_cfg, cfg, class_names = load_predictor(checkpoint)  # what the decode tasks need
@@ -126,3 +125,52 @@ def ray_records(
         if timings is not None:
             timings.append((float(row["decode_s"]), float(row["predict_s"])))
         yield json.loads(row["record"])
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``adamml predict``: the local command's options, plus a corpus into JSON lines."""
+
+    local.add_arguments(parser)
+    videos = next(a for a in parser._actions if a.dest == "videos")
+    videos.metavar, videos.help = "VIDEO_OR_DIR_OR_LIST", "video files; with --out also folders and list files (.txt/.csv)"
+    batch = parser.add_argument_group("a corpus into JSON lines (see docs/scale-out.md)")
+    batch.add_argument("--out", type=Path, default=None, help="write one JSON line per video here; resumable, with a manifest beside it")
+    batch.add_argument("--engine", default="local", choices=("local", "ray"), help="local (default) or ray (Ray Data; `pip install 'adamml[ray]'`); ray needs --out")
+    batch.add_argument("--address", default=None, help="ray: a running cluster (default: RAY_ADDRESS, else start a local Ray)")
+    batch.add_argument("--batch-size", type=int, default=8, help="ray: videos per model call (default 8)")
+    batch.add_argument("--actors", type=int, default=None, help="ray: model replicas (default: one per GPU, else half the CPUs)")
+    batch.add_argument("--manifest", type=Path, default=None, help="per-video status file (default: OUT with .manifest.jsonl)")
+    batch.add_argument("--retry-failed", action="store_true", help="redo videos an earlier run recorded as failed")
+    batch.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+
+    if args.out is None:
+        if args.engine != "local":
+            print(f"adamml predict: --engine {args.engine} writes JSON lines: give --out predictions.jsonl", file=sys.stderr)
+            return 2
+        return local.run(args)
+    videos = expand_videos(args.videos)
+    if args.engine == "ray":
+        import_ray()  # fail before anything is written when the extra is missing
+
+        def produce(todo: list[str]):
+            return ray_records(todo, args.checkpoint, topk=args.topk, batch_size=args.batch_size,
+                               actors=args.actors, address=args.address)
+    else:
+        bundle = local.load_predictor(args.checkpoint)
+
+        def produce(todo: list[str]):
+            return local_records(todo, bundle, topk=args.topk, device=args.device)
+
+    print(f"{len(videos)} videos -> {args.out}", file=sys.stderr)
+    report = predict_to_jsonl(
+        videos, args.out, produce, manifest=args.manifest, retry_failed=args.retry_failed,
+        progress=not args.no_progress,
+    )
+    print(report.summary())
+    return 1 if report.failed else 0
