@@ -216,10 +216,10 @@ def predict_to_jsonl(
                 os.fsync(handle.fileno())
                 if "error" in record:
                     report.failed.append((video, record["error"]))
-                    log.mark([{"video": video, "status": FAILED, "error": record["error"]}])
+                    log.mark([{"video": video, "status": FAILED, "error": record["error"], "t": round(time.time(), 3)}])
                 else:
                     report.done += 1
-                    log.mark([{"video": video, "status": DONE}])
+                    log.mark([{"video": video, "status": DONE, "t": round(time.time(), 3)}])
                 bar.update()
     bar.close()
     report.failed.sort()

@@ -100,9 +100,9 @@ def extract_videos_ray(
         for row in dataset.iter_rows():
             report.record((row["path"], row["status"], row["audio_missing"]))
             if row["status"] == "done":
-                log.mark([{"video": row["key"], "status": DONE, "seconds": round(row["seconds"], 4)}])
+                log.mark([{"video": row["key"], "status": DONE, "seconds": round(row["seconds"], 4), "t": round(time.time(), 3)}])
             else:
-                log.mark([{"video": row["key"], "status": FAILED, "error": row["status"].removeprefix("failed: ")}])
+                log.mark([{"video": row["key"], "status": FAILED, "error": row["status"].removeprefix("failed: "), "t": round(time.time(), 3)}])
             bar.update()
         bar.close()
     report.failed.sort()

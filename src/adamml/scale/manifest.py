@@ -5,8 +5,10 @@ Appending never rewrites what is there, so a run killed mid-write loses at most 
 partial line (ignored on reading), and a rerun knows exactly which videos are finished::
 
     {"video": "/data/a.mp4", "status": "pending"}
-    {"video": "/data/a.mp4", "status": "done", "seconds": 1.52}
-    {"video": "/data/b.mp4", "status": "failed", "error": "/data/b.mp4: not a media file ..."}
+    {"video": "/data/a.mp4", "status": "done", "seconds": 1.52, "t": 1796100000.123}
+    {"video": "/data/b.mp4", "status": "failed", "error": "/data/b.mp4: not a media file ...", "t": ...}
+
+(``t``: when it finished, Unix time; ``seconds``: the work it took, where the engine says.)
 """
 
 from __future__ import annotations

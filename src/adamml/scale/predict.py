@@ -82,15 +82,16 @@ class _Predictor:
 
 
 def plan_actors(actors: int | None = None) -> tuple[int, float, float, str]:
-    """(actors, GPUs each, CPUs each, device): one actor per GPU where there are GPUs;
-    otherwise half the cluster's CPUs (at least one), leaving the rest to decoding."""
+    """(actors, GPUs each, CPUs each, device). With GPUs: one actor per GPU, and the decode
+    tasks run apart on the CPUs, feeding them. Without: one actor per CPU; Ray Data then fuses
+    decoding into the actor (same resources), so each CPU decodes and predicts its own videos
+    without shipping samples between processes."""
     import ray
 
     gpus = cluster_gpus()
     if gpus:
         return actors or gpus, 1.0, 1.0, "cuda"
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    return actors or max(1, cpus // 2), 0.0, 1.0, "cpu"
+    return actors or max(1, int(ray.cluster_resources().get("CPU", 1))), 0.0, 1.0, "cpu"
 
 
 def ray_records(
@@ -118,7 +119,8 @@ def ray_records(
         .map_batches(
             _Predictor,
             fn_constructor_kwargs={"checkpoint": str(Path(checkpoint).absolute()), "topk": topk, "device": device},
-            batch_size=batch_size, concurrency=count, num_gpus=gpus, num_cpus=cpus, batch_format="numpy",
+            batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=count), num_gpus=gpus, num_cpus=cpus,
+            batch_format="numpy",
         )
     )
     for row in dataset.iter_rows():
@@ -141,7 +143,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     batch.add_argument("--engine", default="local", choices=("local", "ray"), help="local (default) or ray (Ray Data; `pip install 'adamml[ray]'`); ray needs --out")
     batch.add_argument("--address", default=None, help="ray: a running cluster (default: RAY_ADDRESS, else start a local Ray)")
     batch.add_argument("--batch-size", type=int, default=8, help="ray: videos per model call (default 8)")
-    batch.add_argument("--actors", type=int, default=None, help="ray: model replicas (default: one per GPU, else half the CPUs)")
+    batch.add_argument("--actors", type=int, default=None, help="ray: model replicas (default: one per GPU, else one per CPU)")
     batch.add_argument("--manifest", type=Path, default=None, help="per-video status file (default: OUT with .manifest.jsonl)")
     batch.add_argument("--retry-failed", action="store_true", help="redo videos an earlier run recorded as failed")
     batch.add_argument("--no-progress", action="store_true", help="no progress bar")
