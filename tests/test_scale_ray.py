@@ -195,42 +195,31 @@ def _lines(path: Path) -> dict[str, dict]:
     return by_video
 
 
-def test_ray_predict_gives_the_local_predictions(ray_cluster, tiny_checkpoint, tmp_path: Path, capsys) -> None:
+def test_ray_predict_gives_the_local_predictions_and_names_a_corrupt_file(ray_cluster, tiny_checkpoint, tmp_path: Path, capsys) -> None:
     from adamml.cli import main
 
     folder = tmp_path / "videos"
     videos = _videos(folder, 5) + [make_video(folder / "silent.mp4", num_frames=16, fps=8.0, audio_channels=None)]
+    bad = make_garbage(folder / "broken.mp4")
     listing = tmp_path / "list.txt"
-    listing.write_text("".join(f"videos/{v.name}\n" for v in videos))  # relative to the list
+    listing.write_text("".join(f"videos/{v.name}\n" for v in [*videos, bad]))  # relative to the list
     common = ["predict", "--checkpoint", str(tiny_checkpoint), "--no-progress", "--topk", "3"]
-    assert main([*common, str(listing), "--out", str(tmp_path / "local.jsonl")]) == 0
-    assert main([*common, str(folder), "--engine", "ray", "--batch-size", "4", "--out", str(tmp_path / "ray.jsonl")]) == 0
-    assert "predicted 6" in capsys.readouterr().out
+    assert main([*common, str(listing), "--out", str(tmp_path / "local.jsonl")]) == 1
+    capsys.readouterr()
+    assert main([*common, str(folder), "--engine", "ray", "--batch-size", "4", "--out", str(tmp_path / "ray.jsonl")]) == 1
+    summary = capsys.readouterr().out
+    assert "predicted 6" in summary and "failed 1" in summary and str(bad) in summary
     local, remote = _lines(tmp_path / "local.jsonl"), _lines(tmp_path / "ray.jsonl")
-    assert sorted(local) == sorted(remote) == sorted(str(v) for v in videos)
-    for video, a in local.items():
-        b = remote[video]
+    assert sorted(local) == sorted(remote) == sorted(str(v) for v in [*videos, bad])
+    assert "broken.mp4" in local[str(bad)]["error"] and "broken.mp4" in remote[str(bad)]["error"]
+    for video in map(str, videos):
+        a, b = local[video], remote[video]
         assert (a["classes"], a["decisions"], a["gflops"], a["audio_missing"]) == (
             b["classes"], b["decisions"], b["gflops"], b["audio_missing"]), video
         np.testing.assert_allclose(a["scores"], b["scores"], atol=1e-5)
     assert remote[str(videos[-1])]["audio_missing"] and len(remote[str(videos[0])]["decisions"]) == 4
     manifest = Manifest(tmp_path / "ray.manifest.jsonl")
-    assert manifest.counts(str(v) for v in videos) == {DONE: 6}
-
-
-def test_ray_predict_names_a_corrupt_file_and_predicts_the_others(ray_cluster, tiny_checkpoint, tmp_path: Path) -> None:
-    from adamml.scale.batch import predict_to_jsonl
-    from adamml.scale.predict import ray_records
-
-    videos = [str(v) for v in _videos(tmp_path / "v", 3)]
-    bad = str(make_garbage(tmp_path / "v" / "broken.mp4"))
-    out = tmp_path / "p.jsonl"
-    report = predict_to_jsonl(videos + [bad], out, lambda todo: ray_records(todo, tiny_checkpoint, batch_size=2), progress=False)
-    assert report.done == 3 and [v for v, _ in report.failed] == [bad]
-    assert "broken.mp4" in report.summary()
-    lines = _lines(out)
-    assert "broken.mp4" in lines[bad]["error"] and all("classes" in lines[v] for v in videos)
-    assert Manifest(tmp_path / "p.manifest.jsonl").status(bad) == FAILED
+    assert manifest.counts(str(v) for v in videos) == {DONE: 6} and manifest.status(str(bad)) == FAILED
 
 
 def test_predict_killed_midway_reruns_only_the_pending_videos(ray_cluster, tiny_checkpoint, tmp_path: Path) -> None:
