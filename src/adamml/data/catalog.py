@@ -338,6 +338,18 @@ def _first_file(candidates: Iterable[Path]) -> Path | None:
     return next((p for p in candidates if p.is_file()), None)
 
 
+def split_exists(root: str | Path, split: str, dataset: str | None = None) -> bool:
+    """Whether ``root`` holds ``split`` in a layout :func:`discover` reads (without reading it)."""
+    root = Path(root)
+    if Path(split).suffix in (".csv", ".txt") and Path(split).is_file():
+        return True
+    names = [f"{split}.txt", f"{split}_list.txt", f"{split}.csv"]
+    info = DATASETS.get(dataset) if dataset is not None else None
+    if info is not None:
+        names += list(info.list_files.get(split, ()))
+    return any((root / n).is_file() for n in names) or (root / split).is_dir()
+
+
 def discover(
     root: str | Path,
     split: str,
@@ -348,10 +360,20 @@ def discover(
     """Find ``split``'s videos under ``root`` in any supported layout (see the module doc).
 
     ``dataset`` names a catalogue entry, whose list-file names and class list are used.
+    ``split`` may also be the path of a ``.csv`` or list ``.txt`` file (see adamml.data.splits).
     """
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: dataset root not found")
+    split_file = Path(split)
+    if split_file.suffix in (".csv", ".txt") and split_file.is_file():
+        # A split list a run wrote for itself (adamml.data.splits), with its class list beside it.
+        if class_names is None:
+            names_file = _first_file([split_file.with_name("classes.txt"), root / "classes.txt"])
+            class_names = read_class_names(names_file) if names_file is not None else None
+        if split_file.suffix == ".csv":
+            return read_csv(split_file, root, class_names)
+        return read_official_list(split_file, root, class_names)
     info = None
     if dataset is not None:
         info = DATASETS.get(dataset)

@@ -1,6 +1,9 @@
 """``adamml train``: run a stage of the recipe (or all of it) from a YAML config.
 
-Works the same under ``python`` and ``torchrun --nproc-per-node N`` (one or many nodes).
+``adamml train --data ROOT`` is enough for a folder of one's own videos: the shipped
+``default`` config, the class count from the data, a validation split carved out of train when
+there is none, missing caches extracted first (see adamml.training.prepare). Works the same
+under ``python`` and ``torchrun --nproc-per-node N`` (one or many nodes).
 """
 
 from __future__ import annotations
@@ -10,17 +13,20 @@ import argparse
 from adamml.config import FUSIONS, check_choice, load_config
 from adamml.runtime.distributed import setup, teardown
 from adamml.runtime.runs import STAGES
+from adamml.training.prepare import describe_recipe, prepare_run, write_summary
 from adamml.training.stages import run_recipe
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="YAML file or name of a shipped config")
+    parser.add_argument("--config", default="default",
+                        help="YAML file or name of a shipped config (default: default, the recipe for your own videos)")
     parser.add_argument("--stage", choices=[*STAGES, "all"], default="all")
     parser.add_argument("--modality", help="stage unimodal: train only this modality")
     parser.add_argument("--fusion", help="stage fusion: average | weighted | classwise | fc")
     parser.add_argument("--resume", action="store_true", help="continue from <stage dir>/last.pt")
     parser.add_argument("--data", help="dataset root (overrides data.root)")
     parser.add_argument("--output", help="output dir (overrides train.output_dir)")
+    parser.add_argument("--workers", type=int, default=None, help="processes extracting missing caches (default: every core)")
     parser.add_argument("overrides", nargs="*", help="config overrides: section.key=value")
 
 
@@ -37,6 +43,12 @@ def run(args: argparse.Namespace) -> int:
         check_choice("--modality", args.modality, cfg.model.modalities)
     runtime = setup()
     try:
+        cfg, lines = prepare_run(cfg, runtime, config_name=args.config, workers=args.workers, progress=cfg.train.progress)
+        recipe = describe_recipe(cfg)
+        if runtime.is_main:
+            for line in recipe:
+                print(f"[adamml] {line}", flush=True)
+            write_summary(cfg, lines + recipe)
         results = run_recipe(cfg, runtime, stage=args.stage, modality=args.modality, fusion=args.fusion, resume=args.resume)
     finally:
         teardown()

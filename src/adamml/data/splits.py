@@ -1,0 +1,93 @@
+"""Split lists a run writes for itself: a validation split carved out of train when the data
+has none, and the lists without the videos that could not be decoded.
+
+Both are CSV files in the run folder (``<output_dir>/splits/<split>.csv``, paths relative to
+the data root, labels by class name), which ``data.train_split`` / ``data.val_split`` then
+name; :func:`adamml.data.formats.discover` reads a split given as a ``.csv`` path. So the run
+records exactly which videos it trained and validated on, and ``adamml evaluate`` scores the
+same validation videos later.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+
+from adamml.data.formats import DatasetError
+from adamml.data.types import VideoEntry
+
+VAL_FRACTION = 0.2  # of each class, when the data has no validation split
+
+
+def carve_validation(
+    entries: list[VideoEntry], class_names: list[str], *, fraction: float = VAL_FRACTION, seed: int = 0
+) -> tuple[list[VideoEntry], list[VideoEntry]]:
+    """Split ``entries`` into (train, val), stratified by (first) label and seeded.
+
+    Every class keeps at least one training video and gives at least one validation video, so
+    both splits know every class; a class with fewer than two videos cannot be split.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"validation fraction must be in (0, 1), got {fraction}")
+    by_class: dict[int, list[int]] = {}
+    for i, entry in enumerate(entries):
+        by_class.setdefault(entry.labels[0], []).append(i)
+    too_few = [class_names[c] for c, idx in sorted(by_class.items()) if len(idx) < 2]
+    if too_few:
+        raise DatasetError(
+            f"cannot carve a validation split out of train: class(es) {', '.join(too_few)} "
+            "have fewer than 2 videos; add videos or give a val split"
+        )
+    rng = np.random.default_rng(seed)
+    val_idx: set[int] = set()
+    for _, idx in sorted(by_class.items()):
+        n_val = min(len(idx) - 1, max(1, round(fraction * len(idx))))
+        val_idx.update(int(i) for i in rng.permutation(idx)[:n_val])
+    train = [e for i, e in enumerate(entries) if i not in val_idx]
+    val = [e for i, e in enumerate(entries) if i in val_idx]
+    return train, val
+
+
+def write_split(folder: str | Path, split: str, entries: list[VideoEntry], class_names: list[str], root: str | Path) -> Path:
+    """Write ``folder/<split>.csv`` (or ``.txt``, the official list format, for frame-folder
+    entries with a frame range) and ``folder/classes.txt``; returns the list file.
+
+    Paths are relative to ``root`` where possible; files are written atomically.
+    """
+    folder, root = Path(folder), Path(root).absolute()
+    folder.mkdir(parents=True, exist_ok=True)
+    _atomic_text(folder / "classes.txt", "".join(f"{name}\n" for name in class_names))
+    ranged = any(e.start is not None for e in entries)
+    rows = []
+    for entry in entries:
+        video = Path(entry.path).absolute()
+        try:
+            shown = video.relative_to(root).as_posix()
+        except ValueError:
+            shown = str(video)
+        if ranged:
+            rows.append(" ".join([shown, str(entry.start), str(entry.end), *(str(i) for i in entry.labels)]))
+        else:
+            rows.append(shown)
+    target = folder / f"{split}.{'txt' if ranged else 'csv'}"
+    if ranged:
+        text = "".join(f"{row}\n" for row in rows)
+    else:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["path", "label"])
+        for shown, entry in zip(rows, entries, strict=True):
+            writer.writerow([shown, ";".join(class_names[i] for i in entry.labels)])
+        text = buffer.getvalue()
+    _atomic_text(target, text)
+    return target
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)

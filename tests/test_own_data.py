@@ -1,0 +1,126 @@
+"""``adamml train --data ROOT`` on a folder of one's own videos: the class count comes from the
+data, missing caches are extracted first (a broken video is named and left out), a validation
+split is carved out of train when there is none, and the run says what it chose."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+from media import make_garbage, make_video
+
+from adamml.cli import main
+from adamml.data.cache import VideoCache
+from adamml.data.splits import carve_validation
+from adamml.data.types import VideoEntry
+
+CLASSES = ["bee", "cow", "owl"]  # 3 classes; the tiny config says 4
+
+
+@pytest.fixture(scope="module")
+def own_videos(tmp_path_factory) -> Path:
+    """train/<class>/*.mp4 only (no val split), 5 clips per class, one broken file."""
+    root = tmp_path_factory.mktemp("own")
+    for c, name in enumerate(CLASSES):
+        for i in range(5):
+            make_video(root / "train" / name / f"{name}{i}.mp4", num_frames=16, fps=8.0, height=48, width=48,
+                       freq=300.0 + 400 * c, seed=10 * c + i)
+    make_garbage(root / "train" / "cow" / "broken.mp4")
+    return root
+
+
+@pytest.fixture(scope="module")
+def own_run(own_videos, tmp_path_factory) -> tuple[Path, int, str]:
+    import contextlib
+    import io
+
+    out = tmp_path_factory.mktemp("run")
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        code = main(["train", "--config", "tiny", "--data", str(own_videos), "--output", str(out),
+                     "--stage", "unimodal", "--modality", "audio", "--workers", "1",
+                     "train.epochs=1", "train.batch_size=4"])
+    return out, code, buffer.getvalue()
+
+
+def read_rows(path: Path) -> list[dict]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_train_takes_the_class_count_from_the_data(own_run):
+    out, code, printed = own_run
+    assert code == 0
+    state = torch.load(out / "unimodal_audio" / "best.pt", weights_only=False)
+    assert state["config"]["model"]["num_classes"] == len(CLASSES)
+    assert state["class_names"] == CLASSES
+    assert "model.num_classes: 3, from the data (the config said 4)" in printed
+
+
+def test_train_extracts_missing_caches_with_the_configs_decode_settings(own_run, own_videos):
+    from adamml.config import load_config
+
+    out, _, printed = own_run
+    cache = VideoCache(own_videos / "cache", load_config("tiny").data.decode)
+    cached = [p for p in (own_videos / "train").rglob("*.mp4") if cache.has(p)]
+    assert len(cached) == 15  # every good clip, with the tiny config's fps / size / rate
+    assert "extracted 15 videos" in printed
+
+
+def test_a_broken_video_is_named_and_left_out(own_run, own_videos):
+    out, _, printed = own_run
+    broken = own_videos / "train" / "cow" / "broken.mp4"
+    assert str(broken) in printed
+    assert "1 failed and left out" in printed
+    listed = [r["path"] for split in ("train", "val") for r in read_rows(out / "splits" / f"{split}.csv")]
+    assert "train/cow/broken.mp4" not in listed and len(listed) == 15
+
+
+def test_validation_is_carved_out_of_train_and_recorded_in_the_run(own_run):
+    out, _, printed = own_run
+    train = read_rows(out / "splits" / "train.csv")
+    val = read_rows(out / "splits" / "val.csv")
+    assert {r["label"] for r in val} == set(CLASSES)  # stratified: every class validated
+    assert not {r["path"] for r in train} & {r["path"] for r in val}
+    assert (out / "splits" / "classes.txt").read_text().split() == CLASSES
+    state = torch.load(out / "unimodal_audio" / "best.pt", weights_only=False)
+    assert state["config"]["data"]["val_split"] == str(out / "splits" / "val.csv")
+    assert state["metrics"]["num_videos"] == len(val)
+    assert "carved out of train" in (out / "summary.txt").read_text()
+
+
+def test_carve_out_is_stratified_and_seeded():
+    entries = [VideoEntry(path=Path(f"v{i}.mp4"), labels=[i % 4]) for i in range(40)]
+    names = ["a", "b", "c", "d"]
+    train, val = carve_validation(entries, names, fraction=0.2, seed=3)
+    assert sorted(e.labels[0] for e in val) == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert len(train) + len(val) == 40
+    again = carve_validation(entries, names, fraction=0.2, seed=3)[1]
+    other = carve_validation(entries, names, fraction=0.2, seed=4)[1]
+    assert [e.path for e in again] == [e.path for e in val]
+    assert [e.path for e in other] != [e.path for e in val]
+
+
+def test_a_class_with_one_video_cannot_be_carved(tmp_path):
+    from adamml.data.formats import DatasetError
+
+    entries = [VideoEntry(path=Path("a.mp4"), labels=[0]), VideoEntry(path=Path("b.mp4"), labels=[1]),
+               VideoEntry(path=Path("c.mp4"), labels=[1])]
+    with pytest.raises(DatasetError, match="class\\(es\\) x have fewer than 2 videos"):
+        carve_validation(entries, ["x", "y"])
+
+
+def test_extract_with_a_config_uses_its_decode_settings_and_both_splits(tmp_path, capsys):
+    from adamml.config import load_config
+
+    root = tmp_path / "data"
+    for split in ("train", "val"):
+        for name in ("a", "b"):
+            make_video(root / split / name / f"{name}.mp4", num_frames=8, fps=8.0, height=48, width=48)
+    assert main(["extract", "--config", "tiny", "--data", str(root), "--no-progress", "--workers", "1"]) == 0
+    cache = VideoCache(root / "cache", load_config("tiny").data.decode)
+    assert all(cache.has(p) for p in root.rglob("*.mp4"))
+    assert main(["extract", "--config", "tiny", "--data", str(root), "--no-progress"]) == 0
+    assert "nothing to extract: all 4 videos are cached" in capsys.readouterr().out
