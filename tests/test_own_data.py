@@ -41,7 +41,7 @@ def own_run(own_videos, tmp_path_factory) -> tuple[Path, int, str]:
     with contextlib.redirect_stdout(buffer):
         code = main(["train", "--config", "tiny", "--data", str(own_videos), "--output", str(out),
                      "--stage", "unimodal", "--modality", "audio", "--workers", "1",
-                     "train.epochs=1", "train.batch_size=4"])
+                     "train.unimodal.epochs=1", "train.batch_size=4"])
     return out, code, buffer.getvalue()
 
 

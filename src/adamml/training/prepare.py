@@ -133,16 +133,17 @@ def describe_recipe(cfg: ExperimentConfig, budget: float | None = None) -> list[
         f"{clip.num_segments} segments per video in training, {k} in evaluation; "
         f"weighted fusion {fusion:.4f} GFLOPs per video",
     ]
-    patience = getattr(t, "patience", 0)
-    unimodal = (f"up to {t.epochs} epochs, stopping after {patience} without a better validation score"
-                if patience else f"{t.epochs} epochs")
+    u, a = t.unimodal, t.adamml
+    patience = getattr(u, "patience", 0)
+    unimodal = (f"up to {u.epochs} epochs, stopping after {patience} without a better validation score"
+                if patience else f"{u.epochs} epochs")
     if budget is not None:
         cost = f"cost weights adapted to a budget of {budget:g} x fusion's GFLOPs ({budget * fusion:.4f})"
     else:
-        cost = "cost weights " + ", ".join(f"{x} {t.cost_weights.get(x, 0):g}" for x in m.modalities)
+        cost = "cost weights " + ", ".join(f"{x} {a.cost_weights.get(x, 0):g}" for x in m.modalities)
     lines.append(
-        f"stages: unimodal {unimodal}; {m.fusion} fusion {t.fusion_epochs} epochs; AdaMML "
-        f"{t.warmup_epochs} warm-up + {t.adamml_epochs} alternating + {t.finetune_epochs} fine-tune "
+        f"stages: unimodal {unimodal}; {m.fusion} fusion {t.fusion.epochs} epochs; AdaMML "
+        f"{a.warmup_epochs} warm-up + {a.epochs} alternating + {a.finetune_epochs} fine-tune "
         f"epochs, {cost}"
     )
     lines.append(f"output: {cfg.train.output_dir}")
