@@ -1,0 +1,332 @@
+"""Long videos in ``adamml predict --window SECONDS``: class scores and modality decisions per
+window, a timeline in the JSON and as a PNG.
+
+The file is read once, front to back (:func:`stream_windows`): frames are resampled and resized
+as they are decoded, the audio is downmixed and resampled as it comes, and each window is
+handed on as soon as it is complete and then dropped. So memory is one window's frames and
+audio (plus the audio margin of one spectrogram window on each side), whatever the length
+of the video: an hour-long file costs what a ten-second one does. Each window is one sample of
+K segments (the model's evaluation sampling), on which the policy decides per segment which
+modalities run, and only those run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+
+from adamml.data.types import ClipSettings, DecodeSettings, VideoDecodeError
+
+
+@dataclass
+class Window:
+    """Decoded media of one window: frames uint8 (N, H, W, 3) at ``fps`` from ``start_s``;
+    audio float32 mono from ``audio_start_s`` (a margin before the window where there is one)."""
+
+    index: int
+    start_s: float
+    frames: np.ndarray
+    fps: float
+    audio: np.ndarray
+    audio_start_s: float
+    sample_rate: int
+    audio_missing: bool
+
+    @property
+    def duration_s(self) -> float:
+        return len(self.frames) / self.fps
+
+
+def stream_windows(
+    path: str | Path, settings: DecodeSettings, window_s: float, *, audio_margin_s: float = 0.0
+) -> Iterator[Window]:
+    """Yield consecutive windows of ``window_s`` seconds (the last may be shorter), decoding the
+    file once and holding only the current window (and ``audio_margin_s`` of audio around it)."""
+    from adamml.data.video import _AudioCollector, _frame_rate, _frame_times, _FrameResampler, _open
+
+    path = Path(path)
+    if window_s <= 0:
+        raise ValueError(f"window must be positive, got {window_s} s")
+    fps, rate_out = float(settings.fps), int(settings.sample_rate)
+    per_window = max(1, round(window_s * fps))
+    container = _open(path)
+    with container:
+        if not container.streams.video:
+            raise VideoDecodeError(f"{path}: has no video stream")
+        vstream = container.streams.video[0]
+        vstream.thread_type = "AUTO"
+        astream = container.streams.audio[0] if container.streams.audio else None
+        streams = [vstream] + ([astream] if astream is not None else [])
+        resampler = _FrameResampler(fps, settings.short_side)
+        audio = _AudioCollector(rate_out) if astream is not None else None
+        frames: list[np.ndarray] = []  # output frames from frame index `first`
+        first = 0
+        samples: list[np.ndarray] = []  # audio from sample index `audio_first`
+        audio_first = 0
+        audio_count = 0
+        audio_done = audio is None
+        index = 0
+        margin = int(round(audio_margin_s * rate_out))
+
+        def drain_audio() -> None:
+            nonlocal audio_count
+            if audio is not None and audio.chunks:
+                samples.extend(audio.chunks)
+                audio_count += sum(len(c) for c in audio.chunks)
+                audio.chunks.clear()
+
+        def ready(final: bool) -> bool:
+            have_frames = len(frames) >= per_window or (final and frames)
+            end = int(round((first + per_window) / fps * rate_out)) + margin
+            return bool(have_frames) and (audio_done or final or audio_count >= end)
+
+        def emit() -> Window:
+            nonlocal frames, first, samples, audio_first, index
+            take = frames[:per_window]
+            start_s = first / fps
+            lo = max(0, int(round(start_s * rate_out)) - margin)
+            hi = int(round((first + len(take)) / fps * rate_out)) + margin
+            joined = np.concatenate(samples) if samples else np.zeros(0, np.float32)
+            piece = joined[max(0, lo - audio_first) : max(0, hi - audio_first)]
+            window = Window(index, start_s, np.stack(take), fps, np.clip(piece, -1, 1).astype(np.float32),
+                            max(lo, audio_first) / rate_out, rate_out, audio is None)
+            # Drop what no later window needs: its frames, and audio before the next margin.
+            frames = frames[per_window:]
+            first += len(take)
+            keep_from = max(0, int(round(first / fps * rate_out)) - margin)
+            rest = joined[max(0, keep_from - audio_first) :]
+            samples = [rest] if rest.size else []
+            audio_first = max(audio_first, keep_from)
+            index += 1
+            return window
+
+        def packets() -> Iterator[av.VideoFrame]:
+            nonlocal audio_done
+            for packet in container.demux(streams):
+                try:
+                    decoded = packet.decode()
+                except av.error.FFmpegError as exc:
+                    raise VideoDecodeError(f"{path}: {packet.stream.type} stream is corrupt ({exc})") from None
+                for frame in decoded:
+                    if packet.stream.type == "video":
+                        yield frame
+                    elif audio is not None:
+                        audio.push(frame)
+
+        last_t = None
+        try:
+            for t, frame in _frame_times(packets(), _frame_rate(vstream)):
+                resampler.push(t, frame)
+                last_t = t
+                frames.extend(resampler.out)
+                resampler.out.clear()
+                drain_audio()
+                while ready(final=False):
+                    yield emit()
+        except (av.error.FFmpegError, OSError) as exc:
+            raise VideoDecodeError(f"{path}: decoding failed ({exc}); the file may be truncated") from None
+        if last_t is None:
+            raise VideoDecodeError(f"{path}: no video frame could be decoded")
+        resampler.finish(last_t + 1.0 / _frame_rate(vstream))
+        frames.extend(resampler.out)
+        resampler.out.clear()
+        if audio is not None:
+            samples.append(audio.finish())
+            audio_count += len(samples[-1])
+            audio.chunks.clear()
+        audio_done = True
+        while ready(final=True):
+            yield emit()
+
+
+def window_sample(window: Window, modalities: list[str], clip: ClipSettings, num_segments: int, flow: str | None) -> dict:
+    """The evaluation sample of one window (layouts.py): K segments, centre crops, each
+    segment's spectrogram centred on it (in the window's own audio, margin included)."""
+    from adamml.data.sampling import sample_indices, segment_centres_s
+    from adamml.modalities.spatial import choose_crop
+
+    needs_stack = any(m in ("flow", "rgbdiff") for m in modalities)
+    sampling = clip if needs_stack else ClipSettings(**{**asdict(clip), "stack_length": 0})
+    n = len(window.frames)
+    indices = sample_indices(n, sampling, False, None, num_segments=num_segments)
+    sample: dict = {}
+    height, width = window.frames.shape[1:3]
+    crop = choose_crop(height, width, clip.crop_size, False)
+    if "rgb" in modalities:
+        from adamml.modalities.rgb import rgb_clip
+
+        sample["rgb"] = torch.as_tensor(rgb_clip(window.frames, indices, crop, clip.crop_size)).float()
+    if "rgbdiff" in modalities:
+        from adamml.modalities.rgbdiff import rgbdiff_clip
+
+        sample["rgbdiff"] = torch.as_tensor(rgbdiff_clip(window.frames, indices, clip.stack_length, crop, clip.crop_size)).float()
+    if "flow" in modalities:
+        from adamml.modalities.flow import compute_flow, flow_clip
+
+        fields = compute_flow(window.frames, flow or "dis") if n > 1 else np.zeros((1, height, width, 2), np.uint8) + 128
+        sample["flow"] = torch.as_tensor(flow_clip(fields, indices, clip.stack_length, crop, clip.crop_size)).float()
+    if "audio" in modalities:
+        from adamml.modalities.audio import log_spectrogram
+
+        centres = segment_centres_s(indices, window.fps) + (window.start_s - window.audio_start_s)
+        spec = log_spectrogram(window.audio, window.sample_rate, centres, clip, window.audio_missing or window.audio.size == 0)
+        sample["audio"] = torch.as_tensor(spec).float()
+    return {k: v.unsqueeze(0) for k, v in sample.items()}
+
+
+@dataclass
+class WindowResult:
+    start_s: float
+    end_s: float
+    top: list[tuple[str, float]]
+    segments: list[list[str]]  # modalities that ran in each segment
+    gflops: float
+
+
+@dataclass
+class Timeline:
+    video: str
+    window_s: float
+    duration_s: float
+    modalities: list[str]
+    windows: list[WindowResult] = field(default_factory=list)
+    top: list[tuple[str, float]] = field(default_factory=list)  # mean of the windows' scores
+    gflops: float = 0.0  # the whole video
+    selection: dict[str, float] = field(default_factory=dict)  # fraction of segments per modality
+    audio_missing: bool = False
+    scores: np.ndarray | None = None  # (windows, classes), for the plot; not in the JSON
+
+    def to_json(self) -> dict:
+        body = asdict(self)
+        body.pop("scores")
+        return body
+
+
+@torch.no_grad()
+def predict_windows(video: str | Path, bundle, *, window_s: float, topk: int = 5, device: str = "cpu") -> Timeline:
+    """Classify each ``window_s`` window of ``video``; ``bundle`` is load_predictor's tuple."""
+    from adamml.evaluation.evaluate import segment_costs
+    from adamml.evaluation.metrics import gflops_per_video
+    from adamml.training.stages import input_modalities
+
+    model, kind, model_cfg, cfg, class_names = bundle
+    model.to(device).eval()
+    clip = cfg.data.clip
+    costs = segment_costs(model_cfg, clip)
+    needed = input_modalities(kind, model_cfg)
+    segments = cfg.data.eval_segments or clip.num_segments
+    modalities = list(model_cfg.modalities)
+    timeline = Timeline(video=str(video), window_s=window_s, duration_s=0.0, modalities=modalities)
+    all_scores, all_decisions = [], []
+    for window in stream_windows(video, cfg.data.decode, window_s, audio_margin_s=clip.audio_window_s / 2):
+        if window.audio_missing and not timeline.audio_missing and "audio" in needed:
+            import warnings
+
+            from adamml.data.video import MissingAudioWarning
+
+            warnings.warn(f"{video}: has no audio track; its spectrograms are all zeros", MissingAudioWarning, stacklevel=2)
+        timeline.audio_missing = window.audio_missing
+        batch = {k: v.to(device) for k, v in window_sample(window, needed, clip, segments, cfg.data.decode.flow).items()}
+        batch["audio_missing"] = torch.tensor([window.audio_missing], device=device)
+        if kind == "adamml":
+            out = model(batch, mode="conditional")
+            decisions = out.decisions[0].float().cpu().numpy()
+            policy_cost = costs["policy"]
+        else:
+            out = model(batch)
+            decisions = np.ones((segments, len(modalities)))
+            policy_cost = 0.0
+        probs = torch.softmax(out.logits[0].float(), dim=-1).cpu().numpy()
+        all_scores.append(probs)
+        all_decisions.append(decisions)
+        order = np.argsort(-probs)[:topk]
+        timeline.windows.append(WindowResult(
+            start_s=round(window.start_s, 3),
+            end_s=round(window.start_s + window.duration_s, 3),
+            top=[(class_names[j], round(float(probs[j]), 5)) for j in order],
+            segments=[[m for m, d in zip(modalities, row, strict=True) if d > 0.5] for row in decisions],
+            gflops=float(gflops_per_video(decisions[None], [costs[m] for m in modalities], policy_cost)[0]),
+        ))
+        timeline.duration_s = round(window.start_s + window.duration_s, 3)
+    scores = np.stack(all_scores)
+    mean = scores.mean(axis=0)
+    timeline.scores = scores
+    timeline.top = [(class_names[j], round(float(mean[j]), 5)) for j in np.argsort(-mean)[:topk]]
+    timeline.gflops = float(sum(w.gflops for w in timeline.windows))
+    stacked = np.concatenate(all_decisions)
+    timeline.selection = {m: round(float(stacked[:, i].mean()), 5) for i, m in enumerate(modalities)}
+    return timeline
+
+
+def plot_timeline(timeline: Timeline, class_names: list[str], path: str | Path, *, classes: int = 5) -> Path:
+    """Top classes' scores over time (above) and, per modality, the segments it ran on (below)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    scores = timeline.scores if timeline.scores is not None else np.zeros((0, len(class_names)))
+    centres = np.array([(w.start_s + w.end_s) / 2 for w in timeline.windows])
+    # The classes that lead some window, then the best on average, up to `classes`.
+    leaders = list(dict.fromkeys(int(i) for i in scores.argmax(axis=1)))
+    for j in np.argsort(-scores.mean(axis=0)):
+        if len(leaders) >= classes:
+            break
+        if int(j) not in leaders:
+            leaders.append(int(j))
+    leaders = leaders[:classes]
+    mods = timeline.modalities
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 4.5), sharex=True,
+                                      gridspec_kw={"height_ratios": [3, 0.5 + 0.4 * len(mods)]})
+    for j in leaders:
+        top.plot(centres, scores[:, j], marker="o", markersize=3, label=class_names[j])
+    top.set_ylabel("probability")
+    top.set_ylim(0, 1.02)
+    top.legend(loc="upper right", fontsize=8, ncol=min(len(leaders), 3))
+    top.set_title(f"{Path(timeline.video).name}: top classes per {timeline.window_s:g} s window")
+    for row, m in enumerate(mods):
+        spans = []
+        for w in timeline.windows:
+            k = len(w.segments)
+            step = (w.end_s - w.start_s) / max(k, 1)
+            spans += [(w.start_s + i * step, step) for i, seg in enumerate(w.segments) if m in seg]
+        bottom.broken_barh(spans, (row - 0.4, 0.8), color=f"C{row}")
+    bottom.set_yticks(range(len(mods)), mods)
+    bottom.set_ylim(-0.6, len(mods) - 0.4)
+    bottom.set_xlabel("time (s)")
+    bottom.set_xlim(0, max(timeline.duration_s, 1e-3))
+    bottom.set_title("segments on which each modality ran", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def format_timeline(timeline: Timeline) -> list[str]:
+    """Text lines for the terminal: one per window."""
+    lines = [f"{timeline.video}: {len(timeline.windows)} windows of {timeline.window_s:g} s "
+             f"({timeline.duration_s:.1f} s){'  (no audio track)' if timeline.audio_missing else ''}"]
+    for w in timeline.windows:
+        best = ", ".join(f"{name} {100 * p:.0f}%" for name, p in w.top[:3])
+        ran = " ".join("+".join(s) or "-" for s in w.segments)
+        lines.append(f"  {_clock(w.start_s)}-{_clock(w.end_s)}  {best}  [{ran}]  {w.gflops:.4f} GFLOPs")
+    overall = ", ".join(f"{name} {100 * p:.1f}%" for name, p in timeline.top[:3])
+    rates = ", ".join(f"{m} {100 * r:.0f}%" for m, r in timeline.selection.items())
+    lines.append(f"  whole video: {overall}; ran {rates} of the segments; {timeline.gflops:.4f} GFLOPs")
+    return lines
+
+
+def _clock(seconds: float) -> str:
+    minutes, s = divmod(seconds, 60)
+    return f"{int(minutes)}:{s:04.1f}" if minutes < 60 else f"{int(minutes // 60)}:{int(minutes % 60):02d}:{s:04.1f}"
+
+
+__all__ = ["Window", "Timeline", "stream_windows", "window_sample", "predict_windows", "plot_timeline",
+           "format_timeline"]
