@@ -27,6 +27,7 @@ __all__ = [
     "make_garbage",
     "write_wav",
     "make_frame_folder",
+    "make_long_video",
 ]
 
 
@@ -181,3 +182,41 @@ def imageio_clip() -> Path | None:
         for clip in folder.rglob("realshort.mp4"):
             return clip
     return None
+
+
+def make_long_video(
+    path: str | Path, seconds: float, *, fps: int = 4, height: int = 48, width: int = 64, sample_rate: int = 8000
+) -> Path:
+    """An H.264 + AAC file of any length written frame by frame (constant memory): a moving
+    gradient, and a tone whose pitch steps up every second, so windows differ."""
+    import math
+
+    import av
+
+    path = Path(path)
+    with av.open(str(path), mode="w") as out:
+        video = out.add_stream("libx264", rate=fps)
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        video.options = {"preset": "ultrafast"}
+        audio = out.add_stream("aac", rate=sample_rate, layout="mono")
+        yy, xx = np.mgrid[0:height, 0:width]
+        for i in range(int(seconds * fps)):
+            shade = ((xx * 3 + 7 * i) % 256).astype(np.uint8)
+            rgb = np.stack([shade, ((yy * 3 + i) % 256).astype(np.uint8), 255 - shade], axis=-1)
+            for packet in video.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                out.mux(packet)
+        total, t0 = int(seconds * sample_rate), 0
+        while t0 < total:
+            n = min(1024, total - t0)
+            t = (t0 + np.arange(n)) / sample_rate
+            freq = 200.0 + 100.0 * (np.floor(t) % 10)
+            wave_ = (0.3 * np.sin(2 * math.pi * freq * t)).astype(np.float32)[None]
+            frame = av.AudioFrame.from_ndarray(wave_, format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = sample_rate, t0
+            for packet in audio.encode(frame):
+                out.mux(packet)
+            t0 += n
+        for stream in (video, audio):
+            for packet in stream.encode():
+                out.mux(packet)
+    return path

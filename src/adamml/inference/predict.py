@@ -115,6 +115,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--topk", type=int, default=5)
     parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--window", type=float, default=None, metavar="SECONDS",
+                        help="long videos: classify each window of this many seconds (K segments each), "
+                        "read once with bounded memory; a timeline per video")
+    parser.add_argument("--timeline", default=None, metavar="PNG_OR_DIR",
+                        help="with --window: plot the timeline (top classes over time, which modalities ran)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -123,6 +128,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"adamml predict: no such file: {', '.join(missing)}", file=sys.stderr)
         return 2
     bundle = load_predictor(args.checkpoint)
+    if args.window is not None:
+        from adamml.inference.windows import run_windowed
+
+        return run_windowed(args, bundle)
     predictions, failures = [], []
     for video in args.videos:
         try:

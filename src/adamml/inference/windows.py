@@ -323,10 +323,48 @@ def format_timeline(timeline: Timeline) -> list[str]:
     return lines
 
 
+def run_windowed(args, bundle) -> int:
+    """``adamml predict --window``: a timeline per video, as text or JSON, and PNGs."""
+    import json
+    import sys
+    import warnings
+
+    if args.window <= 0:
+        print(f"adamml predict: --window must be positive, got {args.window}", file=sys.stderr)
+        return 2
+    class_names = bundle[4]
+    timelines, failures = [], []
+    for video in args.videos:
+        try:
+            with warnings.catch_warnings():
+                if args.json:
+                    warnings.simplefilter("ignore")
+                timeline = predict_windows(video, bundle, window_s=args.window, topk=args.topk, device=args.device)
+        except VideoDecodeError as exc:
+            failures.append({"video": video, "error": str(exc)})
+            continue
+        timelines.append(timeline)
+        if args.timeline:
+            target = Path(args.timeline)
+            if not (target.suffix.lower() == ".png" and len(args.videos) == 1):
+                target = target / f"{Path(video).stem}.timeline.png"
+            plot_timeline(timeline, class_names, target)
+            if not args.json:
+                print(f"timeline plot: {target}")
+    if args.json:
+        print(json.dumps({"timelines": [t.to_json() for t in timelines], "failures": failures}, indent=2))
+    else:
+        for t in timelines:
+            print("\n".join(format_timeline(t)))
+        for f in failures:
+            print(f"{f['video']}: FAILED: {f['error']}", file=sys.stderr)
+    return 1 if failures else 0
+
+
 def _clock(seconds: float) -> str:
     minutes, s = divmod(seconds, 60)
     return f"{int(minutes)}:{s:04.1f}" if minutes < 60 else f"{int(minutes // 60)}:{int(minutes % 60):02d}:{s:04.1f}"
 
 
 __all__ = ["Window", "Timeline", "stream_windows", "window_sample", "predict_windows", "plot_timeline",
-           "format_timeline"]
+           "format_timeline", "run_windowed"]

@@ -1,0 +1,97 @@
+"""``adamml predict --window``: a long video read once in windows, with bounded memory, scored
+per window, with a timeline in the JSON and as a PNG."""
+
+from __future__ import annotations
+
+import json
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from media import make_long_video
+
+from adamml.config import load_config, to_dict
+from adamml.data.types import DecodeSettings
+from adamml.inference.windows import stream_windows
+
+SETTINGS = DecodeSettings(fps=4.0, short_side=32, sample_rate=8000)
+
+
+@pytest.fixture(scope="module")
+def long_videos(tmp_path_factory) -> dict[int, Path]:
+    folder = tmp_path_factory.mktemp("long")
+    return {s: make_long_video(folder / f"long{s}.mp4", s) for s in (30, 240)}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """An untrained tiny AdaMML, saved as training saves it (predict only needs the format)."""
+    from adamml.models.adamml import build_adamml
+    from adamml.training.checkpoint import save_checkpoint
+
+    cfg = load_config("tiny", ["data.decode.fps=4", "data.decode.short_side=32"])
+    torch.manual_seed(0)
+    model = build_adamml(cfg.model, cfg.data.clip)
+    path = tmp_path_factory.mktemp("ckpt") / "best.pt"
+    names = ["low", "mid", "high", "none"]
+    save_checkpoint({"kind": "adamml", "model": model.state_dict(), "config": to_dict(cfg),
+                     "model_config": to_dict(cfg.model), "class_names": names}, path)
+    return path
+
+
+def test_windows_cover_the_video_and_match_a_full_decode(long_videos):
+    from adamml.data.video import decode_video
+
+    path = long_videos[30]
+    full = decode_video(path, SETTINGS)
+    windows = list(stream_windows(path, SETTINGS, 7.0, audio_margin_s=0.5))
+    assert [len(w.frames) for w in windows] == [28, 28, 28, 28, 8]  # 30 s at 4 fps, last window short
+    assert np.array_equal(np.concatenate([w.frames for w in windows]), full.frames)
+    for w in windows:  # each window's audio is the full track's, margin included
+        lo = round(w.audio_start_s * 8000)
+        assert np.allclose(w.audio, full.audio[lo : lo + len(w.audio)], atol=1e-6)
+        assert w.audio_start_s == max(0.0, w.start_s - 0.5)
+
+
+def _peak_bytes(path: Path) -> int:
+    tracemalloc.start()
+    for _ in stream_windows(path, SETTINGS, 5.0, audio_margin_s=0.5):
+        pass
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return peak
+
+
+def test_memory_does_not_grow_with_the_length_of_the_video(long_videos):
+    short, long = _peak_bytes(long_videos[30]), _peak_bytes(long_videos[240])
+    whole_track = 240 * 8000 * 4  # what holding the long video's audio alone would take
+    assert long < 1.5 * short
+    assert long < whole_track
+
+
+def test_predict_window_writes_a_timeline_in_json_and_png(long_videos, checkpoint, tmp_path, capsys):
+    from adamml.cli import main
+
+    png = tmp_path / "timeline.png"
+    assert main(["predict", str(long_videos[30]), "--checkpoint", str(checkpoint), "--window", "10",
+                 "--timeline", str(png), "--json", "--device", "cpu"]) == 0
+    body = json.loads(capsys.readouterr().out)
+    (timeline,) = body["timelines"]
+    assert [(w["start_s"], w["end_s"]) for w in timeline["windows"]] == [(0.0, 10.0), (10.0, 20.0), (20.0, 30.0)]
+    for w in timeline["windows"]:
+        assert len(w["segments"]) == 4 and all(set(s) <= {"rgb", "audio"} for s in w["segments"])
+        assert abs(sum(p for _, p in w["top"])) <= 1.0 + 1e-6 and w["gflops"] > 0
+    assert abs(timeline["gflops"] - sum(w["gflops"] for w in timeline["windows"])) < 1e-9
+    assert set(timeline["selection"]) == {"rgb", "audio"}
+    assert png.stat().st_size > 5000 and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_predict_window_prints_one_line_per_window(long_videos, checkpoint, capsys):
+    from adamml.cli import main
+
+    assert main(["predict", str(long_videos[30]), "--checkpoint", str(checkpoint), "--window", "15", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "2 windows of 15 s" in out and "0:00.0-0:15.0" in out and "0:15.0-0:30.0" in out
+    assert "whole video:" in out
