@@ -12,8 +12,7 @@ import pytest
 import torch
 from media import make_long_video
 
-from adamml.config import load_config, to_dict
-from adamml.data.types import DecodeSettings
+from adamml.config import DecodeSettings, load_config, to_dict
 from adamml.inference.windows import stream_windows
 
 SETTINGS = DecodeSettings(fps=4.0, short_side=32, sample_rate=8000)
@@ -29,7 +28,7 @@ def long_videos(tmp_path_factory) -> dict[int, Path]:
 def checkpoint(tmp_path_factory) -> Path:
     """An untrained tiny AdaMML, saved as training saves it (predict only needs the format)."""
     from adamml.models.adamml import build_adamml
-    from adamml.training.checkpoint import save_checkpoint
+    from adamml.runtime.checkpoint import save_checkpoint
 
     cfg = load_config("tiny", ["data.decode.fps=4", "data.decode.short_side=32"])
     torch.manual_seed(0)

@@ -20,7 +20,8 @@ import av
 import numpy as np
 import torch
 
-from adamml.data.types import ClipSettings, DecodeSettings, VideoDecodeError
+from adamml.config import ClipSettings, DecodeSettings
+from adamml.data.types import VideoDecodeError
 
 
 @dataclass
@@ -212,7 +213,7 @@ def predict_windows(video: str | Path, bundle, *, window_s: float, topk: int = 5
     """Classify each ``window_s`` window of ``video``; ``bundle`` is load_predictor's tuple."""
     from adamml.evaluation.evaluate import segment_costs
     from adamml.evaluation.metrics import gflops_per_video
-    from adamml.training.stages import input_modalities
+    from adamml.models.build import input_modalities
 
     model, kind, model_cfg, cfg, class_names = bundle
     model.to(device).eval()
