@@ -124,13 +124,13 @@ def make_frames(rng: np.random.Generator, digit: np.ndarray, backgrounds: list[n
     h, w = bg.shape[:2]
     y0, x0 = rng.uniform(0, h - view), rng.uniform(0, w - view)
     vy, vx = rng.uniform(-2, 2, size=2)
-    size = int(rng.integers(24, 36))
+    size = int(rng.integers(36, 52))
     glyph = cv2.resize((digit / 16.0).astype(np.float32), (size, size), interpolation=cv2.INTER_LINEAR)
     colour = rng.uniform(150, 255, size=3).astype(np.float32)
     if rng.random() < 0.5:  # dark digits on some clips
         colour = rng.uniform(0, 70, size=3).astype(np.float32)
     py, px = rng.uniform(0, SIZE - size, size=2)
-    dy, dx = rng.uniform(-1.5, 1.5, size=2)
+    dy, dx = rng.uniform(-1.0, 1.0, size=2)
     frames = np.empty((SECONDS * FPS, SIZE, SIZE, 3), np.uint8)
     for i in range(len(frames)):
         y0, x0 = np.clip(y0 + vy, 0, h - view), np.clip(x0 + vx, 0, w - view)
@@ -145,7 +145,7 @@ def make_frames(rng: np.random.Generator, digit: np.ndarray, backgrounds: list[n
         alpha = glyph[..., None]
         region = frame[iy : iy + size, ix : ix + size]
         frame[iy : iy + size, ix : ix + size] = region * (1 - alpha) + colour * alpha
-        frame += rng.normal(0, 18, size=frame.shape).astype(np.float32)
+        frame += rng.normal(0, 12, size=frame.shape).astype(np.float32)
         frames[i] = np.clip(frame, 0, 255).astype(np.uint8)
     return frames
 

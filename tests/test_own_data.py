@@ -124,3 +124,75 @@ def test_extract_with_a_config_uses_its_decode_settings_and_both_splits(tmp_path
     assert all(cache.has(p) for p in root.rglob("*.mp4"))
     assert main(["extract", "--config", "tiny", "--data", str(root), "--no-progress"]) == 0
     assert "nothing to extract: all 4 videos are cached" in capsys.readouterr().out
+
+
+def _train(args: list[str]) -> tuple[int, str]:
+    import contextlib
+    import io
+
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        code = main(["train", "--config", "tiny", "--workers", "1", *args])
+    return code, buffer.getvalue()
+
+
+def test_unimodal_stops_on_a_validation_plateau_and_resume_keeps_it_stopped(own_videos, tmp_path):
+    args = ["--data", str(own_videos), "--output", str(tmp_path), "--stage", "unimodal", "--modality", "audio",
+            "train.unimodal.epochs=20", "train.unimodal.patience=2", "train.unimodal.lr=1e-9", "train.batch_size=4"]
+    code, printed = _train(args)
+    assert code == 0
+    rows = read_rows(tmp_path / "unimodal_audio" / "log.csv")
+    assert len(rows) == 3  # a best epoch, then 2 without improvement: stop, far below the cap of 20
+    assert [r["epochs_without_improvement"] for r in rows] == ["0", "1", "2"]
+    assert "stopping after epoch 3 of 20" in printed
+    assert torch.load(tmp_path / "unimodal_audio" / "last.pt", weights_only=False)["stopped"]
+    code, printed = _train([*args, "--resume"])
+    assert code == 0 and len(read_rows(tmp_path / "unimodal_audio" / "log.csv")) == 3
+    assert "stopped at epoch 3 on a validation plateau" in printed
+
+
+@pytest.fixture(scope="module")
+def budget_run(own_videos, tmp_path_factory) -> tuple[Path, str]:
+    out = tmp_path_factory.mktemp("budget")
+    code, printed = _train(["--data", str(own_videos), "--output", str(out), "--budget", "0.5",
+                            "train.batch_size=4", "train.unimodal.epochs=1", "train.fusion.epochs=1",
+                            "train.adamml.warmup_epochs=1", "train.adamml.epochs=2", "train.adamml.finetune_epochs=0"])
+    assert code == 0
+    return out, printed
+
+
+def test_budget_adapts_the_cost_weights_while_the_policy_trains(budget_run):
+    out, printed = budget_run
+    rows = read_rows(out / "adamml" / "log.csv")
+    weights = [r["cost_weights"] for r in rows]
+    policy_epochs = [i for i, r in enumerate(rows) if r["trains"] == "policy"]
+    assert len(policy_epochs) == 2
+    # Fixed before the first policy epoch, moved by every policy epoch's steps.
+    assert weights[0] == weights[policy_epochs[0] - 1]
+    assert weights[policy_epochs[0]] != weights[policy_epochs[0] - 1]
+    assert all(r["budget_fraction"] for r in rows)
+    assert "cost weights adapted to a budget of 0.5 x fusion's GFLOPs" in printed
+
+
+def test_budget_keeps_the_most_accurate_checkpoint_within_the_budget(budget_run):
+    out, _ = budget_run
+    rows = read_rows(out / "adamml" / "log.csv")
+    fractions = [float(r["budget_fraction"]) for r in rows]
+    within = [i for i, f in enumerate(fractions) if f <= 0.55]
+    best = torch.load(out / "adamml" / "best.pt", weights_only=False)
+    if within:  # the most accurate of the epochs within the budget (+10 %), the first of equals
+        chosen = max(within, key=lambda i: (float(rows[i]["val_score"]), -i))
+    else:  # none within: the one closest to it
+        chosen = min(range(len(rows)), key=lambda i: (fractions[i], i))
+    assert best["epoch"] == chosen + 1
+
+
+def test_the_run_ends_with_each_stages_result_and_a_collapse_verdict(budget_run):
+    out, printed = budget_run
+    summary = (out / "summary.txt").read_text()
+    verdict = next(line for line in summary.splitlines() if line.startswith("validation: "))
+    for method in ("Audio", "RGB", "Weighted fusion", "AdaMML"):
+        assert f"{method} " in verdict
+    assert "of fusion's), running" in verdict
+    assert "WARNING: " in summary or "no sign of a collapse" in summary
+    assert verdict in printed

@@ -141,9 +141,12 @@ class ModelConfig:
 class UnimodalTrainConfig:
     """Stage 1: each modality's recognition network trained alone (SGD, as the reference's ``train_unimodal.py``)."""
 
-    epochs: int = 60
+    epochs: int = 60  # with patience: the cap
     lr: float = 0.01
     lr_steps: list[int] = field(default_factory=lambda: [20, 40, 50])  # multistep LR, x0.1
+    # Stop when the validation score has not improved for this many epochs (0: never; run
+    # `epochs`). A fixed count fits one dataset; a plateau says when a network has learned.
+    patience: int = 0
 
 
 @dataclass
@@ -178,6 +181,10 @@ class AdamMLTrainConfig:
     temperature_decay: float = 0.965  # ... multiplied by this after every epoch
     cost_weights: dict[str, float] = field(default_factory=lambda: {"rgb": 1.0, "audio": 0.05})
     gamma: float = 10.0  # the efficiency loss of a wrong prediction (the paper's gamma)
+    # Target GFLOPs as a fraction of weighted fusion's (adamml train --budget): the cost
+    # weights are then adapted while the policy trains (training/budget.py) instead of
+    # `cost_weights`, and the kept checkpoint is the most accurate one within the budget.
+    budget: float | None = None
 
 
 @dataclass
@@ -492,7 +499,7 @@ def check_config(cfg: ExperimentConfig) -> None:
     _require(train.eval_every >= 0, "train.eval_every", f"got {train.eval_every}; expected 0 or more")
     stages = {"unimodal": train.unimodal, "fusion": train.fusion, "adamml": train.adamml}
     for stage, section in stages.items():
-        for key in ("epochs", "warmup_epochs", "finetune_epochs", "policy_pretrain_epochs"):
+        for key in ("epochs", "warmup_epochs", "finetune_epochs", "policy_pretrain_epochs", "patience"):
             if hasattr(section, key):
                 value = getattr(section, key)
                 _require(value >= 0, f"train.{stage}.{key}", f"got {value}; expected 0 or more")
@@ -514,6 +521,8 @@ def check_config(cfg: ExperimentConfig) -> None:
     negative = [m for m, w in adamml.cost_weights.items() if w < 0]
     _require(not negative, "train.adamml.cost_weights", f"negative weight for {', '.join(negative)}")
     _require(adamml.gamma >= 0, "train.adamml.gamma", f"got {adamml.gamma}; expected 0 or more")
+    _require(adamml.budget is None or 0 < adamml.budget <= 1, "train.adamml.budget",
+             f"got {adamml.budget}; expected a fraction of weighted fusion's GFLOPs, 0 < budget <= 1")
 
 
 def load_config(name_or_path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:

@@ -327,7 +327,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     runtime = setup()
     try:
-        _, table = evaluate_run(
+        results, table = evaluate_run(
             checkpoints, data_root=args.data, split=args.split, runtime=runtime,
             random_policy=not args.no_random_policy, sample=args.sample, seed=args.seed, draws=args.draws,
             out_dir=Path(args.out) if args.out else None, batch_size=args.batch_size,
@@ -337,6 +337,10 @@ def run(args: argparse.Namespace) -> int:
         teardown()
     if runtime.is_main:
         print(table)
+        from adamml.evaluation.health import checkpoint_context, collapse_warnings
+
+        for line in collapse_warnings(results, **checkpoint_context(checkpoints)):
+            print(f"WARNING: {line}")
         if args.out:
             print(f"results written to {args.out}/")
     return 0

@@ -81,14 +81,19 @@ def validation_due(cfg: ExperimentConfig, schedule: list[Phase], epoch: int) -> 
     return epoch == len(schedule) - 1 or (every > 0 and (epoch + 1) % every == 0)
 
 
-def selection_score(metrics: dict) -> float:
-    """What ranks checkpoints: the validation score (top-1, or mAP for multi-label sets)."""
-    return metrics.get("score", -math.inf) if metrics else -math.inf
+def selection_score(metrics: dict, task: Task | None = None) -> float:
+    """What ranks checkpoints: the validation score (top-1, or mAP for multi-label sets), or
+    the task's hooks' rule (training to a budget: the score within the budget)."""
+    if not metrics:
+        return -math.inf
+    if task is not None and task.hooks is not None:
+        return task.hooks.selection_score(metrics)
+    return metrics.get("score", -math.inf)
 
 
-def is_better(metrics: dict, best: float) -> bool:
+def is_better(metrics: dict, best: float, task: Task | None = None) -> bool:
     """Whether the latest validation beats the best so far (then it becomes ``best.pt``)."""
-    return selection_score(metrics) > best
+    return selection_score(metrics, task) > best
 
 
 @dataclass
@@ -100,6 +105,7 @@ class RunState:
     metrics: dict = field(default_factory=dict)  # the latest validation
     optimizers: dict[str, torch.optim.Optimizer] = field(default_factory=dict)
     optimizer_block: str | None = None  # the schedule block the optimisers belong to
+    stopped: bool = False  # the task's hooks ended the stage early (a validation plateau)
 
 
 def _resume(task: Task, schedule: list[Phase], state: dict, scaler: torch.amp.GradScaler) -> RunState:
@@ -110,7 +116,8 @@ def _resume(task: Task, schedule: list[Phase], state: dict, scaler: torch.amp.Gr
         task.temperature.value = float(state["temperature"])
     if scaler.is_enabled() and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
-    run = RunState(epoch=state["epoch"], best=state.get("best", -math.inf))
+    run = RunState(epoch=state["epoch"], best=state.get("best", -math.inf), metrics=state.get("metrics") or {},
+                   stopped=bool(state.get("stopped", False)))
     # (checkpoints written before Phase.segment became Phase.block say "optimizer_segment")
     saved_block = state.get("optimizer_block", state.get("optimizer_segment"))
     if run.epoch < len(schedule) and saved_block == schedule[run.epoch].block:
@@ -134,6 +141,7 @@ def _checkpoint(task: Task, run: RunState, scaler: torch.amp.GradScaler, cfg: Ex
         "scaler": scaler.state_dict(),
         "best": run.best,
         "metrics": run.metrics,
+        "stopped": run.stopped,
         "config": to_dict(cfg),
         "rng": rng_state(),
         **(extra_state or {}),
@@ -169,6 +177,10 @@ def fit(
         run = _resume(task, schedule, load_checkpoint(last_path), scaler)
         if runtime.is_main:
             print(f"resumed {last_path} at epoch {run.epoch}/{len(schedule)}", flush=True)
+        if run.stopped:
+            if runtime.is_main:
+                print(f"{last_path}: stage stopped at epoch {run.epoch} on a validation plateau", flush=True)
+            return run.metrics
     if runtime.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
@@ -210,12 +222,15 @@ def fit(
         if task.temperature is not None:
             row["temperature"] = round(task.temperature.value, 5)
         task.end_epoch(phase)
-        if val_loader is not None and task.model_cfg is not None and validation_due(cfg, schedule, epoch):
+        validated = val_loader is not None and task.model_cfg is not None and validation_due(cfg, schedule, epoch)
+        if validated:
             run.metrics = evaluate(task, val_loader, cfg, runtime)
             row.update({f"val_{k}": v for k, v in run.metrics.items() if isinstance(v, int | float)})
+        if task.hooks is not None:  # may add log columns; True ends the stage (before the cap)
+            run.stopped = task.hooks.after_epoch(phase, run.metrics if validated else {}, row) and epoch < len(schedule) - 1
         row["seconds"] = round(time.time() - started, 2)
-        improved = is_better(run.metrics, run.best)
-        run.best = max(run.best, selection_score(run.metrics))
+        improved = is_better(run.metrics, run.best, task)
+        run.best = max(run.best, selection_score(run.metrics, task))
         run.epoch = epoch + 1
         if runtime.is_main:
             logger.log(row, epoch + 1)
@@ -224,5 +239,10 @@ def fit(
             if improved or epoch == len(schedule) - 1 and not (run_dir / "best.pt").exists():
                 save_checkpoint(state, run_dir / "best.pt")
             print(f"[{task.kind}] " + " ".join(f"{k}={v}" for k, v in row.items()), flush=True)
+        if run.stopped:
+            if runtime.is_main:
+                print(f"[{task.kind}] stopping after epoch {epoch + 1} of {len(schedule)}: the validation "
+                      "score has stopped improving (train.unimodal.patience)", flush=True)
+            break
     logger.close()
     return run.metrics

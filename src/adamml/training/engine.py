@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -137,6 +138,13 @@ class Task:
     set_modes: Callable[[Phase], None] = lambda phase: None
     model_cfg: ModelConfig | None = None  # what evaluation scores (None: no validation)
     temperature: Temperature | None = None  # stage 3: read by ``step``
+    # A stage's additions to the run (adamml.training.hooks): plateau stop, GFLOPs budget.
+    hooks: Any = None
+
+    def after_step(self, phase: Phase, result: StepResult) -> None:
+        """After each optimiser step (the budget's dual ascent reads the decisions)."""
+        if self.hooks is not None:
+            self.hooks.after_step(phase, result)
 
     def end_epoch(self, phase: Phase) -> None:
         """After each training epoch: the temperature anneals."""
@@ -145,11 +153,16 @@ class Task:
 
     def state_dict(self) -> dict:
         """The task's own state beside its weights (the checkpoint's ``task`` entry)."""
-        return {"temperature": self.temperature.state_dict()} if self.temperature is not None else {}
+        state = {"temperature": self.temperature.state_dict()} if self.temperature is not None else {}
+        if self.hooks is not None:
+            state["hooks"] = self.hooks.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         if self.temperature is not None and "temperature" in state:
             self.temperature.load_state_dict(state["temperature"])
+        if self.hooks is not None and "hooks" in state:
+            self.hooks.load_state_dict(state["hooks"])
 
 
 def set_learning_rates(task: Task, phase: Phase, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
@@ -245,6 +258,7 @@ def train_one_epoch(
             break
         batch = move_to(batch, runtime.device)
         result = optimisation_step(task, model, batch, phase, optimizers, scaler, runtime, precision)
+        task.after_step(phase, result)
         if after_step is not None:
             after_step()
         n = batch["label"].shape[0]

@@ -9,6 +9,7 @@ under ``python`` and ``torchrun --nproc-per-node N`` (one or many nodes).
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from adamml.config import FUSIONS, check_choice, load_config
 from adamml.runtime.distributed import setup, teardown
@@ -26,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue from <stage dir>/last.pt")
     parser.add_argument("--data", help="dataset root (overrides data.root)")
     parser.add_argument("--output", help="output dir (overrides train.output_dir)")
+    parser.add_argument("--budget", type=float, default=None, metavar="B",
+                        help="train AdaMML to B x weighted fusion's GFLOPs (0 < B <= 1): cost weights adapted "
+                        "while the policy trains, the kept checkpoint the most accurate within the budget")
     parser.add_argument("--workers", type=int, default=None, help="processes extracting missing caches (default: every core)")
     parser.add_argument("overrides", nargs="*", help="config overrides: section.key=value")
 
@@ -36,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"data.root={args.data}")
     if args.output:
         overrides.append(f"train.output_dir={args.output}")
+    if args.budget is not None:
+        overrides.append(f"train.adamml.budget={args.budget}")
     cfg = load_config(args.config, overrides)  # checked whole: a wrong name fails here, not mid-run
     if args.fusion is not None:
         check_choice("--fusion", args.fusion, [f for f in FUSIONS if f != "unimodal"])
@@ -44,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     runtime = setup()
     try:
         cfg, lines = prepare_run(cfg, runtime, config_name=args.config, workers=args.workers, progress=cfg.train.progress)
-        recipe = describe_recipe(cfg)
+        recipe = describe_recipe(cfg, cfg.train.adamml.budget)
         if runtime.is_main:
             for line in recipe:
                 print(f"[adamml] {line}", flush=True)
@@ -56,4 +62,57 @@ def run(args: argparse.Namespace) -> int:
         for name, metrics in results.items():
             score = metrics.get("score")
             print(f"{name}: val score {100 * score:.2f}%" if score is not None else f"{name}: done")
+        if "adamml" in results:
+            lines = run_verdict(cfg)
+            for line in lines:
+                print(f"[adamml] {line}", flush=True)
+            write_summary(cfg, lines, append=True)
     return 0
+
+
+def run_verdict(cfg) -> list[str]:
+    """The end of the run's summary: each stage's validation result, then what looks wrong
+    (adamml.evaluation.health), or that nothing does."""
+    from adamml.evaluation.health import collapse_warnings
+
+    rows, num_classes, _ = run_rows(cfg.train.output_dir)
+    fusion = next((r for r in rows if r.method.endswith("fusion")), None)
+    parts = []
+    for r in rows:
+        part = f"{r.method} {r.accuracy:.1f}% at {r.gflops:.4f} GFLOPs"
+        if r.adaptive:
+            if fusion is not None and fusion.gflops > 0:
+                part += f" ({100 * r.gflops / fusion.gflops:.0f}% of fusion's)"
+            part += ", running " + ", ".join(f"{m} on {v:.0f}%" for m, v in r.selection.items()) + " of segments"
+        parts.append(part)
+    lines = ["validation: " + "; ".join(parts)]
+    warnings = collapse_warnings(rows, num_classes=num_classes, budget=cfg.train.adamml.budget)
+    lines += [f"WARNING: {w}" for w in warnings] or ["no sign of a collapse: AdaMML is at least as accurate as "
+                                                      "each single modality and runs every modality"]
+    return lines
+
+
+def run_rows(run_dir: str | Path) -> tuple[list, int | None, float | None]:
+    """MethodResult rows from the validation metrics stored in every stage's ``best.pt`` of a
+    run, the class count, and the budget the run trained to (None without one)."""
+    from adamml.config import ModelConfig, _from_dict
+    from adamml.evaluation.evaluate import method_name
+    from adamml.evaluation.report import MethodResult
+    from adamml.runtime.checkpoint import load_checkpoint
+    from adamml.runtime.runs import find_stage_checkpoints
+
+    rows, num_classes, budget = [], None, None
+    for path in find_stage_checkpoints(Path(run_dir)):
+        state = load_checkpoint(path)
+        metrics = state.get("metrics") or {}
+        if "score" not in metrics:
+            continue
+        mc = _from_dict(ModelConfig, state.get("model_config") or state["config"]["model"], "model")
+        num_classes = mc.num_classes
+        budget = ((state["config"].get("train") or {}).get("adamml") or {}).get("budget", budget)
+        rows.append(MethodResult(
+            method=method_name(state["kind"], mc), accuracy=100 * metrics["score"],
+            selection={m: 100 * metrics.get(f"selection_{m}", 1.0) for m in mc.modalities},
+            gflops=metrics.get("gflops", 0.0),
+        ))
+    return rows, num_classes, budget

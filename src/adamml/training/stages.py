@@ -207,6 +207,10 @@ def train_unimodal(cfg: ExperimentConfig, modality: str, runtime: Runtime, *, re
     seed_everything(cfg.train.seed)  # the initial weights are part of a reproducible run
     model = build_multimodal(model_cfg, cfg.data.clip)
     task = _plain_task("unimodal", model, model_cfg, cfg, cfg.train.unimodal.lr, cfg.train.unimodal.lr_steps)
+    if cfg.train.unimodal.patience > 0:
+        from adamml.training.hooks import PlateauStop
+
+        task.hooks = PlateauStop(cfg.train.unimodal.patience)
     return fit(
         task, plain_schedule(cfg.train.unimodal.epochs), cfg, train_set, val_set, runtime,
         stage_dir(cfg, "unimodal", modality), resume=resume, extra_state={"model_config": to_dict(model_cfg), "class_names": class_names},
@@ -238,6 +242,16 @@ def adamml_task(model: nn.Module, cfg: ExperimentConfig) -> Task:
         raise ValueError(f"train.adamml.cost_weights has no weight for {', '.join(missing)}")
     weights = torch.tensor([tcfg.cost_weights[m] for m in modalities], dtype=torch.float32)
     temperature = Temperature(tcfg.temperature, tcfg.temperature_decay)
+    hooks = None
+    if tcfg.budget is not None:  # cost weights adapted to the budget instead (training/budget.py)
+        from adamml.evaluation.evaluate import segment_costs
+        from adamml.training.budget import BudgetController
+        from adamml.training.hooks import BudgetHook
+
+        costs = segment_costs(cfg.model, cfg.data.clip)
+        controller = BudgetController(tcfg.budget, [costs[m] for m in modalities], costs["policy"])
+        weights = controller.weights  # the step reads it; the controller updates it in place
+        hooks = BudgetHook(controller, cfg.data.eval_segments or cfg.data.clip.num_segments)
 
     def set_trainable(phase: Phase) -> None:
         if phase.trains == "policy":
@@ -290,6 +304,7 @@ def adamml_task(model: nn.Module, cfg: ExperimentConfig) -> Task:
         set_modes=set_modes,
         model_cfg=cfg.model,
         temperature=temperature,
+        hooks=hooks,
     )
 
 

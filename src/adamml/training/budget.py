@@ -1,0 +1,111 @@
+"""Training to a GFLOPs budget instead of hand-set cost weights (``adamml train --budget B``).
+
+The budget B is AdaMML's target cost as a fraction of weighted fusion's GFLOPs per video (the
+policy's own cost included, as the tables count it). The efficiency loss keeps the paper's
+form, ``sum_k lambda_k * C_k``, with ``lambda_k = mu * c_k / sum_j c_j`` (c_k: the modality's
+GFLOPs per segment), so a modality's weight follows its cost and one multiplier ``mu`` sets
+how much cost matters. ``mu`` is the Lagrange multiplier of the constraint "cost <= B" and is
+adapted by dual ascent while the policy trains: after every policy step it grows when the
+batch ran over the budget and shrinks when under (multiplicatively, so it stays positive and
+the step is scale-free).
+
+Training draws decisions from the Gumbel-Softmax; validation takes the argmax, which runs
+more or fewer modalities than the draws do. So the target the steps chase is corrected after
+every validated policy epoch by how far validation landed from the budget: the constraint
+that matters, and the one checked, is the validation split's.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+TOLERANCE = 0.10  # a run meets its budget when validation GFLOPs are within 10 % of it
+
+
+class BudgetController:
+    """Cost weights adapted so that the learned policy meets ``budget`` x fusion's GFLOPs.
+
+    modality_costs: GFLOPs per segment of each recognition network, in the model's modality
+    order; policy_cost: the policy's GFLOPs per segment. ``weights`` is the tensor the
+    training step reads (updated in place).
+    """
+
+    def __init__(self, budget: float, modality_costs: list[float], policy_cost: float, *,
+                 mu: float = 1.0, step: float = 0.05, bounds: tuple[float, float] = (1e-3, 1e3)) -> None:
+        if not 0.0 < budget <= 1.0:
+            raise ValueError(f"budget must be in (0, 1] (a fraction of weighted fusion's GFLOPs), got {budget}")
+        self.budget = float(budget)
+        self.costs = torch.tensor(modality_costs, dtype=torch.float64)
+        self.fusion = float(self.costs.sum())  # per segment
+        self.policy_cost = float(policy_cost)
+        # Per segment, the recognition networks may spend this much (the policy runs anyway).
+        self.target = self.budget * self.fusion - self.policy_cost
+        if self.target <= 0:
+            raise ValueError(
+                f"budget {budget:g} is below the policy's own cost ({self.policy_cost:.4f} of "
+                f"{self.fusion:.4f} GFLOPs per segment): raise the budget or use a lighter policy"
+            )
+        self.mu = float(mu)
+        self.step = float(step)
+        self.bounds = bounds
+        self.correction = 1.0  # training target = target * correction (train/validation gap)
+        self.weights = torch.zeros(len(modality_costs), dtype=torch.float32)
+        self._epoch_cost = 0.0
+        self._epoch_steps = 0
+        self._sync()
+
+    def _sync(self) -> None:
+        self.weights.copy_((self.mu * self.costs / self.fusion).float())
+
+    def spent(self, decisions: torch.Tensor) -> float:
+        """Recognition GFLOPs per segment of (B, K, M) decisions."""
+        rates = decisions.detach().float().mean(dim=(0, 1)).cpu().double()
+        return float((rates * self.costs).sum())
+
+    def observe_step(self, decisions: torch.Tensor) -> None:
+        """After a policy step: one dual-ascent step on ``mu`` from the batch's decisions."""
+        self.observe_cost(self.spent(decisions))
+
+    def observe_cost(self, cost: float) -> None:
+        """One dual-ascent step on ``mu`` from a batch's recognition GFLOPs per segment."""
+        self._epoch_cost += cost
+        self._epoch_steps += 1
+        goal = self.target * self.correction
+        self.mu = min(max(self.mu * math.exp(self.step * (cost / goal - 1.0)), self.bounds[0]), self.bounds[1])
+        self._sync()
+
+    def observe_validation(self, metrics: dict, segments: int) -> None:
+        """After a validated policy epoch: correct the training target by the measured
+        train/validation ratio of spent GFLOPs (``metrics['gflops']`` is per video)."""
+        if not self._epoch_steps or "gflops" not in metrics:
+            return
+        val = max(metrics["gflops"] / segments - self.policy_cost, 1e-9)
+        # An integral correction on the validation error, damped (square root) and bounded:
+        # validation over the target -> the steps chase a lower training target, and back.
+        ratio = min(max(self.target / val, 0.25), 4.0)
+        self.correction = min(max(self.correction * math.sqrt(ratio), 0.1), 10.0)
+        self._epoch_cost, self._epoch_steps = 0.0, 0
+
+    def fraction(self, metrics: dict, segments: int) -> float:
+        """Validation GFLOPs as a fraction of fusion's (per video: both over ``segments``)."""
+        return metrics["gflops"] / (segments * self.fusion)
+
+    def selection_score(self, metrics: dict, segments: int) -> float:
+        """For keeping the best checkpoint: the score when within the budget (+10 %), else
+        minus the excess, so any epoch within the budget beats every epoch over it."""
+        excess = self.fraction(metrics, segments) - self.budget * (1 + TOLERANCE)
+        return metrics["score"] if excess <= 0 else -excess
+
+    def state_dict(self) -> dict:
+        return {"budget": self.budget, "mu": self.mu, "correction": self.correction,
+                "epoch_cost": self._epoch_cost, "epoch_steps": self._epoch_steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.mu, self.correction = float(state["mu"]), float(state["correction"])
+        self._epoch_cost, self._epoch_steps = float(state["epoch_cost"]), int(state["epoch_steps"])
+        self._sync()
+
+    def describe(self) -> str:
+        return ", ".join(f"{w:.3g}" for w in self.weights.tolist())

@@ -1,0 +1,97 @@
+"""What a stage adds to the training loop without the loop knowing the stage: stopping on a
+validation plateau (stage 1) and training to a GFLOPs budget (stage 3).
+
+The loop (:func:`adamml.training.engine.train_task`) calls, when a task has hooks:
+``after_step(phase, result)`` after each optimiser step, ``after_epoch(phase, metrics, row)``
+after each epoch (it may add log columns, and returns True to stop the stage),
+``selection_score(metrics)`` to choose ``best.pt``, and ``state_dict`` / ``load_state_dict``
+so that ``--resume`` continues exactly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from adamml.runtime.distributed import all_reduce_sum
+
+
+class StageHooks:
+    """No-op defaults."""
+
+    def after_step(self, phase, result) -> None:
+        pass
+
+    def after_epoch(self, phase, metrics: dict, row: dict) -> bool:
+        return False
+
+    def selection_score(self, metrics: dict) -> float:
+        return metrics.get("score", -math.inf) if metrics else -math.inf
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class PlateauStop(StageHooks):
+    """Stop when the validation score has not improved for ``patience`` validated epochs
+    (the schedule's length is the cap). Epochs without validation do not count."""
+
+    def __init__(self, patience: int) -> None:
+        self.patience = int(patience)
+        self.best = -math.inf
+        self.waited = 0
+
+    def after_epoch(self, phase, metrics: dict, row: dict) -> bool:
+        if not metrics or "score" not in metrics or self.patience <= 0:
+            return False
+        if metrics["score"] > self.best:
+            self.best, self.waited = metrics["score"], 0
+        else:
+            self.waited += 1
+        row["epochs_without_improvement"] = self.waited
+        return self.waited >= self.patience
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "waited": self.waited}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.waited = float(state["best"]), int(state["waited"])
+
+
+class BudgetHook(StageHooks):
+    """Dual ascent on the cost weights during policy epochs (adamml.training.budget), and
+    ``best.pt`` = the most accurate epoch within the budget."""
+
+    def __init__(self, controller, segments: int) -> None:
+        self.controller = controller
+        self.segments = segments
+
+    def after_step(self, phase, result) -> None:
+        if phase.trains == "policy" and result.decisions is not None:
+            # Every rank takes the same step: the spent cost is averaged over processes.
+            spent = torch.tensor([self.controller.spent(result.decisions), 1.0], dtype=torch.float64)
+            all_reduce_sum(spent)
+            self.controller.observe_cost(float(spent[0] / spent[1]))
+
+    def after_epoch(self, phase, metrics: dict, row: dict) -> bool:
+        if phase.trains == "policy" and metrics and "gflops" in metrics:
+            self.controller.observe_validation(metrics, self.segments)
+        row["cost_weights"] = self.controller.describe()
+        if metrics and "gflops" in metrics:
+            row["budget_fraction"] = round(self.controller.fraction(metrics, self.segments), 4)
+        return False
+
+    def selection_score(self, metrics: dict) -> float:
+        if not metrics or "gflops" not in metrics:
+            return -math.inf
+        return self.controller.selection_score(metrics, self.segments)
+
+    def state_dict(self) -> dict:
+        return self.controller.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.controller.load_state_dict(state)

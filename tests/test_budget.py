@@ -1,0 +1,78 @@
+"""Training to a GFLOPs budget: dual ascent on the cost weights meets the budget; checkpoint
+selection prefers any epoch within it."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from adamml.training.budget import TOLERANCE, BudgetController
+
+COSTS = [0.08, 0.003]  # rgb, audio GFLOPs per segment
+POLICY = 0.004
+K = 4
+
+
+def use_probability(weights: torch.Tensor) -> torch.Tensor:
+    """A stand-in policy: it runs a modality less the more its cost weight says it costs."""
+    return torch.sigmoid(torch.tensor([3.0, 4.0]) - 4.0 * weights)
+
+
+@pytest.mark.parametrize("budget", [0.3, 0.5, 0.8])
+def test_dual_ascent_brings_validation_cost_within_ten_percent_of_the_budget(budget):
+    gen = torch.Generator().manual_seed(0)
+    ctrl = BudgetController(budget, COSTS, POLICY, mu=1.0)
+    for _ in range(12):  # policy epochs
+        for _ in range(20):  # steps
+            p = use_probability(ctrl.weights)
+            decisions = (torch.rand(16, K, 2, generator=gen) < p).float()
+            ctrl.observe_step(decisions)
+        # Validation takes the argmax, which runs more (p > 0.5) or less than the draws did.
+        argmax = (use_probability(ctrl.weights) > 0.5).float()
+        val = {"gflops": K * (POLICY + float((argmax * torch.tensor(COSTS)).sum())), "score": 0.5}
+        soft = {"gflops": K * (POLICY + float((use_probability(ctrl.weights) * torch.tensor(COSTS)).sum()))}
+        ctrl.observe_validation(soft, K)
+    assert abs(ctrl.fraction(soft, K) - budget) <= TOLERANCE * budget
+    assert val["gflops"] > 0
+
+
+def test_cost_weights_follow_the_modalities_costs():
+    ctrl = BudgetController(0.5, COSTS, POLICY, mu=2.0)
+    rgb, audio = ctrl.weights.tolist()
+    assert math.isclose(rgb / audio, COSTS[0] / COSTS[1], rel_tol=1e-5)
+    assert math.isclose(rgb + audio, 2.0, rel_tol=1e-5)
+
+
+def test_over_budget_steps_raise_the_weights_and_under_budget_steps_lower_them():
+    ctrl = BudgetController(0.5, COSTS, POLICY)
+    before = ctrl.mu
+    ctrl.observe_step(torch.ones(8, K, 2))  # everything runs: over budget
+    assert ctrl.mu > before
+    ctrl.observe_step(torch.zeros(8, K, 2))
+    ctrl.observe_step(torch.zeros(8, K, 2))
+    assert ctrl.mu < before
+
+
+def test_checkpoint_selection_prefers_any_epoch_within_the_budget():
+    ctrl = BudgetController(0.5, COSTS, POLICY)
+    fusion = K * sum(COSTS)
+    within = {"score": 0.40, "gflops": 0.5 * fusion}
+    over = {"score": 0.90, "gflops": 0.8 * fusion}
+    further_over = {"score": 0.95, "gflops": 0.9 * fusion}
+    scores = [ctrl.selection_score(m, K) for m in (within, over, further_over)]
+    assert scores[0] == 0.40 and scores[0] > scores[1] > scores[2]
+
+
+def test_a_budget_below_the_policys_own_cost_is_an_error():
+    with pytest.raises(ValueError, match="below the policy's own cost"):
+        BudgetController(0.03, COSTS, POLICY)
+
+
+def test_state_round_trips_for_resume():
+    ctrl = BudgetController(0.5, COSTS, POLICY)
+    ctrl.observe_step(torch.ones(8, K, 2))
+    again = BudgetController(0.5, COSTS, POLICY)
+    again.load_state_dict(ctrl.state_dict())
+    assert torch.equal(again.weights, ctrl.weights) and again.correction == ctrl.correction
