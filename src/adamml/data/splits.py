@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from pathlib import Path
 
 import numpy as np
 
 from adamml.data.formats import DatasetError
 from adamml.data.types import VideoEntry
+from adamml.runtime.files import atomic_write_text
 
 VAL_FRACTION = 0.2  # of each class, when the data has no validation split
 
@@ -60,7 +60,7 @@ def write_split(folder: str | Path, split: str, entries: list[VideoEntry], class
     """
     folder, root = Path(folder), Path(root).absolute()
     folder.mkdir(parents=True, exist_ok=True)
-    _atomic_text(folder / "classes.txt", "".join(f"{name}\n" for name in class_names))
+    atomic_write_text(folder / "classes.txt", "".join(f"{name}\n" for name in class_names))
     ranged = any(e.start is not None for e in entries)
     rows = []
     for entry in entries:
@@ -83,11 +83,6 @@ def write_split(folder: str | Path, split: str, entries: list[VideoEntry], class
         for shown, entry in zip(rows, entries, strict=True):
             writer.writerow([shown, ";".join(class_names[i] for i in entry.labels)])
         text = buffer.getvalue()
-    _atomic_text(target, text)
+    atomic_write_text(target, text)
     return target
 
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
