@@ -1,11 +1,11 @@
 """What a stage adds to the training loop without the loop knowing the stage: stopping on a
 validation plateau (stage 1) and training to a GFLOPs budget (stage 3).
 
-The loop (:func:`adamml.training.engine.train_task`) calls, when a task has hooks:
-``after_step(phase, result)`` after each optimiser step, ``after_epoch(phase, metrics, row)``
-after each epoch (it may add log columns, and returns True to stop the stage),
-``selection_score(metrics)`` to choose ``best.pt``, and ``state_dict`` / ``load_state_dict``
-so that ``--resume`` continues exactly.
+When a task has hooks (``Task.hooks``), ``train_one_epoch`` calls ``after_step(phase,
+result)`` after each optimiser step, and the stage driver (:func:`adamml.training.driver.fit`)
+calls ``after_epoch(phase, metrics, row)`` after each epoch (it may add log columns, and
+returns True to stop the stage) and ``selection_score(metrics)`` to choose ``best.pt``; their
+``state_dict`` is part of the task's, so ``--resume`` continues exactly.
 """
 
 from __future__ import annotations
