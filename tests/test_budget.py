@@ -76,3 +76,12 @@ def test_state_round_trips_for_resume():
     again = BudgetController(0.5, COSTS, POLICY)
     again.load_state_dict(ctrl.state_dict())
     assert torch.equal(again.weights, ctrl.weights) and again.correction == ctrl.correction
+
+
+def test_plateau_waits_while_the_network_is_still_at_chance():
+    from adamml.training.hooks import PlateauStop
+
+    stop = PlateauStop(patience=2, floor=0.2)
+    scores = [0.10, 0.11, 0.09, 0.10, 0.08, 0.30, 0.29, 0.28]  # chance for 5 epochs, then it learns
+    decisions = [stop.after_epoch(None, {"score": s}, {}) for s in scores]
+    assert decisions == [False] * 7 + [True]  # two epochs without improvement after 0.30

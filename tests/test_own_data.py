@@ -137,18 +137,22 @@ def _train(args: list[str]) -> tuple[int, str]:
 
 
 def test_unimodal_stops_on_a_validation_plateau_and_resume_keeps_it_stopped(own_videos, tmp_path):
+    # The three classes' tones are easy: the audio network soon validates at its best and
+    # stays there; patience 2 then stops it long before the cap of 25 epochs.
     args = ["--data", str(own_videos), "--output", str(tmp_path), "--stage", "unimodal", "--modality", "audio",
-            "train.unimodal.epochs=20", "train.unimodal.patience=2", "train.unimodal.lr=1e-9", "train.batch_size=4"]
+            "train.unimodal.epochs=25", "train.unimodal.patience=2", "train.unimodal.lr=0.05", "train.batch_size=4"]
     code, printed = _train(args)
     assert code == 0
     rows = read_rows(tmp_path / "unimodal_audio" / "log.csv")
-    assert len(rows) == 3  # a best epoch, then 2 without improvement: stop, far below the cap of 20
-    assert [r["epochs_without_improvement"] for r in rows] == ["0", "1", "2"]
-    assert "stopping after epoch 3 of 20" in printed
+    assert len(rows) < 25
+    assert rows[-1]["epochs_without_improvement"] == "2"
+    best = max(float(r["val_score"]) for r in rows)
+    assert best >= 2 / 3 and float(rows[-3]["val_score"]) == best  # counted from twice chance on
+    assert f"stopping after epoch {len(rows)} of 25" in printed
     assert torch.load(tmp_path / "unimodal_audio" / "last.pt", weights_only=False)["stopped"]
     code, printed = _train([*args, "--resume"])
-    assert code == 0 and len(read_rows(tmp_path / "unimodal_audio" / "log.csv")) == 3
-    assert "stopped at epoch 3 on a validation plateau" in printed
+    assert code == 0 and len(read_rows(tmp_path / "unimodal_audio" / "log.csv")) == len(rows)
+    assert f"stopped at epoch {len(rows)} on a validation plateau" in printed
 
 
 @pytest.fixture(scope="module")

@@ -145,7 +145,8 @@ class UnimodalTrainConfig:
     lr: float = 0.01
     lr_steps: list[int] = field(default_factory=lambda: [20, 40, 50])  # multistep LR, x0.1
     # Stop when the validation score has not improved for this many epochs (0: never; run
-    # `epochs`). A fixed count fits one dataset; a plateau says when a network has learned.
+    # `epochs`), counted once the top-1 is above twice chance (a network from scratch may sit
+    # at chance for a while). A fixed count fits one dataset; a plateau says when it learned.
     patience: int = 0
 
 

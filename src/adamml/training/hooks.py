@@ -38,10 +38,14 @@ class StageHooks:
 
 class PlateauStop(StageHooks):
     """Stop when the validation score has not improved for ``patience`` validated epochs
-    (the schedule's length is the cap). Epochs without validation do not count."""
+    (the schedule's length is the cap). Epochs without validation do not count, nor do epochs
+    while the best score is still under ``floor`` (twice chance): a network trained from
+    scratch often sits at chance for several epochs before it starts to learn, and stopping it
+    there is exactly the failure this rule is for."""
 
-    def __init__(self, patience: int) -> None:
+    def __init__(self, patience: int, floor: float = 0.0) -> None:
         self.patience = int(patience)
+        self.floor = float(floor)
         self.best = -math.inf
         self.waited = 0
 
@@ -50,7 +54,7 @@ class PlateauStop(StageHooks):
             return False
         if metrics["score"] > self.best:
             self.best, self.waited = metrics["score"], 0
-        else:
+        elif self.best >= self.floor:
             self.waited += 1
         row["epochs_without_improvement"] = self.waited
         return self.waited >= self.patience

@@ -210,7 +210,9 @@ def train_unimodal(cfg: ExperimentConfig, modality: str, runtime: Runtime, *, re
     if cfg.train.unimodal.patience > 0:
         from adamml.training.hooks import PlateauStop
 
-        task.hooks = PlateauStop(cfg.train.unimodal.patience)
+        # Patience runs once the network beats chance clearly (top-1 above 2 / classes).
+        floor = 0.0 if cfg.data.multi_label else 2.0 / max(1, len(class_names))
+        task.hooks = PlateauStop(cfg.train.unimodal.patience, floor)
     return fit(
         task, plain_schedule(cfg.train.unimodal.epochs), cfg, train_set, val_set, runtime,
         stage_dir(cfg, "unimodal", modality), resume=resume, extra_state={"model_config": to_dict(model_cfg), "class_names": class_names},
