@@ -78,6 +78,7 @@ class _Predictor:
             "record": np.array([json.dumps(r) for r in records], dtype=object),
             "decode_s": np.asarray(batch["decode_s"], np.float64),
             "predict_s": np.full(len(videos), seconds),
+            "finished_at": np.full(len(videos), time.time()),
         }
 
 
@@ -102,12 +103,13 @@ def ray_records(
     batch_size: int = 8,
     actors: int | None = None,
     address: str | None = None,
-    timings: list[tuple[float, float]] | None = None,
+    timings: list[tuple[float, float, float]] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Prediction records of ``videos`` as the Ray pipeline finishes them (any order).
 
-    ``timings``, if given, receives (decode seconds, predict seconds) per video: the
-    per-stage figures from which a cluster's throughput is estimated (docs/scale-out.md).
+    ``timings``, if given, receives (decode seconds, predict seconds, when the actor finished
+    it) per video: the per-stage figures from which a cluster's throughput is estimated
+    (docs/scale-out.md).
     """
     ray = connect(address)
     quiet_ray_data(ray)
@@ -125,7 +127,7 @@ def ray_records(
     )
     for row in dataset.iter_rows():
         if timings is not None:
-            timings.append((float(row["decode_s"]), float(row["predict_s"])))
+            timings.append((float(row["decode_s"]), float(row["predict_s"]), float(row["finished_at"])))
         yield json.loads(row["record"])
 
 
