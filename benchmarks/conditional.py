@@ -3,71 +3,63 @@
 The reference implementation runs every sub-network on every segment and multiplies the
 outputs by the decisions ("masked"), so its run time does not fall with the selection rate;
 adamml's "conditional" mode runs each sub-network once on only the selected segments. This
-script forces the RGB selection rate to 0, 25, 50, 75 and 100 % (audio always on, it is
-cheap), and prints per-video inference time (median over repeats, eval mode, no_grad) in
-both modes, their ratio, and the GFLOPs per video counted from the real modules
-(adamml.models.flops; GFLOPs = 1e9 multiply-adds). The policy network runs in both modes
-(its cost is in every row).
+script builds a shipped config's model at full size (random weights; the evaluation segment
+count, the policy at its configured resolution), forces the selection rate of the costliest
+modality (RGB) to 0, 25, 50, 75 and 100 % (the others always on), and prints per-video
+inference time (median over repeats) in both modes, their ratio, and the GFLOPs per video
+counted from the real modules (adamml.models.flops; GFLOPs = 1e9 multiply-adds). The policy
+runs in every row. Both modes run under the same execution plan (adamml.models.execution:
+micro-batches, channels_last, folded batch norm, inference mode; ``--plain`` turns it off).
 
-    python benchmarks/conditional.py                 # CPU, and CUDA too when available
-    python benchmarks/conditional.py --device cpu --repeats 3 --threads 1
+    python benchmarks/conditional.py --config kinetics_sounds_rgb_audio --device cpu --threads 2
+    python benchmarks/conditional.py --config kinetics_sounds_rgb_audio --device cpu --threads 2 \\
+        --reference /tmp/refadamml       # also time the reference code (IBM/AdaMML checkout)
 
-Default model: ResNet-18 RGB on 8 frames at 112x112 + MobileNetV2 audio on a 1x128x128
-spectrogram, MobileNetV2 policy at 112x112, 8 segments per video: the paper's ResNet-18
-pairing (docs/method.md, "Architecture") at a size that runs in about two minutes on two CPU cores.
+``--reference CHECKOUT`` imports the reference's own model (RGB + audio configs only) from a
+checkout and times it the same way before and after the table (see /work/shared/bench/).
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 
 import torch
 
-from adamml.config import ClipSettings, ModelConfig, PolicyConfig
+from adamml.config import ExperimentConfig, load_config
 from adamml.evaluation.metrics import gflops_per_video
+from adamml.modalities.table import MODALITIES
 from adamml.models.adamml import AdaMML, build_adamml
+from adamml.models.execution import PRECISIONS, ExecutionPlan
 from adamml.models.flops import modality_costs
 
 RATES = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
-def bench_config(args: argparse.Namespace) -> tuple[ModelConfig, ClipSettings]:
-    clip = ClipSettings(
-        num_segments=args.segments,
-        frames_per_segment=args.frames,
-        crop_size=args.size,
-        n_fft=2 * args.spec - 1,  # args.spec frequency bins
-        audio_frames=args.spec,
-    )
-    model_cfg = ModelConfig(
-        modalities=["rgb", "audio"],
-        backbones={"rgb": args.rgb_backbone, "audio": "mobilenet_v2"},
-        num_classes=31,
-        fusion="weighted",
-        policy=PolicyConfig(backbone="mobilenet_v2", resolution=args.size, frames=args.frames // 2),
-    )
-    return model_cfg, clip
-
-
-def make_batch(args: argparse.Namespace, clip: ClipSettings, device: torch.device) -> dict:
+def make_batch(model: AdaMML, cfg: ExperimentConfig, batch: int, segments: int, device: torch.device) -> dict:
+    """Random inputs of the real shapes for the recognition networks and the policy."""
     g = torch.Generator().manual_seed(0)
-    b, k, t, s = args.batch, args.segments, args.frames, args.size
-    batch = {
-        "rgb": torch.randn(b, k, t, 3, s, s, generator=g),
-        "audio": torch.randn(b, k, 1, clip.n_fft // 2 + 1, args.spec, generator=g),
-    }
-    return {key: v.to(device) for key, v in batch.items()}
+    clip = cfg.data.clip
+    sources = set(model.modalities) | set(model.policy.sources.values())
+    out = {}
+    for name in sorted(sources):
+        shape = MODALITIES[name].input_shape(clip)
+        out[name] = torch.randn(batch, segments, *shape, generator=g).to(device)
+    return out
 
 
-def forced_decisions(rate: float, b: int, k: int, seed: int = 0) -> torch.Tensor:
-    """Exactly round(rate * b * k) RGB segments selected (at random places); audio always."""
-    d = torch.zeros(b * k, 2)
+def forced_decisions(rate: float, b: int, k: int, modalities: list[str], costly: str, seed: int = 0) -> torch.Tensor:
+    """Exactly round(rate * b * k) segments of ``costly`` selected (at random places); the
+    other modalities always."""
+    m = len(modalities)
+    d = torch.ones(b * k, m)
+    i = modalities.index(costly)
+    d[:, i] = 0
     n = round(rate * b * k)
-    d[torch.randperm(b * k, generator=torch.Generator().manual_seed(seed))[:n], 0] = 1
-    d[:, 1] = 1
-    return d.view(b, k, 2)
+    d[torch.randperm(b * k, generator=torch.Generator().manual_seed(seed))[:n], i] = 1
+    return d.view(b, k, m)
 
 
 def _seconds(fn, device: torch.device) -> float:
@@ -91,80 +83,127 @@ def time_pair(fn_a, fn_b, repeats: int, device: torch.device) -> tuple[float, fl
     return statistics.median(a), statistics.median(b)
 
 
-def run_device(model: AdaMML, args, clip, costs: dict[str, float], device: torch.device) -> None:
-    model = model.to(device).eval()
-    batch = make_batch(args, clip, device)
+def reference_seconds(checkout: str, cfg: ExperimentConfig, segments: int, repeats: int) -> float:
+    """s/video of the reference code's RGB + audio model (batch 1, random weights, eval,
+    no_grad), imported from an IBM/AdaMML checkout; its policy's ImageNet download skipped."""
+    sys.path.insert(0, checkout)
+    try:
+        import models.policy_net as policy_net  # the reference's modules
+        from models.adamml import adamml as reference_adamml
+    finally:
+        sys.path.remove(checkout)
+    policy_net.MobileNetV2.load_imagenet_model = lambda self: None
+    clip, frames = cfg.data.clip, cfg.data.clip.frames_per_segment
+    depth = int(cfg.model.backbones["rgb"].removeprefix("resnet"))
+    model = reference_adamml(
+        groups=frames, modality=["rgb", "sound"], input_channels=[3, 1], num_segments=segments,
+        rng_policy=False, rng_threshold=0.5, causality_modeling="lstm",
+        num_classes=cfg.model.num_classes, depth=depth, without_t_stride=False, dropout=0.5,
+        pooling_method="max", fusion_point="logits", unimodality_pretrained=[],
+        learnable_lf_weights=True,
+    ).eval()
+    rgb = torch.randn(1, segments * frames * 3, clip.crop_size, clip.crop_size)
+    sound = torch.randn(1, segments, 256, clip.audio_frames or 256)
+    with torch.no_grad():
+        model([rgb, sound])
+        times = [_seconds(lambda: model([rgb, sound]), torch.device("cpu")) for _ in range(repeats)]
+    return statistics.median(times)
+
+
+def run_device(model: AdaMML, cfg: ExperimentConfig, args, costs: dict[str, float], device: torch.device,
+               reference_s: float | None) -> None:
+    plan = ExecutionPlan.for_device(device, precision=args.precision, compile=args.compile,
+                                    **({"pixels_per_call": args.pixels_per_call} if args.pixels_per_call else {}))
+    if args.plain:
+        plan = ExecutionPlan(device=str(device), pixels_per_call=None, channels_last=False,
+                             fold_batchnorm=False, precision=args.precision)
+    model = plan.prepare(model)
     b, k = args.batch, args.segments
+    batch = make_batch(model, cfg, b, k, device)
     per_seg = [costs[m] for m in model.modalities]
+    costly = next(m for m in model.modalities if m != "audio")
 
     def infer(decisions: torch.Tensor, mode: str):
         def fn():
-            with torch.no_grad():
+            with plan.context():
                 # The policy runs in every row: its time is part of AdaMML's inference.
                 model.policy(model.policy.policy_inputs(batch), temperature=1.0, sample=False)
                 return model(batch, mode=mode, decisions=decisions)
 
         return fn
 
-    full = forced_decisions(1.0, b, k).to(device)
+    full = torch.ones(b, k, len(model.modalities), device=device)
     masked_gf = statistics.fmean(gflops_per_video(full, per_seg, costs["policy"]))
     threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"\n{name}{threads}: {b} video(s) x {k} segments per call, median of {args.repeats}")
+    print(f"\n{name}{threads}: {b} video(s) x {k} segments per call, median of {args.repeats}; {plan}")
+    ref_col = reference_s is not None
     header = (
-        f"{'RGB rate':>8} | {'conditional s/video':>19} {'GFLOPs':>8} | "
+        f"{costly.upper() + ' rate':>8} | {'conditional s/video':>19} {'GFLOPs':>8} | "
         f"{'masked s/video':>14} {'GFLOPs':>8} | {'time ratio':>10} {'GFLOPs ratio':>12}"
+        + (f" | {'vs reference':>12}" if ref_col else "")
     )
     print(header)
     print("-" * len(header))
     for rate in RATES:
-        d = forced_decisions(rate, b, k).to(device)
+        d = forced_decisions(rate, b, k, model.modalities, costly).to(device)
         # Masked runs everything whatever the decisions: the reference's cost at every rate.
-        cond_s, masked_s = time_pair(
-            infer(d, "conditional"), infer(d, "masked"), args.repeats, device
-        )
+        cond_s, masked_s = time_pair(infer(d, "conditional"), infer(d, "masked"), args.repeats, device)
         cond_s, masked_s = cond_s / b, masked_s / b
         cond_gf = statistics.fmean(gflops_per_video(d, per_seg, costs["policy"]))
         print(
             f"{rate:>8.0%} | {cond_s:>19.4f} {cond_gf:>8.2f} | "
             f"{masked_s:>14.4f} {masked_gf:>8.2f} | {cond_s / masked_s:>10.2f} "
-            f"{cond_gf / masked_gf:>12.2f}"
+            f"{cond_gf / masked_gf:>12.2f}" + (f" | {cond_s / reference_s:>11.2f}x" if ref_col else "")
         )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default="kinetics_sounds_rgb_audio", help="a shipped config name or a YAML path")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
                         help="auto: CPU, then CUDA when available")
     parser.add_argument("--batch", type=int, default=1, help="videos per call")
-    parser.add_argument("--segments", type=int, default=8)
-    parser.add_argument("--frames", type=int, default=8, help="RGB frames per segment")
-    parser.add_argument("--size", type=int, default=112, help="RGB crop (and policy) size")
-    parser.add_argument("--spec", type=int, default=128, help="spectrogram is 1 x spec x spec")
-    parser.add_argument("--rgb-backbone", default="resnet18")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--segments", type=int, default=None, help="default: the config's evaluation segments")
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch default)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    parser.add_argument("--pixels-per-call", type=int, default=None, help="micro-batch size (frame pixels)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the sub-networks")
+    parser.add_argument("--plain", action="store_true", help="no execution plan: one call per network, NCHW")
+    parser.add_argument("--reference", default=None, help="an IBM/AdaMML checkout to time beside ours")
+    parser.add_argument("overrides", nargs="*", help="config key=value overrides")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    model_cfg, clip = bench_config(args)
-    costs = modality_costs(model_cfg, clip)  # GMACs per segment, counted on the meta device
+    cfg = load_config(args.config, args.overrides)
+    args.segments = args.segments or cfg.data.eval_segments or cfg.data.clip.num_segments
+    costs = modality_costs(cfg.model, cfg.data.clip)  # GMACs per segment, counted on the meta device
     print(
-        f"AdaMML: {args.rgb_backbone} RGB {args.frames}x{args.size}^2, MobileNetV2 audio "
-        f"1x{args.spec}x{args.spec}, policy MobileNetV2 {args.frames // 2}x{args.size}^2; "
-        "GFLOPs per segment: "
-        + ", ".join(f"{m} {c:.3f}" for m, c in costs.items())
+        f"{cfg.name}: {', '.join(f'{m} {cfg.model.backbones[m]}' for m in cfg.model.modalities)}, "
+        f"{cfg.data.clip.frames_per_segment}x{cfg.data.clip.crop_size}^2 frames, policy "
+        f"{cfg.model.policy.backbone} at {cfg.model.policy.resolution}^2, {args.segments} segments; "
+        "GFLOPs per segment: " + ", ".join(f"{m} {c:.3f}" for m, c in costs.items())
     )
     torch.manual_seed(0)
-    model = build_adamml(model_cfg, clip)
+    model = build_adamml(cfg.model, cfg.data.clip)
     devices = []
     if args.device in ("auto", "cpu"):
         devices.append(torch.device("cpu"))
     if args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available()):
         devices.append(torch.device("cuda"))
     for device in devices:
-        run_device(model, args, clip, costs, device)
+        reference = None
+        if args.reference and device.type == "cpu":
+            before = reference_seconds(args.reference, cfg, args.segments, args.repeats)
+            print(f"reference code (IBM/AdaMML), before: {before:.2f} s/video")
+            reference = before
+        run_device(model, cfg, args, costs, device, reference)
+        if args.reference and device.type == "cpu":
+            after = reference_seconds(args.reference, cfg, args.segments, args.repeats)
+            print(f"reference code (IBM/AdaMML), after: {after:.2f} s/video "
+                  f"(the 'vs reference' column divides by the 'before' time)")
 
 
 if __name__ == "__main__":

@@ -33,3 +33,11 @@ def test_long_video_benchmark_shows_streaming_uses_less_memory() -> None:
     rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| full") or line.startswith("| streamed")}
     full, streamed = (float(rows[name].split("|")[3]) for name in ("full decode", "streamed"))
     assert streamed < full
+
+
+def test_conditional_benchmark_prints_a_row_per_rate() -> None:
+    out = run("conditional.py", "--config", "tiny", "--device", "cpu", "--repeats", "1", "--threads", "1")
+    rows = [line for line in out.splitlines() if line.strip().split(" ")[0].endswith("%")]
+    assert [r.split("|")[0].strip() for r in rows] == ["0%", "25%", "50%", "75%", "100%"]
+    gflops = [float(r.split("|")[1].split()[1]) for r in rows]
+    assert gflops == sorted(gflops) and gflops[0] < gflops[-1]

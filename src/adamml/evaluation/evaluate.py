@@ -180,12 +180,16 @@ def evaluate_run(
     batch_size: int | None = None,
     plots: bool = True,
     progress: bool = True,
+    budgets: list | None = None,
+    sweep: bool = False,
 ) -> tuple[list, str]:
     """Evaluate checkpoints on one split; returns (MethodResult list, the paper-style table).
 
     AdaMML is scored with argmax decisions ("AdaMML"); with ``sample`` also with sampled
     decisions, as the reference code does at test time ("AdaMML, sampled"), averaged over
     ``draws`` passes. Each gets a random policy at its own selection rates beside it.
+    ``budgets`` (adamml.inference.budget.Budget) add AdaMML rows with the policy's thresholds
+    moved to meet each; ``sweep`` writes the accuracy-vs-GFLOPs curve (adamml.evaluation.sweep).
     """
     runtime = runtime or Runtime()
     results: list = []
@@ -233,6 +237,11 @@ def evaluate_run(
                     selection={m: 100 * rres.metrics[f"selection_{m}"] for m in model_cfg.modalities},
                     gflops=rres.metrics["gflops"], extra=dict(rres.metrics),
                 ))
+    if budgets or sweep:
+        from adamml.evaluation.sweep import budget_rows
+
+        results += budget_rows(adamml_outputs, results, budgets=budgets or [], sweep_curve=sweep,
+                               out_dir=out_dir if runtime.is_main else None, seed=seed, progress=progress)
     metric = results[0].metric if results else "top1"
     table = format_table(results, all_modalities, metric=metric)
     if out_dir is not None and runtime.is_main:
@@ -312,6 +321,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="passes averaged for sampled decisions and random policies (default 1)")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument("--budget", action="append", default=[], metavar="B",
+                        help="also score AdaMML with its policy's thresholds moved so the mean cost meets B: "
+                        "0.5 or 50%% of weighted fusion's GFLOPs, or 12.3G GFLOPs per video (repeatable)")
+    parser.add_argument("--sweep", action="store_true",
+                        help="write budget_sweep.csv/png to --out: accuracy vs GFLOPs over budgets, "
+                        "with a random policy at the same rates")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -325,13 +340,19 @@ def run(args: argparse.Namespace) -> int:
     if not checkpoints:
         print("give --checkpoint CKPT (repeatable) or --run-dir DIR", file=sys.stderr)
         return 2
+    from adamml.inference.budget import parse_budget
+
+    budgets = [parse_budget(b) for b in args.budget]
+    if args.sweep and not args.out:
+        print("--sweep writes its curve to --out DIR: give --out", file=sys.stderr)
+        return 2
     runtime = setup()
     try:
         results, table = evaluate_run(
             checkpoints, data_root=args.data, split=args.split, runtime=runtime,
             random_policy=not args.no_random_policy, sample=args.sample, seed=args.seed, draws=args.draws,
             out_dir=Path(args.out) if args.out else None, batch_size=args.batch_size,
-            plots=not args.no_plots,
+            plots=not args.no_plots, budgets=budgets, sweep=args.sweep,
         )
     finally:
         teardown()

@@ -21,6 +21,7 @@ from einops import rearrange
 from torch import nn
 
 from adamml.config import ClipSettings, ModelConfig
+from adamml.models.execution import ExecutionPlan, run_chunked
 from adamml.models.fusion import build_fusion
 from adamml.models.policy import PolicyNetwork, build_policy
 from adamml.models.recognition import build_recognition_nets
@@ -102,6 +103,8 @@ class AdaMML(nn.Module):
         self.policy = policy
         self.recognition = recognition
         self.fusion = fusion
+        # Micro-batching at inference (adamml.models.execution); None: one call per network.
+        self.execution: ExecutionPlan | None = None
 
     # ---- forward -------------------------------------------------------------------------
 
@@ -188,7 +191,8 @@ class AdaMML(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Every segment through the network; the fusion head applies the decisions (B, K)."""
         b, k = x.shape[:2]
-        logits, features = self.recognition[modality](rearrange(x, "b k ... -> (b k) ..."))
+        net = self.recognition[modality]
+        logits, features = run_chunked(net, rearrange(x, "b k ... -> (b k) ..."), self.execution)
         logits = rearrange(logits, "(b k) c -> b k c", b=b, k=k)
         features = rearrange(features, "(b k) d -> b k d", b=b, k=k)
         return logits, features
@@ -208,7 +212,8 @@ class AdaMML(nn.Module):
         logits = x.new_zeros(b * k, net.num_classes)
         features = x.new_zeros(b * k, net.feature_dim)
         if index.numel():
-            sel_logits, sel_features = net(rearrange(x, "b k ... -> (b k) ...")[index])
+            selected = rearrange(x, "b k ... -> (b k) ...")[index]
+            sel_logits, sel_features = run_chunked(net, selected, self.execution)
             logits = logits.index_copy(0, index, sel_logits.to(logits.dtype))
             features = features.index_copy(0, index, sel_features.to(features.dtype))
         logits = rearrange(logits, "(b k) c -> b k c", b=b, k=k)

@@ -10,6 +10,7 @@ from einops import rearrange
 from torch import nn
 
 from adamml.config import ClipSettings, ModelConfig
+from adamml.models.execution import ExecutionPlan, run_chunked
 from adamml.models.fusion import build_fusion
 from adamml.models.recognition import build_recognition_nets
 
@@ -32,14 +33,16 @@ class MultiModalNet(nn.Module):
         self.modalities = list(modalities)
         self.recognition = recognition
         self.fusion = fusion
+        # Micro-batching at inference (adamml.models.execution); None: one call per network.
+        self.execution: ExecutionPlan | None = None
 
     def forward(self, batch: dict) -> FusionOutput:
         logits, features = [], []
         for modality in self.modalities:
             x = batch[modality]
             b, k = x.shape[:2]
-            seg_logits, seg_features = self.recognition[modality](
-                rearrange(x, "b k ... -> (b k) ...")
+            seg_logits, seg_features = run_chunked(
+                self.recognition[modality], rearrange(x, "b k ... -> (b k) ..."), self.execution
             )
             logits.append(rearrange(seg_logits, "(b k) c -> b k c", b=b, k=k))
             features.append(rearrange(seg_features, "(b k) d -> b k d", b=b, k=k))

@@ -20,6 +20,7 @@ from torch import nn
 from adamml.config import ClipSettings, ModelConfig
 from adamml.modalities.table import MODALITIES, policy_source
 from adamml.models.backbones import adapt_first_conv, create_backbone, get_backbone_spec
+from adamml.models.execution import ExecutionPlan, run_chunked
 from adamml.models.temporal import TemporalMaxPool
 
 
@@ -144,6 +145,8 @@ class PolicyNetwork(nn.Module):
         self.extractors = extractors
         self.frame_indices = list(frame_indices)
         self.resolution = int(resolution)
+        # Micro-batching at inference (adamml.models.execution); None: one call per extractor.
+        self.execution: ExecutionPlan | None = None
         # Each source's features are layer-normalised before they are joined: the extractors
         # differ in scale by orders of magnitude (a stage-1 audio net vs a fresh RGB net), and
         # unnormalised inputs drove the joint MLP into values that saturate the LSTM gates, after
@@ -215,7 +218,8 @@ class PolicyNetwork(nn.Module):
         for source, extractor in self.extractors.items():
             x = inputs[source]
             b, k = x.shape[:2]
-            y = self.feature_norms[source](extractor(rearrange(x, "b k ... -> (b k) ...")))
+            y = run_chunked(extractor, rearrange(x, "b k ... -> (b k) ..."), self.execution)
+            y = self.feature_norms[source](y)
             feats.append(self.joint_inputs[source](rearrange(y, "(b k) d -> b k d", b=b, k=k)))
         joint = self.joint(torch.stack(feats).sum(dim=0))  # (B, K, joint_dim)
 

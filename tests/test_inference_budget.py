@@ -1,0 +1,121 @@
+"""The budget knob: thresholds on the policy's probabilities moved so the mean cost meets a
+budget; the sweep over budgets is monotone and its accuracies are those of real skipping."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_adamml import CLIP, calibrate_batch_norm, tiny_batch, tiny_cfg
+
+from adamml.inference.budget import Budget, BudgetError, Thresholds, fit_thresholds, parse_budget
+from adamml.models.adamml import build_adamml
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+COSTS = [1.0, 0.05]  # GFLOPs per segment: a costly RGB network, a cheap audio one
+POLICY = 0.02
+MODALITIES = ["rgb", "audio"]
+
+
+def random_margins(n: int = 60, k: int = 5, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, k, 2, generator=torch.Generator().manual_seed(seed)).double() * 3
+
+
+def mean_cost(decisions: torch.Tensor, k: int) -> float:
+    return float((decisions.double() * torch.tensor(COSTS, dtype=torch.float64)).sum(dim=(1, 2)).mean()) + POLICY * k
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("0.5", Budget(0.5, "fraction")), ("50%", Budget(0.5, "fraction")), ("12.3G", Budget(12.3, "gflops")),
+     ("1", Budget(1.0, "fraction")), (" 7g ", Budget(7.0, "gflops"))],
+)
+def test_parse_budget(text: str, expected: Budget) -> None:
+    assert parse_budget(text) == expected
+
+
+@pytest.mark.parametrize(("text", "match"), [("abc", "fraction of fusion"), ("-1", "positive"), ("3", "3G"), ("0", "positive")])
+def test_parse_budget_rejects_bad_input_with_a_hint(text: str, match: str) -> None:
+    with pytest.raises(BudgetError, match=match):
+        parse_budget(text)
+
+
+def test_fitted_cost_meets_the_budget_within_5_percent_and_never_exceeds_it() -> None:
+    margins = random_margins()
+    k = margins.shape[1]
+    fusion = sum(COSTS) * k
+    for fraction in (0.1, 0.25, 0.5, 0.75, 0.95):
+        target = fraction * fusion
+        t = fit_thresholds(margins, COSTS, POLICY, target, MODALITIES)
+        cost = mean_cost(t.decide(margins), k)
+        assert cost <= target + 1e-9
+        assert cost >= 0.95 * target, (fraction, cost, target)
+
+
+def test_sweep_is_monotone_in_gflops_and_decisions_nest() -> None:
+    margins = random_margins(seed=1)
+    k = margins.shape[1]
+    previous_cost, previous = -1.0, torch.zeros_like(margins)
+    for fraction in torch.linspace(0.05, 1.0, 20).tolist():
+        d = fit_thresholds(margins, COSTS, POLICY, fraction * sum(COSTS) * k, MODALITIES).decide(margins)
+        cost = mean_cost(d, k)
+        assert cost >= previous_cost
+        assert bool((d >= previous).all())  # a larger budget only adds units
+        previous_cost, previous = cost, d
+
+
+def test_costly_modality_is_skipped_first() -> None:
+    # Equal confidence everywhere: at a tight budget the cheap modality stays, the costly goes.
+    margins = torch.full((10, 4, 2), 2.0, dtype=torch.float64)
+    d = fit_thresholds(margins, COSTS, POLICY, 0.5, MODALITIES).decide(margins)
+    assert d[..., 1].all() and not d[..., 0].any()
+
+
+def test_zero_lambda_is_the_trained_policys_argmax() -> None:
+    margins = random_margins(seed=2)
+    t = Thresholds.from_lambda(0.0, MODALITIES, COSTS)
+    assert torch.equal(t.decide(margins), (margins > 0).float())
+    assert t.probabilities() == {"rgb": 0.5, "audio": 0.5}
+
+
+def test_budget_below_the_policys_cost_is_an_error() -> None:
+    with pytest.raises(BudgetError, match="policy's own cost"):
+        fit_thresholds(random_margins(), COSTS, POLICY, 0.01, MODALITIES)
+
+
+def test_sweep_on_a_model_matches_conditional_execution_and_meets_budgets() -> None:
+    from adamml.evaluation.sweep import budget_point, collect, random_point
+    from adamml.models.execution import ExecutionPlan
+
+    torch.manual_seed(0)
+    model = build_adamml(tiny_cfg(), CLIP)
+    calibrate_batch_norm(model, tiny_batch(seed=99))
+    batches = []
+    for seed in range(3):
+        b = tiny_batch(seed=seed)
+        b["label"] = torch.tensor([seed % 5, (seed + 1) % 5])
+        b["multi_hot"] = torch.nn.functional.one_hot(b["label"], 5).float()
+        batches.append(b)
+    plan = ExecutionPlan.for_device("cpu")
+    data = collect(model, batches, plan)
+    costs = {"rgb": 1.0, "audio": 0.05, "policy": 0.02}
+    k = data.margins.shape[1]
+    gflops = []
+    for fraction in (0.2, 0.5, 0.8):
+        point, thresholds = budget_point(model, data, Budget(fraction, "fraction"), costs, multi_label=False)
+        target = fraction * 1.05 * k
+        # 6 videos: one RGB unit is 1/6 GFLOPs per video, so only "never above" is exact here.
+        assert 0.7 * target <= point.gflops <= target + 1e-9
+        gflops.append(point.gflops)
+        # The same decisions through real conditional execution give the same predictions.
+        fast = plan.prepare(model)
+        with plan.context():
+            preds = []
+            for i, batch in enumerate(batches):
+                d = thresholds.decide(data.margins[2 * i : 2 * i + 2])
+                preds.append(fast(batch, mode="conditional", decisions=d).logits.argmax(-1))
+        accuracy = 100 * float((torch.cat(preds) == data.labels).float().mean())
+        assert point.accuracy == pytest.approx(accuracy)
+        rnd = random_point(model, data, point.rates, costs, multi_label=False, draws=2)
+        assert rnd.rates["audio"] == pytest.approx(point.rates["audio"], abs=35)
+    assert gflops == sorted(gflops)
