@@ -199,14 +199,14 @@ def budget_rows(adamml_outputs, fixed: Sequence, *, budgets: Sequence[Budget], s
     budget (the learned policy and a random policy at its rates), and with ``sweep_curve``
     the curve over DEFAULT_FRACTIONS written to ``out_dir``/budget_sweep.{csv,png} beside
     the ``fixed`` methods (unimodal and fusion rows)."""
-    from adamml.evaluation.evaluate import segment_costs
     from adamml.evaluation.report import MethodResult
+    from adamml.models.flops import modality_costs
 
     if adamml_outputs is None:
         raise ValueError("--budget/--sweep need an AdaMML checkpoint among those evaluated")
     model, model_cfg, cfg, _res, loader, _names = adamml_outputs
     device = next(model.parameters()).device
-    costs = segment_costs(model_cfg, cfg.data.clip)
+    costs = modality_costs(model_cfg, cfg.data.clip)
     multi_label = bool(cfg.data.multi_label)
     metric = "mAP" if multi_label else "top1"
     data = collect(model, loader, ExecutionPlan.for_device(device), progress=progress)

@@ -20,8 +20,10 @@ from dataclasses import dataclass
 
 import torch
 
+from adamml.errors import AdamMLError
 
-class BudgetError(ValueError):
+
+class BudgetError(AdamMLError, ValueError):
     """A budget that cannot be parsed or met; the message says what and why."""
 
 
