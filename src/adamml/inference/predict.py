@@ -11,7 +11,7 @@ import dataclasses
 import json
 import sys
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -22,17 +22,11 @@ from adamml.data.datasets import VideoDataset
 from adamml.data.types import VideoDecodeError, VideoEntry
 from adamml.evaluation.evaluate import segment_costs
 from adamml.evaluation.metrics import gflops_per_video
+from adamml.inference.budget import Budget, fit_thresholds, parse_budget
+from adamml.inference.pipeline import STAGES, Prediction, Predictor
 from adamml.modalities.table import MODALITIES
 from adamml.models.build import input_modalities, model_from_checkpoint
-
-
-@dataclass
-class Prediction:
-    video: str
-    top: list[tuple[str, float]]  # (class name, probability), best first
-    segments: list[list[str]]  # modalities that ran in each segment
-    gflops: float
-    audio_missing: bool
+from adamml.models.execution import PRECISIONS, ExecutionPlan
 
 
 def load_predictor(checkpoint: str | Path):
@@ -89,6 +83,12 @@ def predict_samples(samples: list[dict], bundle, *, topk: int = 5, device: str =
     ]
 
 
+def make_predictor(model_bundle, *, device: str = "cpu", plan: ExecutionPlan | None = None) -> Predictor:
+    """A Predictor (the staged pipeline) from ``load_predictor``'s bundle."""
+    model, kind, model_cfg, cfg, class_names = model_bundle
+    return Predictor(model, kind, model_cfg, cfg, class_names, device=device, plan=plan)
+
+
 def predict_videos(
     videos: list[str | Path],
     checkpoint: str | Path,
@@ -96,17 +96,25 @@ def predict_videos(
     topk: int = 5,
     device: str = "cpu",
     model_bundle=None,
+    predictor: Predictor | None = None,
+    budget: Budget | None = None,
 ) -> list[Prediction]:
-    bundle = model_bundle or load_predictor(checkpoint)
-    model, kind, model_cfg, cfg, class_names = bundle
-    model.to(device).eval()
-    dataset = prediction_dataset(videos, kind, model_cfg, cfg, class_names)
-    results = []
-    for i, video in enumerate(videos):
-        (prediction,) = predict_samples([dataset[i]], bundle, topk=topk, device=device)
-        prediction.video = str(video)
-        results.append(prediction)
-    return results
+    """Predict each video, running only what the policy picks.
+
+    ``budget``: the policy's thresholds are fitted so the mean cost over *these* videos meets
+    it (all videos are decoded and decided first, then finished; their inputs stay in memory).
+    """
+    predictor = predictor or make_predictor(model_bundle or load_predictor(checkpoint), device=device)
+    if budget is None or predictor.kind != "adamml":
+        return [predictor.run(v, topk=topk) for v in videos]
+    prepared = [predictor.prepare(v) for v in videos]
+    margins = torch.cat([predictor.decide(p) for p in prepared])
+    costs = predictor.costs
+    modalities = list(predictor.model_cfg.modalities)
+    per_seg = [costs[m] for m in modalities]
+    fusion = sum(per_seg) * margins.shape[1]
+    thresholds = fit_thresholds(margins, per_seg, costs["policy"], budget.gflops(fusion), modalities)
+    return [predictor.finish(p, thresholds, topk) for p in prepared]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -120,6 +128,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "read once with bounded memory; a timeline per video")
     parser.add_argument("--timeline", default=None, metavar="PNG_OR_DIR",
                         help="with --window: plot the timeline (top classes over time, which modalities ran)")
+    parser.add_argument("--profile", action="store_true",
+                        help="print seconds per stage (decode, modalities, policy, flow, networks)")
+    parser.add_argument("--budget", metavar="B",
+                        help="move the policy's thresholds so the mean cost over the given videos meets B: "
+                        "0.5 or 50%% of weighted fusion's GFLOPs, or 12.3G GFLOPs per video")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="bf16: autocast (CPUs with bf16, GPUs)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -132,15 +146,20 @@ def run(args: argparse.Namespace) -> int:
         from adamml.inference.windows import run_windowed
 
         return run_windowed(args, bundle)
+    budget = parse_budget(args.budget) if args.budget else None
+    plan = ExecutionPlan.for_device(args.device, precision=args.precision)
+    predictor = make_predictor(bundle, device=args.device, plan=plan)
     predictions, failures = [], []
-    for video in args.videos:
+    # One call for all videos under a budget (its thresholds are fitted on them together).
+    groups = [args.videos] if budget is not None else [[v] for v in args.videos]
+    for group in groups:
         try:
             with warnings.catch_warnings():
                 if args.json:
                     warnings.simplefilter("ignore")
-                predictions += predict_videos([video], args.checkpoint, topk=args.topk, device=args.device, model_bundle=bundle)
+                predictions += predict_videos(group, args.checkpoint, topk=args.topk, predictor=predictor, budget=budget)
         except VideoDecodeError as exc:
-            failures.append({"video": video, "error": str(exc)})
+            failures.append({"video": group[0] if len(group) == 1 else ", ".join(group), "error": str(exc)})
     if args.json:
         print(json.dumps({"predictions": [asdict(p) for p in predictions], "failures": failures}, indent=2))
     else:
@@ -151,6 +170,10 @@ def run(args: argparse.Namespace) -> int:
             used = "  ".join(f"{i + 1}:{'+'.join(s) or '-'}" for i, s in enumerate(p.segments))
             print(f"  segments  {used}")
             print(f"  GFLOPs    {p.gflops:.4f} (multiply-adds)")
+            if args.profile:
+                stages = "  ".join(f"{s} {p.seconds.get(s, 0.0):.3f}" for s in STAGES)
+                print(f"  seconds   {stages}  total {sum(p.seconds.values()):.3f}"
+                      + (f"  ({p.flow_fields} flow fields)" if p.flow_fields else ""))
         for f in failures:
             print(f"{f['video']}: FAILED: {f['error']}", file=sys.stderr)
     return 1 if failures else 0
