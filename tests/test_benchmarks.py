@@ -41,3 +41,12 @@ def test_conditional_benchmark_prints_a_row_per_rate() -> None:
     assert [r.split("|")[0].strip() for r in rows] == ["0%", "25%", "50%", "75%", "100%"]
     gflops = [float(r.split("|")[1].split()[1]) for r in rows]
     assert gflops == sorted(gflops) and gflops[0] < gflops[-1]
+
+
+def test_predict_e2e_benchmark_computes_less_flow_at_lower_budgets(tiny_video) -> None:
+    out = run("predict_e2e.py", "--tiny", "--videos", str(tiny_video), "--segments", "2")
+    rows = [line.split("|") for line in out.splitlines() if line.startswith("| RGB+")]
+    flow_rows = {r[3].strip(): r for r in rows if r[1].strip() == "RGB+Flow"}
+    assert set(flow_rows) == {"all", "policy", "budget 50%", "budget 25%"}
+    fields = {name: int(r[-2]) for name, r in flow_rows.items()}
+    assert fields["all"] > 0 and fields["budget 25%"] <= fields["budget 50%"] <= fields["all"]
