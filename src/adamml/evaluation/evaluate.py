@@ -36,6 +36,7 @@ from adamml.layouts import IMAGENET_MEAN, IMAGENET_STD
 from adamml.modalities.table import title
 from adamml.models.adamml import RandomPolicy
 from adamml.models.build import input_modalities, model_from_checkpoint
+from adamml.models.execution import PRECISIONS, ExecutionPlan
 from adamml.models.flops import modality_costs
 from adamml.runtime.distributed import Runtime, setup, teardown
 from adamml.runtime.files import atomic_write_text
@@ -182,12 +183,14 @@ def evaluate_run(
     progress: bool = True,
     budgets: list | None = None,
     sweep: bool = False,
+    precision: str = "fp32",
 ) -> tuple[list, str]:
     """Evaluate checkpoints on one split; returns (MethodResult list, the paper-style table).
 
     AdaMML is scored with argmax decisions ("AdaMML"); with ``sample`` also with sampled
     decisions, as the reference code does at test time ("AdaMML, sampled"), averaged over
     ``draws`` passes. Each gets a random policy at its own selection rates beside it.
+    Models run under the device's execution plan (adamml.models.execution) at ``precision``.
     ``budgets`` (adamml.inference.budget.Budget) add AdaMML rows with the policy's thresholds
     moved to meet each; ``sweep`` writes the accuracy-vs-GFLOPs curve (adamml.evaluation.sweep).
     """
@@ -198,7 +201,9 @@ def evaluate_run(
     loaders: dict = {}
     for path in checkpoints:
         model, kind, model_cfg, cfg, _ = model_from_checkpoint(path)
-        model.to(runtime.device)
+        # Inference settings (micro-batches, channels_last, folded batch norm, precision).
+        plan = ExecutionPlan.for_device(runtime.device, precision=precision)
+        model = plan.prepare(model, inplace=True)
         if data_root:
             cfg.data.root = data_root
         if split:
@@ -216,8 +221,9 @@ def evaluate_run(
         if kind == "adamml" and sample:
             protocols.append((True, f"{method_name(kind, model_cfg)}, sampled", "sampled AdaMML's rates"))
         for sampled, name, rates_name in protocols:
-            res = evaluate_model(model, loader, kind, model_cfg, cfg, runtime, sample=sampled, seed=seed,
-                                 progress=progress, draws=draws if sampled else 1)
+            with plan.context():
+                res = evaluate_model(model, loader, kind, model_cfg, cfg, runtime, sample=sampled, seed=seed,
+                                     progress=progress, draws=draws if sampled else 1)
             rates = {m: res.metrics[f"selection_{m}"] for m in model_cfg.modalities}
             results.append(MethodResult(
                 method=name, accuracy=100 * res.metrics["score"], metric=metric_name,
@@ -230,8 +236,9 @@ def evaluate_run(
                 adamml_outputs = (model, model_cfg, cfg, res, loader, class_names)
             if random_policy:
                 rnd = RandomPolicy(rates, seed=seed)
-                rres = evaluate_model(model, loader, kind, model_cfg, cfg, runtime, decisions_fn=rnd,
-                                      progress=progress, draws=draws)
+                with plan.context():
+                    rres = evaluate_model(model, loader, kind, model_cfg, cfg, runtime, decisions_fn=rnd,
+                                          progress=progress, draws=draws)
                 results.append(MethodResult(
                     method=f"Random policy ({rates_name})", accuracy=100 * rres.metrics["score"], metric=metric_name,
                     selection={m: 100 * rres.metrics[f"selection_{m}"] for m in model_cfg.modalities},
@@ -324,6 +331,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget", action="append", default=[], metavar="B",
                         help="also score AdaMML with its policy's thresholds moved so the mean cost meets B: "
                         "0.5 or 50%% of weighted fusion's GFLOPs, or 12.3G GFLOPs per video (repeatable)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="bf16: autocast (CPUs with bf16 instructions, GPUs)")
     parser.add_argument("--sweep", action="store_true",
                         help="write budget_sweep.csv/png to --out: accuracy vs GFLOPs over budgets, "
                         "with a random policy at the same rates")
@@ -352,7 +361,7 @@ def run(args: argparse.Namespace) -> int:
             checkpoints, data_root=args.data, split=args.split, runtime=runtime,
             random_policy=not args.no_random_policy, sample=args.sample, seed=args.seed, draws=args.draws,
             out_dir=Path(args.out) if args.out else None, batch_size=args.batch_size,
-            plots=not args.no_plots, budgets=budgets, sweep=args.sweep,
+            plots=not args.no_plots, budgets=budgets, sweep=args.sweep, precision=args.precision,
         )
     finally:
         teardown()
