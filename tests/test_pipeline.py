@@ -29,7 +29,7 @@ def tiny_video(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def flow_setup():
-    cfg = load_config("tiny", ["model.modalities=[rgb,flow]"])
+    cfg = load_config("tiny", ["model.modalities=[rgb,flow]", "data.decode.flow=dis"])
     torch.manual_seed(0)
     model = build_adamml(cfg.model, cfg.data.clip).eval()
     return model, cfg
