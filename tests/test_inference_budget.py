@@ -119,3 +119,21 @@ def test_sweep_on_a_model_matches_conditional_execution_and_meets_budgets() -> N
         rnd = random_point(model, data, point.rates, costs, multi_label=False, draws=2)
         assert rnd.rates["audio"] == pytest.approx(point.rates["audio"], abs=35)
     assert gflops == sorted(gflops)
+
+
+def test_sweep_writes_its_csv_and_plot(tmp_path) -> None:
+    from adamml.evaluation.report import MethodResult
+    from adamml.evaluation.sweep import SweepPoint, plot_sweep, write_sweep_csv
+
+    points = [
+        SweepPoint("AdaMML", "10%", 80.0, 0.1, {"rgb": 10.0, "audio": 90.0}, {"rgb": 0.7, "audio": 0.4}),
+        SweepPoint("Random policy", "10%", 60.0, 0.09, {"rgb": 10.0, "audio": 90.0}),
+        SweepPoint("AdaMML", "50%", 95.0, 0.5, {"rgb": 50.0, "audio": 95.0}, {"rgb": 0.5, "audio": 0.3}),
+        SweepPoint("Random policy", "50%", 85.0, 0.5, {"rgb": 50.0, "audio": 95.0}),
+    ]
+    csv_path = write_sweep_csv(points, tmp_path / "budget_sweep.csv", ["rgb", "audio"])
+    lines = csv_path.read_text().splitlines()
+    assert lines[0].split(",")[:4] == ["method", "budget", "accuracy", "gflops"]
+    assert len(lines) == 5 and lines[1].endswith("0.700000,0.400000")
+    png = plot_sweep(points, [MethodResult(method="RGB", accuracy=70.0, gflops=1.0)], tmp_path / "budget_sweep.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -151,7 +151,7 @@ def sweep(model, data: SweepData, budgets: Sequence[Budget], costs: dict[str, fl
 
 
 def write_sweep_csv(points: Sequence[SweepPoint], path: str | os.PathLike[str], modalities: Sequence[str]) -> Path:
-    from adamml.evaluation.report import atomic_write_text
+    from adamml.runtime.files import atomic_write_text
 
     buf = io.StringIO()
     writer = csv.writer(buf)
@@ -171,7 +171,7 @@ def plot_sweep(points: Sequence[SweepPoint], fixed: Sequence, path: str | os.Pat
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from adamml.evaluation.report import atomic_write_bytes
+    from adamml.runtime.files import atomic_write_bytes
 
     fig = Figure(figsize=(6.4, 4.4))
     FigureCanvasAgg(fig)
