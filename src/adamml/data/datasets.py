@@ -23,7 +23,6 @@ from adamml.data.catalog import DATASETS, discover
 from adamml.data.formats import DatasetError, frame_folder_audio
 from adamml.data.sampling import sample_indices
 from adamml.data.types import DecodedVideo, VideoEntry
-from adamml.data.video import decode_frame_folder, decode_video
 from adamml.modalities.spatial import choose_crop
 from adamml.modalities.table import MODALITIES, check_modalities, input_modalities
 
@@ -121,6 +120,8 @@ class VideoDataset(Dataset):
 
     def load(self, entry: VideoEntry) -> DecodedVideo:
         """Decoded media of one entry: from the cache when there is one, else decoded now."""
+        from adamml.data import video  # PyAV only when decoding: keeps `adamml --help` fast
+
         path = Path(entry.path)
         if self.cache is not None:
             if not self.cache.has(path, entry.frame_range):
@@ -135,9 +136,9 @@ class VideoDataset(Dataset):
         elif path.is_dir():
             # Name the expected WAV when there is none, so the missing-audio warning says it.
             audio = frame_folder_audio(path) or path.with_name(path.name + ".wav")
-            decoded = decode_frame_folder(path, self.decode, entry.start, entry.end, audio_path=audio)
+            decoded = video.decode_frame_folder(path, self.decode, entry.start, entry.end, audio_path=audio)
         else:
-            decoded = decode_video(path, self.decode, keep_frames=self._frames_read if self.stream else None)
+            decoded = video.decode_video(path, self.decode, keep_frames=self._frames_read if self.stream else None)
         if decoded.num_frames < 1:
             raise DatasetError(f"{path}: decoded to zero frames")
         flow = [m for m in self.modalities if MODALITIES[m].reads == "flow"]

@@ -25,7 +25,6 @@ from adamml.config import DecodeSettings
 from adamml.data.cache import VideoCache
 from adamml.data.catalog import discover
 from adamml.data.types import VideoDecodeError, VideoEntry
-from adamml.data.video import MissingAudioWarning, decode_frame_folder, decode_video
 
 __all__ = ["ExtractReport", "extract_videos", "extract_one", "extract_path", "limit_threads", "open_split", "add_arguments", "run"]
 
@@ -79,6 +78,9 @@ def extract_one(entry: VideoEntry, cache: VideoCache) -> tuple[str, str, bool]:
 
     Returns (path, status, audio_missing) with status "done", or raises VideoDecodeError.
     """
+    # PyAV only when decoding: keeps `adamml --help` fast (workers import it once).
+    from adamml.data.video import MissingAudioWarning, decode_frame_folder, decode_video
+
     path = Path(entry.path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", MissingAudioWarning)  # recorded in the report instead

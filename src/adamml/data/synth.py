@@ -64,7 +64,6 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from adamml.data.writer import write_video
 from adamml.runtime.files import atomic_write_text
 
 P_OCCLUDED: float = 0.3
@@ -485,6 +484,8 @@ def _run_job(job: _Job) -> tuple[str, int, str, str, bool]:
             CLASS_NAMES[job.class_index], rng, duration_s=job.duration_s, fps=job.fps,
             size=job.size, sample_rate=job.sample_rate,
         )
+        from adamml.data.writer import write_video  # PyAV: not needed for `adamml --help`
+
         write_video(path, clip.frames, job.fps, clip.audio, job.sample_rate)
         visual, audible = clip.segment_info.visual, clip.segment_info.audio
         wrote = True

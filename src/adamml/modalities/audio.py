@@ -16,7 +16,6 @@ from functools import lru_cache
 
 import numpy as np
 import torch
-import torchaudio
 
 from adamml.config import ClipSettings
 
@@ -61,6 +60,10 @@ def spectrogram_shape(sample_rate: int, clip: ClipSettings) -> tuple[int, int]:
 
 @lru_cache(maxsize=8)
 def _transform(sample_rate: int, kind: str, n_fft: int, win: int, hop: int, n_mels: int) -> torch.nn.Module:
+    # torchaudio only when a spectrogram is computed: every command imports this module, and
+    # `adamml --help` should not pay for it.
+    import torchaudio
+
     common = dict(
         n_fft=n_fft, win_length=win, hop_length=hop, window_fn=torch.hann_window,
         power=2.0, center=True, pad_mode="constant",
