@@ -195,3 +195,50 @@ def test_switched_off_modality_still_gets_a_gradient_telling_the_policy_to_use_i
         loss = torch.nn.functional.cross_entropy(head(logits, None, mask), torch.tensor([0]))
         loss.backward()
         assert mask.grad[0, 0, 0] < 0, (name, mask_value)  # turning rgb on would help
+
+
+def test_reference_mode_is_the_reference_formula_with_empty_segments_in_the_mean():
+    head = build_fusion("weighted", ["rgb", "audio", "flow"], C, mode="reference")
+    # M-1 = 2 free weights initialised 1/M; the last is 1 - their sum.
+    assert head.free.shape == (2,)
+    torch.testing.assert_close(head.weights(), torch.full((3,), 1 / 3))
+    with torch.no_grad():
+        head.free.copy_(torch.tensor([0.7, 0.5]))  # last weight 1 - 1.2 = -0.2
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(B, K, 3, C, generator=g)
+    mask = torch.tensor(
+        [[[1, 0, 1], [0, 0, 0], [0, 1, 0]], [[1, 1, 1], [1, 0, 0], [0, 0, 0]]], dtype=torch.float32
+    )
+    w = [0.7, 0.5, -0.2]
+    expected = torch.stack([
+        sum(sum(w[m] * mask[b, k, m] * logits[b, k, m] for m in range(3)) for k in range(K)) / K
+        for b in range(B)
+    ])
+    torch.testing.assert_close(head(logits, None, mask), expected)
+
+
+def test_reference_mode_does_not_renormalise_a_lone_modality():
+    logits = torch.randn(1, 2, M, C)
+    mask = torch.tensor([[[1.0, 0.0], [1.0, 0.0]]])
+    ref = build_fusion("weighted", MODS, C, mode="reference")
+    ours = build_fusion("weighted", MODS, C)
+    torch.testing.assert_close(ref(logits, None, mask), 0.5 * logits[0, :, 0].mean(0, keepdim=True))
+    torch.testing.assert_close(ours(logits, None, mask), logits[0, :, 0].mean(0, keepdim=True))
+
+
+def test_reference_average_fusion_divides_by_every_modality():
+    logits = torch.randn(1, 1, M, C)
+    out = build_fusion("average", MODS, C, mode="reference")(logits, None, torch.tensor([[[0.0, 1.0]]]))
+    torch.testing.assert_close(out, logits[0, :, 1] / 2)
+
+
+def test_unknown_fusion_mode_names_the_key():
+    with pytest.raises(ValueError, match="model.fusion_mode"):
+        build_fusion("weighted", MODS, C, mode="softmax")
+
+
+def test_paper_configs_fuse_like_the_reference():
+    from adamml.config import load_config
+
+    for name in ("kinetics_sounds_rgb_audio", "activitynet_rgb_audio", "kinetics_sounds_rgb_flow_audio"):
+        assert load_config(name).model.fusion_mode == "reference"

@@ -29,7 +29,7 @@ def test_eval_crop_is_centred_without_flip() -> None:
 
 
 def test_train_crops_fit_the_frame_and_flip_about_half_the_time(rng: np.random.Generator) -> None:
-    crops = [choose_crop(120, 180, 64, train=True, rng=rng) for _ in range(400)]
+    crops = [choose_crop(120, 180, 64, train=True, rng=rng, mode="zoom") for _ in range(400)]
     for c in crops:
         assert 0 <= c.top <= 120 - c.size and 0 <= c.left <= 180 - c.size
     sizes = {c.size for c in crops}

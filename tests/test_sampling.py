@@ -43,12 +43,21 @@ def test_train_offsets_cover_the_whole_segment() -> None:
     assert firsts == set(range(11))  # 41 positions / 4 segments: first segment = [0, 10.25)
 
 
-def test_eval_starts_are_centred_and_deterministic() -> None:
+def test_eval_starts_are_the_references_linspace_from_first_to_last_start() -> None:
     starts = segment_starts(107, CLIP, False)
+    # 101 start positions: the reference's linspace(0, 100, 4, dtype=int).
+    assert starts.tolist() == np.linspace(0, 100, num=4, dtype=int).tolist() == [0, 33, 66, 100]
+    ten = segment_starts(300, CLIP, False, num_segments=10)
+    assert ten[0] == 0 and ten[-1] == 300 - CLIP.segment_span
+
+
+def test_centred_eval_starts_are_centred_and_deterministic() -> None:
+    centred = dataclasses.replace(CLIP, eval_positions="centre")
+    starts = segment_starts(107, centred, False)
     positions = 101
     centres = np.floor((np.arange(4) + 0.5) * positions / 4)
     assert np.array_equal(starts, centres)
-    assert np.array_equal(starts, segment_starts(107, CLIP, False, np.random.default_rng(9)))
+    assert np.array_equal(starts, segment_starts(107, centred, False, np.random.default_rng(9)))
 
 
 def test_eval_segments_can_differ_from_training() -> None:

@@ -112,7 +112,10 @@ def test_adamml_stage_follows_the_schedule_and_records_selection_rates(trained_r
         ("finetune", "recognition"),
     ]
     temps = [float(r["temperature"]) for r in rows]
-    assert temps[0] == pytest.approx(5.0) and temps[1] == pytest.approx(5.0 * 0.965)
+    # The temperature decays after each alternating epoch's policy pass only (the reference):
+    # warm-up and the first alternating epoch at 5.0, the second at 5.0 x 0.965; no
+    # alternating epoch was validated (eval_every 0), so the fine-tune goes on from the last.
+    assert temps == pytest.approx([5.0, 5.0, 5.0, 5.0 * 0.965, 5.0 * 0.965, 5.0 * 0.965**2])
     for r in rows:
         assert 0.0 <= float(r["train_sel_rgb"]) <= 100.0
     state = torch.load(trained_run / "adamml" / "last.pt", weights_only=True)
@@ -208,6 +211,19 @@ def test_evaluate_adds_the_reference_sampled_protocol_averaged_over_draws(traine
     # The random policy runs at the sampled policy's rates (within sampling noise).
     for m, rate in by["AdaMML, sampled"].selection.items():
         assert abs(by["Random policy (sampled AdaMML's rates)"].selection[m] - rate) < 35.0
+
+
+def test_evaluate_protocol_paper_scores_only_sampled_decisions_and_the_table_says_so(trained_run, capsys):
+    from adamml.cli import main
+
+    run = str(trained_run)
+    assert main(["evaluate", "--run-dir", run, "--protocol", "paper", "--no-plots", "--no-random-policy"]) == 0
+    out = capsys.readouterr().out
+    assert "AdaMML, sampled" in out and "AdaMML " not in out.replace("AdaMML, sampled", "")
+    assert "Protocol: paper (sampled Gumbel decisions" in out
+    assert main(["evaluate", "--run-dir", run, "--no-plots", "--no-random-policy"]) == 0
+    out = capsys.readouterr().out
+    assert "AdaMML, sampled" not in out and "Protocol: deterministic (argmax decisions)." in out
 
 
 def test_frozen_side_is_in_eval_mode_while_the_other_trains():
@@ -351,3 +367,71 @@ def test_adamml_asks_the_dataset_for_the_policys_flow_proxy_once():
     assert input_modalities("fusion", rgbdiff) == ["rgb", "flow"]
     flow_itself = ModelConfig(modalities=["rgb", "flow"], policy=PolicyConfig(flow_proxy="flow"))
     assert input_modalities("adamml", flow_itself) == ["rgb", "flow"]
+
+
+def test_stage_one_trains_on_one_clip_per_video_like_the_reference(tiny_data, tmp_path, monkeypatch):
+    import adamml.training.stages as stages
+
+    seen = []
+    real = stages.build_datasets
+
+    def spy(*args, **kwargs):
+        train_set, val_set, names = real(*args, **kwargs)
+        seen.append((train_set.num_segments, train_set[0]["audio"].shape[0], val_set.num_segments))
+        return train_set, val_set, names
+
+    monkeypatch.setattr(stages, "build_datasets", spy)
+    cfg = make_config(
+        tiny_data, tmp_path, "train.unimodal.train_segments=1", "train.unimodal.epochs=1",
+        "train.max_steps_per_epoch=1",
+    )
+    stages.train_unimodal(cfg, "audio", Runtime())
+    assert seen == [(1, 1, cfg.data.clip.num_segments)]
+    assert load_config("kinetics_sounds_rgb_audio").train.unimodal.train_segments == 1
+
+
+def test_warm_up_is_never_kept_and_the_fine_tune_starts_from_the_best_alternating_epoch(
+    tiny_data, tmp_path, monkeypatch
+):
+    """An evaluator that would rank the untrained policy of the warm-up first, and the second
+    of three alternating epochs best after it: the warm-up is not validated, best.pt and the
+    fine-tune's start are that alternating epoch (weights and temperature), and its GFLOPs
+    and selection rates are stored beside its score."""
+    import adamml.training.driver as driver
+    import adamml.training.stages as stages
+
+    calls = []
+    scores = {1: 0.5, 2: 0.9, 3: 0.6, 4: 0.4}  # by call; the warm-up would get 0.99
+
+    def scripted(task, loader, cfg, runtime):
+        marker = task.model.policy.heads["rgb"].bias
+        # After the warm-up the policy is frozen and untrained, and no alternating epoch has
+        # been kept yet.
+        warm_up = not marker.requires_grad and not (tmp_path / "adamml" / "best_alternate.pt").exists()
+        calls.append((float(marker[0].detach()), warm_up))
+        with torch.no_grad():
+            marker[0] = len(calls)  # what a reload must bring back
+        score = 0.99 if warm_up else scores[len(calls)]
+        return {"score": score, "top1": score, "gflops": 0.1 * len(calls), "selection_rgb": 0.25, "selection_audio": 1.0}
+
+    monkeypatch.setattr(driver, "evaluate", scripted)
+    cfg = make_config(
+        tiny_data, tmp_path, "train.adamml.warmup_epochs=1", "train.adamml.epochs=3",
+        "train.adamml.finetune_epochs=1", "train.eval_every=1", "train.max_steps_per_epoch=1",
+        "train.adamml.policy_pretrain_epochs=0",
+    )
+    stages.train_adamml(cfg, Runtime())
+    tau = [5.0, 5.0 * 0.965, 5.0 * 0.965**2]
+    # Three alternating epochs and the fine-tune; never the warm-up (its policy is untrained).
+    assert len(calls) == 4 and not any(c[1] for c in calls)
+    assert calls[3][0] == 2.0  # the fine-tune trained from the weights of call 2, not of call 3
+    best = torch.load(tmp_path / "adamml" / "best.pt", weights_only=False)
+    assert best["epoch"] == 5  # warm-up, (rec, policy) x 2: the second alternating epoch
+    assert best["best_record"] == {
+        "epoch": 5, "block": "alternate", "temperature": pytest.approx(tau[1]),
+        "score": 0.9, "gflops": pytest.approx(0.2), "selection_rgb": 0.25, "selection_audio": 1.0,
+    }
+    rows = read_log(tmp_path / "adamml" / "log.csv")
+    assert [float(r["temperature"]) for r in rows] == pytest.approx(
+        [tau[0], tau[0], tau[0], tau[1], tau[1], tau[2], tau[2], tau[1]]
+    )

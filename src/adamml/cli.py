@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("adamml.data.synth", "write the embedded synthetic audio-visual dataset"),
     "extract": ("adamml.scale.extract", "decode videos once and cache what training needs"),
     "flops": ("adamml.models.flops", "count GFLOPs (multiply-adds) of a model configuration"),
+    "weights": ("adamml.models.weights", "check that a weights file is the ImageNet network it claims"),
     "train": ("adamml.training.run", "train a stage of the recipe from a YAML config"),
     "evaluate": ("adamml.evaluation.evaluate", "evaluate checkpoints: accuracy, mAP, GFLOPs"),
     "predict": ("adamml.scale.predict", "classify video files with a trained model"),

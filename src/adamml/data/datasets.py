@@ -171,7 +171,7 @@ class VideoDataset(Dataset):
         crop = None
         if any(MODALITIES[m].visual for m in self.modalities):  # one crop for all of them
             height, width = decoded.frames.shape[1:3]
-            crop = choose_crop(height, width, self.clip.crop_size, self.train, rng)
+            crop = choose_crop(height, width, self.clip.crop_size, self.train, rng, self.clip.train_crop)
         # A frame folder listed from frame `start` shares its WAV with the whole video.
         start = entry.start if entry.start is not None and Path(entry.path).is_dir() else 1
         start_s = (start - 1) / decoded.fps
@@ -188,11 +188,16 @@ class VideoDataset(Dataset):
 
 
 def build_datasets(
-    config: ExperimentConfig, *, modalities: list[str] | None = None, with_train: bool = True
+    config: ExperimentConfig,
+    *,
+    modalities: list[str] | None = None,
+    with_train: bool = True,
+    train_segments: int | None = None,
 ) -> tuple[VideoDataset | None, VideoDataset, list[str]]:
     """Train and validation datasets of an experiment config, and the class names.
 
     ``with_train=False`` (evaluation) skips the training split and returns None for it.
+    ``train_segments``: clips per training video (None: ``data.clip.num_segments``).
 
     Modalities default to the model's, plus what its policy looks at in their place ("rgbdiff"
     for "flow": the policy never computes flow to decide; see the modality table). The cache is
@@ -223,7 +228,11 @@ def build_datasets(
         modalities=modalities, clip=data.clip, decode=data.decode, cache=cache,
         multi_label=multi_label, seed=config.train.seed,
     )
-    train_ds = VideoDataset(train_entries, class_names, train=True, **common) if with_train else None
+    train_ds = (
+        VideoDataset(train_entries, class_names, train=True, num_segments=train_segments, **common)
+        if with_train
+        else None
+    )
     # Decoding while evaluating (no cache): keep only the frames each sample reads.
     val_ds = VideoDataset(
         val_entries, class_names, train=False, num_segments=data.eval_segments, stream=cache is None, **common

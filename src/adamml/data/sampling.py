@@ -2,8 +2,9 @@
 
 A video of N decoded frames is cut into K equal segments over the span where a whole clip
 fits; each segment yields one clip of T frames at stride ``clip.frame_stride``. Training
-draws a random start inside each segment (augmentation across epochs); evaluation takes the
-centre of each segment, so a checkpoint scores the same every time.
+draws a random start inside each segment (augmentation across epochs); evaluation spreads the
+clips evenly from the first possible start to the last (the reference's test clips; or the
+centre of each segment), so a checkpoint scores the same every time.
 
 A clip starting at frame s covers frames s, s+stride, ..., s+(T-1)*stride, and a flow or
 RGB-difference stack at frame i also needs frames i+1..i+L, so the usable starts are
@@ -32,7 +33,9 @@ def segment_starts(
     """First frame of each segment's clip: int64 (K,), with K = num_segments or clip's.
 
     Train: uniform random position inside each of the K segments (needs ``rng``).
-    Eval: the centre of each segment, deterministic.
+    Eval (``clip.eval_positions``): "linspace" spreads the K starts evenly from the first to
+    the last start a whole clip fits at, as the reference's test clips (``linspace(0,
+    last_start, K)``, truncated); "centre" takes the centre of each segment.
     """
     k = int(num_segments if num_segments is not None else clip.num_segments)
     if k < 1:
@@ -47,8 +50,14 @@ def segment_starts(
         if rng is None:
             raise ValueError("training-mode sampling needs an rng (numpy Generator)")
         offsets = rng.uniform(0.0, length, size=k)
-    else:
+    elif clip.eval_positions == "linspace":
+        return np.linspace(0, positions - 1, num=k).astype(np.int64)
+    elif clip.eval_positions == "centre":
         offsets = np.full(k, length / 2.0)
+    else:
+        raise ValueError(
+            f"data.clip.eval_positions must be 'linspace' or 'centre', got {clip.eval_positions!r}"
+        )
     starts = np.floor(edges + offsets).astype(np.int64)
     return np.clip(starts, 0, positions - 1)
 

@@ -8,6 +8,7 @@ always holds a few broken ones and the user has to find them.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import warnings
@@ -211,6 +212,8 @@ def decode_video(
     stamps without decoding; if decoding finds another N, the file is decoded again with it.
     """
     path = Path(path)
+    if settings.fps is None:  # the source frame rate: every decoded frame is kept
+        settings = dataclasses.replace(settings, fps=source_frame_rate(path))
     if settings.fps <= 0:
         raise ValueError(f"{path}: fps must be positive, got {settings.fps}")
     if keep_frames is None:
@@ -260,6 +263,20 @@ def decode_video(
 def _frame_rate(stream: av.VideoStream) -> float:
     """The source frame rate, 25 when the container does not say."""
     return float(stream.average_rate or stream.guessed_rate or 25.0) or 25.0
+
+
+# The reference's default --fps: the frame clock its audio windows are placed with.
+REFERENCE_FRAME_CLOCK = 29.97
+
+
+def source_frame_rate(path: str | Path) -> float:
+    """The frame rate a video file declares (25 when it does not say)."""
+    path = Path(path)
+    with _open(path) as container:
+        if not container.streams.video:
+            kinds = ", ".join(s.type for s in container.streams) or "none"
+            raise VideoDecodeError(f"{path}: has no video stream (streams found: {kinds})")
+        return _frame_rate(container.streams.video[0])
 
 
 def _count_frames(path: Path, fps: float) -> int:
@@ -398,6 +415,8 @@ def decode_frame_folder(
     folder = Path(folder)
     if not folder.is_dir():
         raise VideoDecodeError(f"{folder}: frame folder not found")
+    if settings.fps is None:  # frames as extracted; audio placed with the reference's clock
+        settings = dataclasses.replace(settings, fps=REFERENCE_FRAME_CLOCK)
     if start is None or end is None:
         numbers = sorted(int(m.group(1)) for p in folder.iterdir() if (m := _IMG_RE.match(p.name)))
         if not numbers:

@@ -2,9 +2,10 @@
 
 Every method is scored on the same videos: top-1/top-5 accuracy, mean class accuracy, video
 mAP, the per-modality selection rate and the GFLOPs per video (multiply-adds counted from the
-real modules by adamml.models.flops). AdaMML is evaluated with real conditional execution and a
-deterministic (argmax) policy; ``--sample`` adds the reference code's test protocol (Gumbel
-samples, seeded, averaged over ``--draws`` passes) as a second row.
+real modules by adamml.models.flops). AdaMML is evaluated with real conditional execution and,
+by ``--protocol``: "deterministic" (argmax decisions, our default), "paper" (the reference
+code's test protocol: Gumbel samples, seeded, averaged over ``--draws`` passes) or "both"
+(``--sample``). Every table ends with a line saying which protocol its rows used.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from adamml.config import ClipSettings, ExperimentConfig, ModelConfig, _from_dict
+from adamml.data.catalog import headline_metric
 from adamml.data.datasets import build_datasets
 from adamml.data.loader import make_loader
 from adamml.evaluation.metrics import MetricAccumulator, gflops_per_video
@@ -151,7 +153,7 @@ def _evaluate_pass(model, loader, kind, model_cfg, cfg, runtime, *, decisions_fn
         bar.close()
     model.train(was_training)
     metrics = acc.compute()
-    metrics["score"] = metrics["mAP"] if cfg.data.multi_label else metrics["top1"]
+    metrics["score"] = metrics[headline_metric(cfg.data.dataset, cfg.data.multi_label, cfg.data.metric)]
     return EvalResult(metrics=metrics, gathered=acc.gathered())
 
 
@@ -177,6 +179,7 @@ def evaluate_run(
     sample: bool = False,
     seed: int = 0,
     draws: int = 1,
+    protocol: str = "deterministic",
     out_dir: Path | None = None,
     batch_size: int | None = None,
     plots: bool = True,
@@ -187,13 +190,18 @@ def evaluate_run(
 ) -> tuple[list, str]:
     """Evaluate checkpoints on one split; returns (MethodResult list, the paper-style table).
 
-    AdaMML is scored with argmax decisions ("AdaMML"); with ``sample`` also with sampled
-    decisions, as the reference code does at test time ("AdaMML, sampled"), averaged over
-    ``draws`` passes. Each gets a random policy at its own selection rates beside it.
+    ``protocol`` "deterministic": AdaMML is scored with argmax decisions ("AdaMML");
+    "paper": with sampled decisions, as the reference code does at test time ("AdaMML,
+    sampled"), averaged over ``draws`` passes; "both" (or ``sample``): both rows. Each gets a
+    random policy at its own selection rates beside it.
     Models run under the device's execution plan (adamml.models.execution) at ``precision``.
     ``budgets`` (adamml.inference.budget.Budget) add AdaMML rows with the policy's thresholds
     moved to meet each; ``sweep`` writes the accuracy-vs-GFLOPs curve (adamml.evaluation.sweep).
     """
+    if sample:
+        protocol = "both"
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
     runtime = runtime or Runtime()
     results: list = []
     all_modalities: list[str] = []
@@ -216,9 +224,11 @@ def evaluate_run(
         for m in model_cfg.modalities:
             if m not in all_modalities:
                 all_modalities.append(m)
-        metric_name = "mAP" if cfg.data.multi_label else "top1"
-        protocols = [(False, method_name(kind, model_cfg), "AdaMML's rates")]
-        if kind == "adamml" and sample:
+        metric_name = headline_metric(cfg.data.dataset, cfg.data.multi_label, cfg.data.metric)
+        protocols = []
+        if kind != "adamml" or protocol in ("deterministic", "both"):
+            protocols.append((False, method_name(kind, model_cfg), "AdaMML's rates"))
+        if kind == "adamml" and protocol in ("paper", "both"):
             protocols.append((True, f"{method_name(kind, model_cfg)}, sampled", "sampled AdaMML's rates"))
         for sampled, name, rates_name in protocols:
             with plan.context():
@@ -250,7 +260,7 @@ def evaluate_run(
         results += budget_rows(adamml_outputs, results, budgets=budgets or [], sweep_curve=sweep,
                                out_dir=out_dir if runtime.is_main else None, seed=seed, progress=progress)
     metric = results[0].metric if results else "top1"
-    table = format_table(results, all_modalities, metric=metric)
+    table = format_table(results, all_modalities, metric=metric) + "\n" + protocol_note(protocol, draws, seed)
     if out_dir is not None and runtime.is_main:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -260,6 +270,23 @@ def evaluate_run(
         if plots:
             write_plots(results, adamml_outputs, out_dir)
     return results, table
+
+
+PROTOCOLS = ("deterministic", "paper", "both")
+
+
+def protocol_note(protocol: str, draws: int, seed: int) -> str:
+    """The line under every table that says how AdaMML's decisions were taken."""
+    paper = (
+        f"sampled Gumbel decisions as the reference's test protocol, averaged over {draws} "
+        f"draw{'s' if draws != 1 else ''} (seed {seed})"
+    )
+    text = {
+        "deterministic": "deterministic (argmax decisions)",
+        "paper": f"paper ({paper})",
+        "both": f"deterministic (argmax) rows, and paper rows ', sampled' ({paper})",
+    }[protocol]
+    return f"Protocol: {text}."
 
 
 def _thumbnail(rgb: torch.Tensor) -> np.ndarray:
@@ -322,7 +349,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", help="split to evaluate (default: the config's val split)")
     parser.add_argument("--out", help="write results.csv/json/txt and plots here")
     parser.add_argument("--no-random-policy", action="store_true", help="skip the random-policy baseline")
-    parser.add_argument("--sample", action="store_true", help="also score AdaMML with sampled decisions (the reference's test protocol)")
+    parser.add_argument(
+        "--protocol", choices=PROTOCOLS, default="deterministic",
+        help="AdaMML's decisions: deterministic (argmax, default), paper (sampled as the "
+        "reference's test, averaged over --draws) or both",
+    )
+    parser.add_argument("--sample", action="store_true", help="the same as --protocol both")
     parser.add_argument("--seed", type=int, default=0, help="seed for --sample and random policies")
     parser.add_argument("--draws", type=int, default=1,
                         help="passes averaged for sampled decisions and random policies (default 1)")
@@ -360,6 +392,7 @@ def run(args: argparse.Namespace) -> int:
         results, table = evaluate_run(
             checkpoints, data_root=args.data, split=args.split, runtime=runtime,
             random_policy=not args.no_random_policy, sample=args.sample, seed=args.seed, draws=args.draws,
+            protocol=args.protocol,
             out_dir=Path(args.out) if args.out else None, batch_size=args.batch_size,
             plots=not args.no_plots, budgets=budgets, sweep=args.sweep, precision=args.precision,
         )

@@ -37,14 +37,24 @@ def load_predictor(checkpoint: str | Path):
     return model, kind, model_cfg, cfg, list(class_names)
 
 
-def prediction_dataset(videos: list[str | Path], kind: str, model_cfg, cfg, class_names: list[str]):
+def training_flow_method(cfg) -> str:
+    """The optical flow a model was trained on: ``data.decode.flow`` of its config; a model
+    trained from precomputed flow images (the official frame-folder layout, no method in the
+    config) saw the reference's TV-L1."""
+    return cfg.data.decode.flow or "tvl1"
+
+
+def prediction_dataset(
+    videos: list[str | Path], kind: str, model_cfg, cfg, class_names: list[str], flow: str | None = None
+):
     """The evaluation samples of ``videos`` for a model: decoded straight from the files,
     keeping only the frames a sample reads. Needs no model, so decoding can run elsewhere
-    (a Ray task) than the network."""
+    (a Ray task) than the network. A flow model computes flow with ``flow``, by default the
+    method it was trained with."""
     decode = cfg.data.decode
     needed = input_modalities(kind, model_cfg)
-    if any(MODALITIES[m].reads == "flow" for m in needed) and decode.flow is None:
-        decode = dataclasses.replace(decode, flow="dis")
+    if any(MODALITIES[m].reads == "flow" for m in needed):
+        decode = dataclasses.replace(decode, flow=flow or training_flow_method(cfg))
     entries = [VideoEntry(path=Path(v), labels=[0], source=str(v)) for v in videos]
     return VideoDataset(
         entries, class_names, modalities=needed, clip=cfg.data.clip, decode=decode,

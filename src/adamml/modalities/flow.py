@@ -57,6 +57,10 @@ def compute_flow(frames: np.ndarray, method: str = "tvl1", bound: float = FLOW_B
     return out
 
 
+# The reference normalises flow images (uint8, bound 20) with these, as a one-channel image.
+REFERENCE_MEAN, REFERENCE_STD = 0.5, 0.226
+
+
 def flow_clip(
     flow_u8: np.ndarray,
     indices: np.ndarray,
@@ -64,6 +68,8 @@ def flow_clip(
     crop: Crop,
     crop_size: int,
     bound: float = FLOW_BOUND,
+    *,
+    reference: bool = False,
 ) -> np.ndarray:
     """Quantised flow (N-1, H, W, 2), frame indices (K, T) -> float32 (K, T, 2L, S, S) in [-1, 1].
 
@@ -71,6 +77,11 @@ def flow_clip(
     Values are flow / bound. Flow vectors are scaled with the crop's resize (a region of
     ``crop.size`` px shown at ``crop_size`` px moves crop_size/size times as far) and x is
     negated on a horizontal flip, so the motion stays physically consistent with the RGB crop.
+
+    ``reference``: the reference code's values instead, the quantised flow as an image
+    normalised with mean 0.5 and std 0.226, ``(u8 / 255 - 0.5) / 0.226`` (about +-2.2), vectors
+    not scaled with the resize (x still negated on a flip), so its checkpoints see what they
+    were trained on.
     """
     num_fields = len(flow_u8)
     if num_fields == 0:
@@ -79,10 +90,16 @@ def flow_clip(
     indices = check_indices(indices, num_fields + 1)
     needed = np.minimum(indices[..., None] + np.arange(stack_length), num_fields - 1)  # (K, T, L)
     cropped, inverse = crop_indexed(flow_u8, needed, crop, crop_size)  # (U, S, S, 2) uint8
-    values = dequantize_flow(cropped, bound) * np.float32(crop_size / crop.size / bound)
-    if crop.flip:
-        values[..., 0] *= -1.0
-    values = np.clip(values, -1.0, 1.0).transpose(0, 3, 1, 2)  # (U, 2, S, S)
+    if reference:
+        values = (cropped.astype(np.float32) / np.float32(255.0) - np.float32(REFERENCE_MEAN)) / np.float32(REFERENCE_STD)
+        if crop.flip:
+            values[..., 0] *= -1.0
+        values = values.transpose(0, 3, 1, 2)
+    else:
+        values = dequantize_flow(cropped, bound) * np.float32(crop_size / crop.size / bound)
+        if crop.flip:
+            values[..., 0] *= -1.0
+        values = np.clip(values, -1.0, 1.0).transpose(0, 3, 1, 2)  # (U, 2, S, S)
     stack = values[inverse]  # (K, T, L, 2, S, S)
     k, t, length, c, s, _ = stack.shape
     return np.ascontiguousarray(stack.reshape(k, t, length * c, s, s))

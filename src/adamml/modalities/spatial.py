@@ -14,8 +14,11 @@ import numpy as np
 
 __all__ = ["Crop", "choose_crop", "apply_crop", "crop_indexed"]
 
-# Training crops cover crop_size * U(SCALE_MIN, SCALE_MAX) source pixels (mild zoom jitter).
+# "zoom" training crops cover crop_size * U(SCALE_MIN, SCALE_MAX) source pixels.
 SCALE_MIN, SCALE_MAX = 0.8, 1.25
+# "reference" training crops: the frame resized to a short side in this range for a 224 crop.
+REFERENCE_SHORT_SIDES = (256.0, 320.0)
+REFERENCE_CROP = 224.0
 
 
 @dataclass(frozen=True)
@@ -30,9 +33,16 @@ class Crop:
 
 
 def choose_crop(
-    height: int, width: int, crop_size: int, train: bool, rng: np.random.Generator | None = None
+    height: int,
+    width: int,
+    crop_size: int,
+    train: bool,
+    rng: np.random.Generator | None = None,
+    mode: str = "reference",
 ) -> Crop:
-    """Train: random position, size crop_size * U(0.8, 1.25) (within the frame), flip p=0.5.
+    """Train: a random square, flipped with p=0.5. Its side is, with ``mode`` "reference",
+    short * 224 / U(256, 320) (the reference's random short side in [256, 320], then a 224
+    crop; scale-free, so it holds at any crop size), with "zoom" crop_size * U(0.8, 1.25).
     Eval: centred crop_size square, no flip. Frames smaller than the crop are resized up."""
     if height <= 0 or width <= 0 or crop_size <= 0:
         raise ValueError(f"bad crop request: frame {height}x{width}, crop {crop_size}")
@@ -42,7 +52,12 @@ def choose_crop(
         return Crop(top=(height - size) // 2, left=(width - size) // 2, size=size, flip=False)
     if rng is None:
         raise ValueError("choose_crop(train=True) needs a numpy Generator for reproducibility")
-    size = int(round(crop_size * rng.uniform(SCALE_MIN, SCALE_MAX)))
+    if mode == "reference":
+        size = int(round(short * REFERENCE_CROP / rng.uniform(*REFERENCE_SHORT_SIDES)))
+    elif mode == "zoom":
+        size = int(round(crop_size * rng.uniform(SCALE_MIN, SCALE_MAX)))
+    else:
+        raise ValueError(f"data.clip.train_crop must be 'reference' or 'zoom', got {mode!r}")
     size = max(1, min(size, short))
     top = int(rng.integers(0, height - size + 1))
     left = int(rng.integers(0, width - size + 1))

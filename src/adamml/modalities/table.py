@@ -93,11 +93,13 @@ def _rgb(video: DecodedVideo, indices: np.ndarray, crop: Crop | None, clip: Clip
 
 
 def _flow(video: DecodedVideo, indices: np.ndarray, crop: Crop | None, clip: ClipSettings, start_s: float):
-    return flow_clip(video.flow, indices, clip.stack_length, crop, clip.crop_size)
+    return flow_clip(video.flow, indices, clip.stack_length, crop, clip.crop_size,
+                     reference=clip.stack_norm == "reference")
 
 
 def _rgbdiff(video: DecodedVideo, indices: np.ndarray, crop: Crop | None, clip: ClipSettings, start_s: float):
-    return rgbdiff_clip(video.frames, indices, clip.stack_length, crop, clip.crop_size)
+    return rgbdiff_clip(video.frames, indices, clip.stack_length, crop, clip.crop_size,
+                        reference=clip.stack_norm == "reference")
 
 
 def _audio(video: DecodedVideo, indices: np.ndarray, crop: Crop | None, clip: ClipSettings, start_s: float):
@@ -113,10 +115,10 @@ MODALITIES: dict[str, Modality] = {
         Modality("audio", "Audio", "#ff7f0e", visual=False, channels_per_frame=1, stacked=False,
                  reads="audio", proxy=None, normalisation="log(|STFT|^2 + 1e-6)", extract=_audio),
         Modality("flow", "Flow", "#2ca02c", visual=True, channels_per_frame=2, stacked=True,
-                 reads="flow", proxy="rgbdiff", normalisation="pixels / layouts.FLOW_BOUND, in [-1, 1]",
+                 reads="flow", proxy="rgbdiff", normalisation="pixels / layouts.FLOW_BOUND, in [-1, 1] (clip.stack_norm reference: (u8/255 - 0.5) / 0.226)",
                  extract=_flow),
         Modality("rgbdiff", "RGBDiff", "#9467bd", visual=True, channels_per_frame=3, stacked=True,
-                 reads="frames", proxy=None, normalisation="differences of [0, 1] pixels / ImageNet std",
+                 reads="frames", proxy=None, normalisation="differences of [0, 1] pixels / ImageNet std (clip.stack_norm reference: ((d+255)/2 u8 / 255 - mean) / std)",
                  extract=_rgbdiff),
     )
 }

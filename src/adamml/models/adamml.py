@@ -257,6 +257,7 @@ def build_adamml(model_cfg: ModelConfig, clip: ClipSettings) -> AdaMML:
         list(model_cfg.modalities),
         model_cfg.num_classes,
         [recognition[m].feature_dim for m in model_cfg.modalities],
+        model_cfg.fusion_mode,
     )
     return AdaMML(
         policy=build_policy(model_cfg, clip),

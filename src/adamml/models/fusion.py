@@ -19,6 +19,12 @@ and the same rules for what the policy skipped (mask 0):
 
 The mask is used multiplicatively, so with the policy's straight-through decisions the
 gradient reaches the policy through it.
+
+``mode="reference"`` (``model.fusion_mode``) fuses as the reference code does instead:
+segment logits = sum_m w_m * u_m * logits_m with no renormalisation over what ran (a lone
+modality keeps only its share w_m), and the video logits are the mean over *all* K segments,
+an empty segment counting with zero logits. The weighted head then has M-1 free weights
+(initialised 1/M) and the last is 1 - their sum; "average" is w_m = 1/M.
 """
 
 from __future__ import annotations
@@ -73,38 +79,61 @@ def _weighted_segments(
     return (w * segment_logits).sum(dim=2) / norm
 
 
+FUSION_MODES = ("normalised", "reference")
+
+
+def _check_mode(mode: str) -> str:
+    if mode not in FUSION_MODES:
+        raise ValueError(f"model.fusion_mode must be one of {', '.join(FUSION_MODES)}, got {mode!r}")
+    return mode
+
+
 class UnimodalFusion(nn.Module):
-    """One modality: its segment logits averaged over the segments where it ran."""
+    """One modality: its segment logits averaged over the segments where it ran (over all
+    segments in reference mode)."""
 
     requires_features = False
 
     def __init__(
-        self, modalities: list[str], num_classes: int, feature_dims: list[int] | None = None
+        self,
+        modalities: list[str],
+        num_classes: int,
+        feature_dims: list[int] | None = None,
+        mode: str = "normalised",
     ):
         super().__init__()
         if len(modalities) != 1:
             raise ValueError(f"unimodal fusion takes exactly one modality, got {modalities}")
         self.modalities = list(modalities)
         self.output_dim = num_classes
+        self.mode = _check_mode(mode)
 
     def forward(self, segment_logits, features=None, mask=None):
         mask = _check(segment_logits, mask, 1)
         fused = segment_logits[:, :, 0] * mask
+        if self.mode == "reference":
+            return fused.mean(dim=1)
         return average_segments(fused, mask)
 
 
 class _LateFusion(nn.Module):
     """Per segment: the selected modalities' logits mixed by ``weights()`` (renormalised over
-    what ran), then averaged over segments. Subclasses only say what the weights are."""
+    what ran), then averaged over segments; in reference mode neither renormalised nor left
+    out when empty. Subclasses only say what the weights are."""
 
     requires_features = False
 
     def __init__(
-        self, modalities: list[str], num_classes: int, feature_dims: list[int] | None = None
+        self,
+        modalities: list[str],
+        num_classes: int,
+        feature_dims: list[int] | None = None,
+        mode: str = "normalised",
     ):
         super().__init__()
         self.modalities = list(modalities)
         self.output_dim = num_classes
+        self.mode = _check_mode(mode)
 
     def weights(self) -> torch.Tensor:
         """(M,) per-modality or (M, C) per-class weights."""
@@ -115,47 +144,58 @@ class _LateFusion(nn.Module):
         w = self.weights().to(segment_logits)
         if w.dim() == 1:
             w = w.unsqueeze(-1)  # (M, 1): the same weight for every class
+        if self.mode == "reference":
+            fused = (w.unsqueeze(0).unsqueeze(0) * mask.unsqueeze(-1) * segment_logits).sum(dim=2)
+            return fused.mean(dim=1)
         return average_segments(_weighted_segments(segment_logits, mask, w), mask)
 
 
 class AverageFusion(_LateFusion):
-    """Plain mean of the selected modalities' logits on each segment."""
+    """Plain mean of the selected modalities' logits on each segment (reference mode: 1/M
+    each, whatever ran)."""
 
     def weights(self) -> torch.Tensor:
-        return torch.ones(len(self.modalities))
+        m = len(self.modalities)
+        return torch.full((m,), 1.0 / m) if self.mode == "reference" else torch.ones(m)
 
 
-class WeightedFusion(_LateFusion):
-    """Learned per-modality weights w = softmax(alpha) (M free logits, start equal).
+class _FreeWeights(_LateFusion):
+    """Learned weights of shape (M, *extra).
 
-    The reference keeps M-1 free weights and 1 - sum for the last, which can go negative; a
-    softmax keeps every weight positive and the sum 1. On a segment where only some modalities
-    ran, their weights are renormalised to sum 1, so a lone modality keeps its logit scale.
+    normalised: softmax over modalities of M free logits (start equal); every weight
+    positive, the sum 1, renormalised over what ran on each segment, so a lone modality keeps
+    its logit scale. reference: M-1 free weights initialised 1/M and the last = 1 - their sum
+    (it can go negative), as the reference's ``--learnable_lf_weights``.
     """
 
-    def __init__(
-        self, modalities: list[str], num_classes: int, feature_dims: list[int] | None = None
-    ):
-        super().__init__(modalities, num_classes, feature_dims)
-        self.alpha = nn.Parameter(torch.zeros(len(self.modalities)))
+    def __init__(self, modalities, num_classes, feature_dims=None, mode="normalised", extra=()):
+        super().__init__(modalities, num_classes, feature_dims, mode)
+        m = len(self.modalities)
+        if self.mode == "reference":
+            self.free = nn.Parameter(torch.full((m - 1, *extra), 1.0 / m))
+        else:
+            self.alpha = nn.Parameter(torch.zeros(m, *extra))
 
     def weights(self) -> torch.Tensor:
-        """(M,) fusion weights, positive, summing to 1."""
+        if self.mode == "reference":
+            last = 1.0 - self.free.sum(dim=0, keepdim=True)
+            return torch.cat([self.free, last], dim=0)
         return self.alpha.softmax(dim=0)
 
 
-class ClasswiseFusion(_LateFusion):
-    """Learned per-modality, per-class weights: softmax over modalities for each class (M, C)."""
+class WeightedFusion(_FreeWeights):
+    """Learned per-modality weights (M,), summing to 1 (see ``_FreeWeights`` for the two modes)."""
 
-    def __init__(
-        self, modalities: list[str], num_classes: int, feature_dims: list[int] | None = None
-    ):
-        super().__init__(modalities, num_classes, feature_dims)
-        self.alpha = nn.Parameter(torch.zeros(len(self.modalities), num_classes))
+    def __init__(self, modalities, num_classes, feature_dims=None, mode="normalised"):
+        super().__init__(modalities, num_classes, feature_dims, mode)
 
-    def weights(self) -> torch.Tensor:
-        """(M, C) weights; each class's column sums to 1."""
-        return self.alpha.softmax(dim=0)
+
+class ClasswiseFusion(_FreeWeights):
+    """Learned per-modality, per-class weights (M, C); each class's column sums to 1. (The
+    reference never creates them; its reference-mode form is ours by analogy.)"""
+
+    def __init__(self, modalities, num_classes, feature_dims=None, mode="normalised"):
+        super().__init__(modalities, num_classes, feature_dims, mode, extra=(num_classes,))
 
 
 class FCFusion(nn.Module):
@@ -173,10 +213,13 @@ class FCFusion(nn.Module):
         modalities: list[str],
         num_classes: int,
         feature_dims: list[int],
+        mode: str = "normalised",
         hidden_dim: int = 512,
         dropout: float = 0.5,
     ):
         super().__init__()
+        # The reference has no working FC fusion; both modes fuse as described above.
+        self.mode = _check_mode(mode)
         if feature_dims is None or len(feature_dims) != len(modalities):
             raise ValueError(
                 f"fc fusion needs one feature size per modality ({len(modalities)}), got {feature_dims}"
@@ -214,11 +257,16 @@ FUSIONS: dict[str, type[nn.Module]] = {
 
 
 def build_fusion(
-    name: str, modalities: list[str], num_classes: int, feature_dims: list[int] | None = None
+    name: str,
+    modalities: list[str],
+    num_classes: int,
+    feature_dims: list[int] | None = None,
+    mode: str = "normalised",
 ) -> nn.Module:
-    """A fusion head by name (``FUSIONS``); ``feature_dims`` are needed by "fc" only."""
+    """A fusion head by name (``FUSIONS``); ``feature_dims`` are needed by "fc" only; ``mode``
+    is ``model.fusion_mode`` (normalised | reference)."""
     try:
         cls = FUSIONS[name]
     except KeyError:
         raise ValueError(f"unknown fusion {name!r}: expected one of {', '.join(FUSIONS)}") from None
-    return cls(list(modalities), num_classes, feature_dims)
+    return cls(list(modalities), num_classes, feature_dims, mode)

@@ -61,5 +61,6 @@ def build_multimodal(model_cfg: ModelConfig, clip: ClipSettings, fusion: str | N
         model_cfg.modalities,
         model_cfg.num_classes,
         [recognition[m].feature_dim for m in model_cfg.modalities],
+        model_cfg.fusion_mode,
     )
     return MultiModalNet(recognition, head, model_cfg.modalities)

@@ -19,7 +19,14 @@ from torch import nn
 
 from adamml.config import ClipSettings, ModelConfig
 from adamml.modalities.table import MODALITIES, policy_source
-from adamml.models.backbones import adapt_first_conv, create_backbone, get_backbone_spec
+from adamml.models.backbones import (
+    adapt_first_conv,
+    check_weights_source,
+    create_backbone,
+    get_backbone_spec,
+    load_state,
+    read_weights,
+)
 from adamml.models.execution import ExecutionPlan, run_chunked
 from adamml.models.temporal import TemporalMaxPool
 
@@ -138,8 +145,12 @@ class PolicyNetwork(nn.Module):
         hidden_size: int,
         frame_indices: list[int],
         resolution: int,
+        pretrained: list[str] | None = None,
     ):
         super().__init__()
+        # Sources whose extractor started from given weights (model.policy.pretrained); the
+        # stage-3 set-up leaves them as they are instead of copying stage-1 networks in.
+        self.pretrained_sources = list(pretrained or [])
         self.modalities = list(modalities)
         self.sources = dict(sources)
         self.extractors = extractors
@@ -253,7 +264,7 @@ def _policy_backbone(
     if not spec.framewise:
         raise ValueError(
             f"policy backbone {name!r} is a {spec.family} network: the policy needs a light "
-            "framewise one (mobilenet_v2, mobilenet_v2_tiny, efficientnet_b0)"
+            "framewise one (mobilenet_v2, mobilenet_v2_tiny, efficientnet_b0, efficientnet_lite0)"
         )
     if width_mult != 1.0:
         if spec.at_width is None:
@@ -273,25 +284,49 @@ def _policy_backbone(
     return net, int(convs[-1].out_channels)
 
 
+def policy_weight_sources(model_cfg: ModelConfig) -> dict[str, str]:
+    """``model.policy.pretrained`` as {source: weights}: a single string applies to every
+    extractor the policy has."""
+    pretrained = model_cfg.policy.pretrained
+    sources = {policy_source(m, model_cfg.policy.flow_proxy) for m in model_cfg.modalities}
+    if isinstance(pretrained, str):
+        return {s: pretrained for s in sources} if pretrained else {}
+    unknown = sorted(set(pretrained) - sources)
+    if unknown:
+        raise ValueError(
+            f"model.policy.pretrained: no policy extractor for {', '.join(unknown)} "
+            f"(the policy looks at {', '.join(sorted(sources))})"
+        )
+    return {s: w for s, w in pretrained.items() if w}
+
+
 def build_policy(model_cfg: ModelConfig, clip: ClipSettings) -> PolicyNetwork:
-    """The policy for ``model_cfg.modalities``, with random weights (it is trained in stage 3)."""
+    """The policy for ``model_cfg.modalities``; extractors start from
+    ``model.policy.pretrained`` where it names weights, random otherwise."""
     pcfg = model_cfg.policy
     for proxied in (m for m in MODALITIES.values() if m.proxy):  # a bad choice fails here
         policy_source(proxied.name, pcfg.flow_proxy)
     sources = {m: policy_source(m, pcfg.flow_proxy) for m in model_cfg.modalities}
+    weights = policy_weight_sources(model_cfg)
     indices = policy_frame_indices(clip.frames_per_segment, pcfg.frames)
     extractors = nn.ModuleDict()
     for source in dict.fromkeys(sources.values()):
         modality = MODALITIES[source]
         in_channels = modality.channels(clip)
-        own = get_backbone_spec(model_cfg.backbones[source]) if source in model_cfg.backbones else None
+        own_name = pcfg.audio_backbone if not modality.visual and pcfg.audio_backbone else model_cfg.backbones.get(source)
+        own = get_backbone_spec(own_name) if own_name else None
         if not modality.visual and own is not None and own.framewise:
-            # As in the reference, the policy's audio extractor is the audio sub-network's
-            # MobileNetV2 (so it can start from the stage-1 audio network);
-            # policy.backbone/width_mult apply to the visual extractors.
-            net, dim = _policy_backbone(own.name, 1.0, in_channels)
+            # By default the policy's audio extractor is the audio sub-network's backbone
+            # (so it can start from the stage-1 audio network; policy.audio_backbone names
+            # another); policy.backbone/width_mult apply to the visual extractors.
+            name, width, blocks = own.name, 1.0, None
         else:
-            net, dim = _policy_backbone(pcfg.backbone, pcfg.width_mult, in_channels, pcfg.blocks)
+            name, width, blocks = pcfg.backbone, pcfg.width_mult, pcfg.blocks
+        net, dim = _policy_backbone(name, width, in_channels, blocks)
+        if source in weights:
+            check_weights_source(weights[source], name, f"model.policy.pretrained.{source}")
+            # Loaded into the (possibly cut) trunk: the blocks cut off are left unused.
+            _load_trunk(net, weights[source])
         if modality.visual:
             extractors[source] = FrameFeatures(net, len(indices), dim)
         else:
@@ -304,4 +339,17 @@ def build_policy(model_cfg: ModelConfig, clip: ClipSettings) -> PolicyNetwork:
         hidden_size=pcfg.hidden_size,
         frame_indices=indices,
         resolution=pcfg.resolution,
+        pretrained=sorted(weights),
     )
+
+
+def _load_trunk(net: nn.Module, source: str) -> None:
+    """Load ImageNet-style weights into a policy trunk; blocks cut off (``policy.blocks``)
+    are left out of the file's tensors."""
+    kept = len(net.features)
+    state = {
+        k: v
+        for k, v in read_weights(source).items()
+        if not k.startswith("features.") or int(k.split(".")[1]) < kept
+    }
+    load_state(net, state, source)

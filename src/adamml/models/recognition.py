@@ -31,6 +31,7 @@ from adamml.config import ClipSettings, ModelConfig
 from adamml.modalities.table import MODALITIES, check_modalities
 from adamml.models.backbones import (
     BackboneSpec,
+    check_weights_source,
     create_backbone,
     get_backbone_spec,
     load_pretrained,
@@ -184,12 +185,15 @@ def build_recognition_net(
 ) -> RecognitionNet:
     """The sub-network for one modality, random weights unless ``pretrained`` names a file.
 
-    ``pretrained`` is a local file (torchvision state dict, or our checkpoint of this
-    sub-network); RGB first-conv weights are inflated for flow/rgbdiff/audio inputs and a
-    classifier with another class count is left freshly initialised.
+    ``pretrained`` is a weights source: a local file (torchvision state dict, or our
+    checkpoint of this sub-network) or ``imagenet:efficientnet_lite0``; RGB first-conv
+    weights are inflated for flow/rgbdiff/audio inputs and a classifier with another class
+    count is left freshly initialised.
     """
     spec = get_backbone_spec(backbone)
     check_modalities([modality])
+    if pretrained:
+        check_weights_source(pretrained, backbone, f"model.pretrained.{modality}")
     in_channels = MODALITIES[modality].channels(clip)
     frames = MODALITIES[modality].frames(clip)
     model = create_backbone(backbone, in_channels)

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from adamml.errors import AdamMLError
+
 
 @dataclass
 class Runtime:
@@ -59,3 +61,17 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def per_process_batch(global_batch: int, world_size: int) -> int:
+    """``train.batch_size`` is the global batch (the reference's ``-b``), split evenly over
+    the processes; a split that leaves a remainder is refused rather than rounded."""
+    if world_size < 1:
+        raise AdamMLError(f"the number of processes must be >= 1, got {world_size}")
+    if global_batch % world_size:
+        raise AdamMLError(
+            f"train.batch_size={global_batch} is the global batch and does not divide over "
+            f"{world_size} processes; use a multiple of {world_size} (e.g. "
+            f"{(global_batch // world_size + 1) * world_size})"
+        )
+    return global_batch // world_size

@@ -19,6 +19,7 @@ STAGES: tuple[str, ...] = ("unimodal", "fusion", "adamml")
 
 LAST = "last.pt"
 BEST = "best.pt"
+BEST_ALTERNATE = "best_alternate.pt"  # stage 3: the best alternating epoch, the fine-tune's start
 LOG = "log.csv"
 CONFIG = "config.yaml"
 

@@ -20,8 +20,9 @@ import torch
 
 from adamml.config import ExperimentConfig, save_config, to_dict
 from adamml.data.loader import make_loader, set_loader_epoch
+from adamml.runtime import runs
 from adamml.runtime.checkpoint import load_checkpoint, rng_state, save_checkpoint
-from adamml.runtime.distributed import Runtime
+from adamml.runtime.distributed import Runtime, barrier, per_process_batch
 from adamml.training.engine import (
     Task,
     TrainingInterrupted,
@@ -32,7 +33,7 @@ from adamml.training.engine import (
     train_one_epoch,
     wrap_distributed,
 )
-from adamml.training.schedule import Phase
+from adamml.training.schedule import Phase, validates
 
 
 class EpochLogger:
@@ -76,9 +77,13 @@ def epoch_seed(seed: int, epoch: int, rank: int) -> int:
 
 
 def validation_due(cfg: ExperimentConfig, schedule: list[Phase], epoch: int) -> bool:
-    """Validate every ``train.eval_every`` epochs (0: never) and after the last one."""
+    """Validate every ``train.eval_every`` epochs (0: never) of those that may be validated
+    (stage 3: not the warm-up, and an alternating epoch after its policy pass, as the
+    reference; ``schedule.validates``), and after the last one."""
     every = cfg.train.eval_every
-    return epoch == len(schedule) - 1 or (every > 0 and (epoch + 1) % every == 0)
+    if epoch == len(schedule) - 1:
+        return True
+    return validates(schedule[epoch]) and every > 0 and (epoch + 1) % every == 0
 
 
 def selection_score(metrics: dict, task: Task | None = None) -> float:
@@ -102,6 +107,8 @@ class RunState:
 
     epoch: int = 0  # epochs done
     best: float = -math.inf
+    best_alternate: float = -math.inf  # stage 3: the best alternating epoch (the fine-tune's start)
+    best_record: dict = field(default_factory=dict)  # the kept epoch's score, GFLOPs, selection rates
     metrics: dict = field(default_factory=dict)  # the latest validation
     optimizers: dict[str, torch.optim.Optimizer] = field(default_factory=dict)
     optimizer_block: str | None = None  # the schedule block the optimisers belong to
@@ -116,8 +123,11 @@ def _resume(task: Task, schedule: list[Phase], state: dict, scaler: torch.amp.Gr
         task.temperature.value = float(state["temperature"])
     if scaler.is_enabled() and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
-    run = RunState(epoch=state["epoch"], best=state.get("best", -math.inf), metrics=state.get("metrics") or {},
-                   stopped=bool(state.get("stopped", False)))
+    run = RunState(
+        epoch=state["epoch"], best=state.get("best", -math.inf), metrics=state.get("metrics") or {},
+        stopped=bool(state.get("stopped", False)),
+        best_alternate=state.get("best_alternate", -math.inf), best_record=state.get("best_record", {}),
+    )
     # (checkpoints written before Phase.segment became Phase.block say "optimizer_segment")
     saved_block = state.get("optimizer_block", state.get("optimizer_segment"))
     if run.epoch < len(schedule) and saved_block == schedule[run.epoch].block:
@@ -140,12 +150,36 @@ def _checkpoint(task: Task, run: RunState, scaler: torch.amp.GradScaler, cfg: Ex
         "task": task.state_dict(),
         "scaler": scaler.state_dict(),
         "best": run.best,
+        "best_alternate": run.best_alternate,
+        "best_record": run.best_record,
         "metrics": run.metrics,
         "stopped": run.stopped,
         "config": to_dict(cfg),
         "rng": rng_state(),
         **(extra_state or {}),
     }
+
+
+def _short(value):
+    return round(value, 5) if isinstance(value, float) else value
+
+
+def _reload_best_alternate(task: Task, run_dir: Path, runtime: Runtime) -> None:
+    """The fine-tune starts from the best alternating epoch, weights and temperature, as the
+    reference's; without one (alternating epochs not validated) it goes on from the last."""
+    barrier()  # rank 0 wrote the file
+    path = run_dir / runs.BEST_ALTERNATE
+    if not path.exists():
+        if runtime.is_main:
+            print(f"{path}: no validated alternating epoch; the fine-tune goes on from the last one", flush=True)
+        return
+    state = load_checkpoint(path)
+    task.model.load_state_dict(state["model"])
+    tau = state.get("trained_temperature")
+    if task.temperature is not None and tau is not None:
+        task.temperature.value = float(tau)
+    if runtime.is_main:
+        print(f"fine-tune starts from {path} (epoch {state['epoch']}, temperature {tau})", flush=True)
 
 
 def fit(
@@ -186,8 +220,16 @@ def fit(
         save_config(cfg, run_dir / "config.yaml")
     logger = EpochLogger(run_dir, runtime.is_main)
     loader_args = {"runtime": runtime, "seed": tcfg.seed, "num_workers": cfg.data.num_workers}
-    train_loader = make_loader(train_set, tcfg.batch_size, train=True, **loader_args)
-    val_loader = make_loader(val_set, tcfg.batch_size, train=False, **loader_args) if val_set is not None else None
+    batch = per_process_batch(tcfg.batch_size, runtime.world_size)  # train.batch_size is global
+    train_loader = make_loader(train_set, batch, train=True, **loader_args)
+    val_loader = make_loader(val_set, batch, train=False, **loader_args) if val_set is not None else None
+    if runtime.distributed and tcfg.sync_bn:
+        if runtime.device.type == "cuda":
+            # Batch-norm statistics over the global batch, as the reference's --sync_bn.
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        elif runtime.is_main:
+            print("train.sync_bn: PyTorch synchronises batch norm on GPUs only; "
+                  "each CPU process keeps its own statistics", flush=True)
     steps_done = 0
 
     def count_step() -> None:
@@ -198,6 +240,8 @@ def fit(
 
     for epoch in range(run.epoch, len(schedule)):
         phase = schedule[epoch]
+        if phase.block == "finetune" and phase.block_epoch == 0:
+            _reload_best_alternate(task, run_dir, runtime)
         seed_everything(epoch_seed(tcfg.seed, epoch, runtime.rank))
         task.set_trainable(phase)
         if phase.block != run.optimizer_block:
@@ -219,26 +263,43 @@ def fit(
             "lr": ",".join(f"{k}={v:.2g}" for k, v in lrs.items()),
             **stats.row(),
         }
+        trained_temperature = None
         if task.temperature is not None:
-            row["temperature"] = round(task.temperature.value, 5)
+            trained_temperature = task.temperature.value
+            row["temperature"] = round(trained_temperature, 5)
         task.end_epoch(phase)
         validated = val_loader is not None and task.model_cfg is not None and validation_due(cfg, schedule, epoch)
+        metrics: dict = {}
         if validated:
             run.metrics = evaluate(task, val_loader, cfg, runtime)
             row.update({f"val_{k}": v for k, v in run.metrics.items() if isinstance(v, int | float)})
+            if validates(phase):  # only such epochs may be kept (never the warm-up)
+                metrics = run.metrics
         if task.hooks is not None:  # may add log columns; True ends the stage (before the cap)
             run.stopped = task.hooks.after_epoch(phase, run.metrics if validated else {}, row) and epoch < len(schedule) - 1
         row["seconds"] = round(time.time() - started, 2)
-        improved = is_better(run.metrics, run.best, task)
-        run.best = max(run.best, selection_score(run.metrics, task))
+        improved = is_better(metrics, run.best, task)
+        run.best = max(run.best, selection_score(metrics, task))
+        improved_alternate = phase.block == "alternate" and is_better(metrics, run.best_alternate, task)
+        if phase.block == "alternate":
+            run.best_alternate = max(run.best_alternate, selection_score(metrics, task))
+        if improved:
+            # What the kept model costs, beside what it scores.
+            run.best_record = {"epoch": epoch + 1, "block": phase.block, "temperature": trained_temperature} | {
+                k: v for k, v in metrics.items() if k in ("score", "gflops") or k.startswith("selection_")
+            }
         run.epoch = epoch + 1
         if runtime.is_main:
             logger.log(row, epoch + 1)
             state = _checkpoint(task, run, scaler, cfg, extra_state)
             save_checkpoint(state, last_path)
-            if improved or epoch == len(schedule) - 1 and not (run_dir / "best.pt").exists():
-                save_checkpoint(state, run_dir / "best.pt")
+            if improved or epoch == len(schedule) - 1 and not (run_dir / runs.BEST).exists():
+                save_checkpoint(state, run_dir / runs.BEST)
+            if improved_alternate:
+                save_checkpoint(state | {"trained_temperature": trained_temperature}, run_dir / runs.BEST_ALTERNATE)
             print(f"[{task.kind}] " + " ".join(f"{k}={v}" for k, v in row.items()), flush=True)
+            if improved:
+                print(f"[{task.kind}] best " + " ".join(f"{k}={_short(v)}" for k, v in run.best_record.items()), flush=True)
         if run.stopped:
             if runtime.is_main:
                 print(f"[{task.kind}] stopping after epoch {epoch + 1} of {len(schedule)}: the validation "

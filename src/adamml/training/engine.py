@@ -21,7 +21,7 @@ from adamml.config import ExperimentConfig, ModelConfig
 from adamml.evaluation.evaluate import evaluate_model
 from adamml.runtime.distributed import Runtime, all_reduce_sum
 from adamml.training.loss import adamml_loss, classification_loss, is_correct
-from adamml.training.schedule import Phase
+from adamml.training.schedule import Phase, decays_temperature
 
 
 class TrainingInterrupted(RuntimeError):
@@ -147,8 +147,9 @@ class Task:
             self.hooks.after_step(phase, result)
 
     def end_epoch(self, phase: Phase) -> None:
-        """After each training epoch: the temperature anneals."""
-        if self.temperature is not None:
+        """After each training epoch: the temperature anneals after each alternating epoch's
+        policy pass, as the reference's (20 decays for 20 alternating epochs)."""
+        if self.temperature is not None and decays_temperature(phase):
             self.temperature.step()
 
     def state_dict(self) -> dict:
@@ -292,24 +293,24 @@ def evaluate(task: Task, loader: DataLoader, cfg: ExperimentConfig, runtime: Run
     return evaluate_model(task.model, loader, task.kind, task.model_cfg, cfg, runtime).metrics
 
 
-def segment_loss_step(multi_label: bool):
-    """Step for stage 1/2 networks: cross-entropy on the fused video logits."""
+def segment_loss_step(multi_label: bool, loss: str = "ce"):
+    """Step for stage 1/2 networks: ``train.loss`` on the fused video logits."""
 
     def step(model: nn.Module, batch: dict, phase: Phase) -> StepResult:
         out = model(batch)
-        return StepResult(loss=classification_loss(out.logits, batch, multi_label), logits=out.logits)
+        return StepResult(loss=classification_loss(out.logits, batch, multi_label, loss), logits=out.logits)
 
     return step
 
 
-def adamml_step(cost_weights: torch.Tensor, gamma: float, multi_label: bool, temperature: Temperature):
+def adamml_step(cost_weights: torch.Tensor, gamma: float, multi_label: bool, temperature: Temperature, loss: str = "ce"):
     """Step for stage 3: masked execution at the task's temperature, CE always, the efficiency
     loss when the policy trains."""
 
     def step(model: nn.Module, batch: dict, phase: Phase) -> StepResult:
         out = model(batch, temperature=temperature.value, mode="masked")
-        parts = adamml_loss(out.logits, out.decisions, batch, cost_weights.to(out.logits.device), gamma, multi_label)
-        loss = parts.total if phase.trains == "policy" else parts.classification
-        return StepResult(loss=loss, logits=out.logits, decisions=out.decisions)
+        parts = adamml_loss(out.logits, out.decisions, batch, cost_weights.to(out.logits.device), gamma, multi_label, loss)
+        total = parts.total if phase.trains == "policy" else parts.classification
+        return StepResult(loss=total, logits=out.logits, decisions=out.decisions)
 
     return step

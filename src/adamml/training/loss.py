@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from adamml.config import LOSSES
+
 
 @dataclass
 class LossParts:
@@ -25,10 +27,21 @@ class LossParts:
     efficiency: torch.Tensor
 
 
-def classification_loss(logits: torch.Tensor, batch: dict, multi_label: bool = False) -> torch.Tensor:
-    """Cross-entropy for single-label sets, binary cross-entropy over classes for multi-label."""
+def classification_loss(
+    logits: torch.Tensor, batch: dict, multi_label: bool = False, loss: str = "ce"
+) -> torch.Tensor:
+    """``train.loss``: "ce" (the reference, every dataset) is cross-entropy; on a multi-label
+    set its target is the video's labels as a uniform distribution (the plain cross-entropy
+    for a video with one label). "bce": binary cross-entropy over classes (multi-label sets)."""
+    if loss not in LOSSES:
+        raise ValueError(f"train.loss must be one of {', '.join(LOSSES)}, got {loss!r}")
     if multi_label:
-        return F.binary_cross_entropy_with_logits(logits, batch["multi_hot"].to(logits.dtype))
+        target = batch["multi_hot"].to(logits.dtype)
+        if loss == "bce":
+            return F.binary_cross_entropy_with_logits(logits, target)
+        return F.cross_entropy(logits, target / target.sum(dim=1, keepdim=True).clamp(min=1.0))
+    if loss == "bce":
+        raise ValueError("train.loss: bce needs a multi-label dataset (data.multi_label: true)")
     return F.cross_entropy(logits, batch["label"])
 
 
@@ -63,7 +76,8 @@ def adamml_loss(
     cost_weights: torch.Tensor,
     gamma: float,
     multi_label: bool = False,
+    loss: str = "ce",
 ) -> LossParts:
-    ce = classification_loss(logits, batch, multi_label)
+    ce = classification_loss(logits, batch, multi_label, loss)
     eff = efficiency_loss(decisions, is_correct(logits, batch, multi_label), cost_weights, gamma)
     return LossParts(total=ce + eff, classification=ce, efficiency=eff)

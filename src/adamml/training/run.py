@@ -9,6 +9,7 @@ under ``python`` and ``torchrun --nproc-per-node N`` (one or many nodes).
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from adamml.config import FUSIONS, check_choice, load_config
@@ -31,6 +32,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="train AdaMML to B x weighted fusion's GFLOPs (0 < B <= 1): cost weights adapted "
                         "while the policy trains, the kept checkpoint the most accurate within the budget")
     parser.add_argument("--workers", type=int, default=None, help="processes extracting missing caches (default: every core)")
+    parser.add_argument(
+        "--plan", action="store_true",
+        help="print the resolved recipe (per epoch: what trains, learning rates, temperature, "
+        "batch per process, where each stage starts) and exit without reading data",
+    )
+    parser.add_argument("--nproc", type=int, default=None,
+                        help="with --plan: processes to plan for (default: WORLD_SIZE or 1)")
     parser.add_argument("overrides", nargs="*", help="config overrides: section.key=value")
 
 
@@ -47,6 +55,12 @@ def run(args: argparse.Namespace) -> int:
         check_choice("--fusion", args.fusion, [f for f in FUSIONS if f != "unimodal"])
     if args.modality is not None:
         check_choice("--modality", args.modality, cfg.model.modalities)
+    if args.plan:
+        from adamml.training.plan import format_plan
+
+        nproc = args.nproc or int(os.environ.get("WORLD_SIZE", "1"))
+        print(format_plan(cfg, nproc))
+        return 0
     runtime = setup()
     try:
         cfg, lines = prepare_run(cfg, runtime, config_name=args.config, workers=args.workers, progress=cfg.train.progress)

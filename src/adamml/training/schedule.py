@@ -2,7 +2,13 @@
 
 Stage 1 (unimodal) and stage 2 (fusion) are plain epochs. Stage 3 (AdaMML) follows the
 reference's ``train_adamml.py``: a warm-up with the policy frozen, then alternating epochs
-(recognition networks, then policy, the other frozen), then a fine-tune with the policy fixed.
+(recognition networks, then policy, the other frozen), then a fine-tune with the policy fixed
+that starts from the best alternating epoch (weights and temperature).
+
+Also as the reference: warm-up epochs are not validated (an untrained policy cannot be the
+model kept), validation follows each alternating epoch's policy pass and each fine-tune
+epoch, and the Gumbel temperature is multiplied by the decay after each alternating epoch
+only (20 decays for 20 alternating epochs: 5.0 ... 5.0 x 0.965^19 = 2.54 in the last one).
 """
 
 from __future__ import annotations
@@ -37,3 +43,31 @@ def adamml_schedule(cfg: AdamMLTrainConfig) -> list[Phase]:
         epoch += n
     phases += [Phase("finetune", "recognition", e, cfg.finetune_epochs) for e in range(cfg.finetune_epochs)]
     return phases
+
+
+def decays_temperature(phase: Phase) -> bool:
+    """Whether the Gumbel temperature decays after this epoch: after each alternating epoch's
+    policy pass, as the reference's ``decay_temperature()`` at the end of an alternating epoch."""
+    return phase.block == "alternate" and phase.trains == "policy"
+
+
+def validates(phase: Phase) -> bool:
+    """Whether this epoch may be validated (and so become ``best.pt``): every epoch of the
+    plain stages; in stage 3 each alternating epoch (after its policy pass) and each
+    fine-tune epoch, never the warm-up."""
+    if phase.block == "warmup":
+        return False
+    if phase.block == "alternate":
+        return phase.trains == "policy"
+    return True
+
+
+def temperature_plan(schedule: list[Phase], start: float, decay: float) -> list[float]:
+    """The temperature each epoch of an AdaMML schedule trains with, before the fine-tune's
+    reload (which takes the best alternating epoch's)."""
+    out, tau = [], start
+    for phase in schedule:
+        out.append(tau)
+        if decays_temperature(phase):
+            tau *= decay
+    return out

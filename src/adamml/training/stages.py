@@ -23,7 +23,7 @@ from adamml.models.build import input_modalities, load_unimodal
 from adamml.models.multimodal import build_multimodal
 from adamml.runtime import runs
 from adamml.runtime.checkpoint import load_checkpoint
-from adamml.runtime.distributed import Runtime
+from adamml.runtime.distributed import Runtime, per_process_batch
 from adamml.training.driver import fit
 from adamml.training.engine import (
     StepResult,
@@ -78,11 +78,12 @@ def load_recognition_from_unimodal(recognition: nn.ModuleDict, cfg: ExperimentCo
 
 def init_policy_from_recognition(model: nn.Module) -> list[str]:
     """Start each policy feature extractor from the stage-1 network of its input, where the
-    architectures match (the reference's audio policy *is* the audio sub-network's MobileNetV2;
-    it starts its RGB one from ImageNet, which we cannot download). Returns what was copied."""
+    architectures match. Extractors that started from ``model.policy.pretrained`` are left
+    alone (the reference starts every extractor, audio included, from ImageNet: set
+    ``model.policy.pretrained`` for that). Returns what was copied."""
     copied = []
     for source, extractor in model.policy.extractors.items():
-        if source not in model.recognition:
+        if source not in model.recognition or source in model.policy.pretrained_sources:
             continue
         target = extractor.state_dict()
         donor = model.recognition[source].state_dict()
@@ -143,7 +144,7 @@ def pretrain_policy_extractors(model: nn.Module, cfg: ExperimentConfig, train_se
     if epochs <= 0:
         return accuracy
     tcfg = cfg.train
-    loader = make_loader(train_set, tcfg.batch_size, runtime, train=True, seed=tcfg.seed, num_workers=cfg.data.num_workers)
+    loader = make_loader(train_set, per_process_batch(tcfg.batch_size, runtime.world_size), runtime, train=True, seed=tcfg.seed, num_workers=cfg.data.num_workers)
     policy = model.policy.to(runtime.device)
     scaler = make_scaler(runtime, tcfg.precision)
     for source in policy.extractors:
@@ -194,7 +195,7 @@ def _plain_task(kind: str, model: nn.Module, model_cfg: ModelConfig, cfg: Experi
         kind=kind,
         model=model,
         modalities=list(model.modalities),
-        step=segment_loss_step(cfg.data.multi_label),
+        step=segment_loss_step(cfg.data.multi_label, cfg.train.loss),
         make_optimizers=make_optimizers,
         phase_lrs=phase_lrs,
         model_cfg=model_cfg,
@@ -203,7 +204,10 @@ def _plain_task(kind: str, model: nn.Module, model_cfg: ModelConfig, cfg: Experi
 
 def train_unimodal(cfg: ExperimentConfig, modality: str, runtime: Runtime, *, resume: bool = False, fault_after_steps: int | None = None) -> dict:
     model_cfg = unimodal_model_config(cfg.model, modality)
-    train_set, val_set, class_names = build_datasets(cfg, modalities=[modality])
+    # The reference trains each unimodal network on one clip per video (train.unimodal.train_segments).
+    train_set, val_set, class_names = build_datasets(
+        cfg, modalities=[modality], train_segments=cfg.train.unimodal.train_segments
+    )
     seed_everything(cfg.train.seed)  # the initial weights are part of a reproducible run
     model = build_multimodal(model_cfg, cfg.data.clip)
     task = _plain_task("unimodal", model, model_cfg, cfg, cfg.train.unimodal.lr, cfg.train.unimodal.lr_steps)
@@ -299,7 +303,7 @@ def adamml_task(model: nn.Module, cfg: ExperimentConfig) -> Task:
         kind="adamml",
         model=model,
         modalities=modalities,
-        step=adamml_step(weights, tcfg.gamma, cfg.data.multi_label, temperature),
+        step=adamml_step(weights, tcfg.gamma, cfg.data.multi_label, temperature, cfg.train.loss),
         make_optimizers=make_optimizers,
         phase_lrs=phase_lrs,
         set_trainable=set_trainable,
@@ -317,7 +321,8 @@ def train_adamml(cfg: ExperimentConfig, runtime: Runtime, *, resume: bool = Fals
     if not _will_resume(cfg, "adamml", None, resume):
         load_recognition_from_unimodal(model.recognition, cfg)
         initialised = init_policy_from_recognition(model)
-        pretrain_policy_extractors(model, cfg, train_set, runtime, skip=initialised)
+        skip = initialised + list(model.policy.pretrained_sources)
+        pretrain_policy_extractors(model, cfg, train_set, runtime, skip=skip)
     return fit(
         adamml_task(model, cfg), adamml_schedule(cfg.train.adamml), cfg, train_set, val_set, runtime,
         stage_dir(cfg, "adamml"), resume=resume,

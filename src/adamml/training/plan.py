@@ -1,0 +1,154 @@
+"""``adamml train --plan``: the resolved recipe, printed before anything runs.
+
+A run of the paper's configuration takes days on 8 GPUs; the plan shows what it will do
+without reading data or building a network: per stage and epoch what trains and what is
+frozen, the learning rate of every parameter group, the Gumbel temperature, the cost
+weights, the batch each process gets, and where each stage starts from. It reads the same
+functions the training loop does (``adamml_schedule``, ``temperature_plan``, ``validates``),
+so it cannot drift from it.
+"""
+
+from __future__ import annotations
+
+from adamml.config import ExperimentConfig
+from adamml.runtime.distributed import per_process_batch
+from adamml.runtime.runs import BEST, BEST_ALTERNATE
+from adamml.training.engine import multistep_lr
+from adamml.training.schedule import (
+    adamml_schedule,
+    decays_temperature,
+    temperature_plan,
+    validates,
+)
+
+
+def _weights(cfg: ExperimentConfig, modality: str) -> str:
+    return cfg.model.pretrained.get(modality) or "random"
+
+
+def _extractor_backbone(cfg: ExperimentConfig, source: str) -> str | None:
+    """The backbone of the policy's extractor for ``source`` (as ``build_policy`` picks it),
+    or None when it is cut or narrowed (then it cannot take a stage-1 network's weights)."""
+    from adamml.models.backbones import get_backbone_spec
+
+    policy = cfg.model.policy
+    if source == "audio":
+        own = policy.audio_backbone or cfg.model.backbones.get("audio")
+        if own and get_backbone_spec(own).framewise:
+            return own
+    if policy.width_mult != 1.0 or policy.blocks is not None:
+        return None
+    return policy.backbone
+
+
+def _policy_starts(cfg: ExperimentConfig) -> str:
+    from adamml.models.policy import policy_weight_sources
+
+    sources = {cfg.model.policy.flow_proxy if m == "flow" else m for m in cfg.model.modalities}
+    given = policy_weight_sources(cfg.model)
+    parts = []
+    for source in sorted(sources):
+        if source in given:
+            parts.append(f"{source} from {given[source]}")
+        elif source in cfg.model.modalities and _extractor_backbone(cfg, source) == cfg.model.backbones.get(source):
+            parts.append(f"{source} copied from the stage-1 {source} network")
+        else:
+            parts.append(f"{source} random")
+    extra = ""
+    if cfg.train.adamml.policy_pretrain_epochs:
+        extra = f"; extractors not started otherwise pre-trained {cfg.train.adamml.policy_pretrain_epochs} epochs"
+    return "; ".join(parts) + extra
+
+
+def _ranges(values: list, first: int = 1) -> list[tuple[int, int, object]]:
+    """[(from, to, value)] runs of equal values (1-based epochs)."""
+    out: list[tuple[int, int, object]] = []
+    for i, v in enumerate(values, start=first):
+        if out and out[-1][2] == v:
+            out[-1] = (out[-1][0], i, v)
+        else:
+            out.append((i, i, v))
+    return out
+
+
+def format_plan(cfg: ExperimentConfig, nproc: int = 1) -> str:
+    """The recipe of ``cfg`` on ``nproc`` processes, as text (raises on a batch that does
+    not divide)."""
+    t = cfg.train
+    per = per_process_batch(t.batch_size, nproc)
+    lines = [
+        f"Recipe of {cfg.name}: {', '.join(cfg.model.modalities)} on {cfg.data.dataset}",
+        f"  batch {t.batch_size} global = {per} per process x {nproc} process{'es' if nproc != 1 else ''}; "
+        f"sync_bn {'on' if t.sync_bn and nproc > 1 else 'off'}"
+        + (" (train.sync_bn is set; it applies under DDP)" if t.sync_bn and nproc == 1 else ""),
+        f"  loss {t.loss}; fusion {cfg.model.fusion} ({cfg.model.fusion_mode}); output {t.output_dir}",
+        "",
+    ]
+    u = t.unimodal
+    clips = u.train_segments or cfg.data.clip.num_segments
+    lines.append(
+        f"Stage 1, unimodal ({', '.join(cfg.model.modalities)}, each alone): {u.epochs} epochs SGD "
+        f"momentum {t.momentum} wd {t.weight_decay}, {clips} clip{'s' if clips != 1 else ''} per training video"
+    )
+    for m in cfg.model.modalities:
+        lines.append(f"  {m}: {cfg.model.backbones[m]}, starts from {_weights(cfg, m)}")
+    for a, b, lr in _ranges([multistep_lr(u.lr, u.lr_steps, e) for e in range(u.epochs)]):
+        lines.append(f"  epochs {a}-{b}: lr {lr:g}; everything trains; validated each epoch")
+    f = t.fusion
+    lines += [
+        "",
+        f"Stage 2, fusion ({cfg.model.fusion}): {f.epochs} epochs SGD, recognition lr {f.lr:g}, "
+        f"fusion head lr {f.head_lr:g}; starts from each stage-1 {BEST}",
+        "",
+    ]
+    a = t.adamml
+    schedule = adamml_schedule(a)
+    taus = temperature_plan(schedule, a.temperature, a.temperature_decay)
+    decays = sum(decays_temperature(p) for p in schedule)
+    alt_taus = [tau for p, tau in zip(schedule, taus, strict=True) if p.block == "alternate" and p.trains == "policy"]
+    lines.append(
+        f"Stage 3, AdaMML: {a.warmup_epochs} warm-up + {a.epochs} alternating + {a.finetune_epochs} fine-tune epochs; "
+        f"starts from each stage-1 {BEST}; policy extractors: {_policy_starts(cfg)}"
+    )
+    if alt_taus:
+        lines.append(
+            f"  temperature {a.temperature:g} x {a.temperature_decay:g} after each alternating epoch: "
+            f"{decays} decays, {alt_taus[0]:.3f} in the first policy epoch, {alt_taus[-1]:.2f} in the last"
+        )
+    lines.append(
+        f"  recognition SGD (lr {a.lr:g}, fusion head {a.head_lr:g}); policy Adam (lr {a.policy_lr:g}, "
+        f"extractors x{a.policy_extractor_lr_scale:g}); LR x0.1 at alternating epochs {a.lr_steps}"
+    )
+    header = f"  {'epoch':>5}  {'block':<9}  {'trains':<11}  {'frozen':<11}  {'learning rates':<44}  {'tau':>6}  {'loss':<46}  validated"
+    lines += [header, "  " + "-" * (len(header) - 2)]
+    weights = " ".join(f"{m}={a.cost_weights.get(m, 0):g}" for m in cfg.model.modalities)
+    finetune_start = None
+    for i, (phase, tau) in enumerate(zip(schedule, taus, strict=True), start=1):
+        milestones = a.lr_steps if phase.block == "alternate" else []
+        rec = multistep_lr(a.lr, milestones, phase.block_epoch)
+        pol = multistep_lr(a.policy_lr, milestones, phase.block_epoch)
+        if phase.trains == "policy":
+            frozen, lrs = "recognition", f"policy {pol:g}, extractors {pol * a.policy_extractor_lr_scale:g}"
+            loss = f"CE + efficiency ({weights}, gamma {a.gamma:g})"
+        else:
+            frozen = "policy"
+            lrs = f"recognition {rec:g}, fusion head {rec * a.head_lr / a.lr:g}"
+            loss = "CE"
+        if phase.block == "finetune" and phase.block_epoch == 0:
+            finetune_start = i
+        tau_text = "best's" if phase.block == "finetune" else f"{tau:.3f}"
+        lines.append(
+            f"  {i:>5}  {phase.block:<9}  {phase.trains:<11}  {frozen:<11}  {lrs:<44}  {tau_text:>6}  {loss:<46}  "
+            + ("yes" if validates(phase) else "no")
+        )
+    if finetune_start is not None:
+        lines.append(
+            f"  fine-tune (epoch {finetune_start}) starts from the best alternating checkpoint "
+            f"({BEST_ALTERNATE}): its weights and its temperature"
+        )
+    lines.append(
+        "  validation runs every "
+        + (f"{t.eval_every} epoch(s) where 'validated' says yes" if t.eval_every > 0 else "stage at its end only")
+        + f"; {BEST} is the best validated epoch (never the warm-up)"
+    )
+    return "\n".join(lines)
