@@ -121,7 +121,7 @@ class Predictor:
         self.costs = modality_costs(model_cfg, cfg.data.clip)
         decode = dataclasses.replace(cfg.data.decode)
         needed = _input_modalities(kind, model_cfg)
-        self.flow_method = decode.flow or "dis"
+        self.flow_method = decode.flow or "tvl1"  # the method the model was trained with (TV-L1: precomputed flow)
         # Flow is deferred when the policy does not look at it: it is cut per selected segment.
         self.defer_flow = "flow" in needed and not (kind == "adamml" and model_cfg.policy.flow_proxy == "flow")
         if self.defer_flow:

@@ -133,8 +133,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--topk", type=int, default=5)
     parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--flow", choices=("tvl1", "dis"), default=None,
-                        help="optical flow for a flow model (default: the method it was trained with)")
     parser.add_argument("--window", type=float, default=None, metavar="SECONDS",
                         help="long videos: classify each window of this many seconds (K segments each), "
                         "read once with bounded memory; a timeline per video")
