@@ -54,12 +54,23 @@ class EpochLogger:
     def log(self, row: dict, step: int) -> None:
         if not self.enabled:
             return
-        new = not self.path.exists()
-        with self.path.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(row))
-            if new:
+        rows, fields = [], list(row)
+        if self.path.exists():
+            with self.path.open(newline="") as f:
+                reader = csv.DictReader(f)
+                rows = list(reader)
+                fields = list(reader.fieldnames or [])
+        if set(row) - set(fields) or not self.path.exists():
+            # A column appears (a validated epoch after unvalidated ones): rewrite the file
+            # under the union of the columns, so every value stays under its own header.
+            fields += [k for k in row if k not in fields]
+            with self.path.open("w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=fields, restval="")
                 writer.writeheader()
-            writer.writerow(row)
+                writer.writerows(rows + [row])
+        else:
+            with self.path.open("a", newline="") as f:
+                csv.DictWriter(f, fieldnames=fields, restval="").writerow(row)
         if self.writer is not None:
             for key, value in row.items():
                 if isinstance(value, int | float) and not isinstance(value, bool):
