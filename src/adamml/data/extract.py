@@ -49,6 +49,13 @@ class ExtractReport:
         else:
             self.failed.append((path, status.removeprefix("failed: ")))
 
+    def finish(self, started: float) -> ExtractReport:
+        """Close the run: a stable order whatever order the workers finished in, and its time."""
+        self.failed.sort()
+        self.missing_audio.sort()
+        self.seconds = time.perf_counter() - started
+        return self
+
     @property
     def ok(self) -> bool:
         return not self.failed
@@ -158,10 +165,7 @@ def extract_videos(
                 report.record(future.result())
                 bar.update()
     bar.close()
-    report.failed.sort()
-    report.missing_audio.sort()
-    report.seconds = time.perf_counter() - t0
-    return report
+    return report.finish(t0)
 
 
 def ensure_cached(

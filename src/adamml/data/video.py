@@ -302,6 +302,23 @@ def _count_frames(path: Path, fps: float) -> int:
     return max(1, math.ceil(span * fps - 1e-6))
 
 
+def _video_frames(container, streams, audio: _AudioCollector | None, path) -> Iterator[av.VideoFrame]:
+    """Demux once: yield the video frames, hand audio frames to ``audio`` on the way (so one
+    pass reads both streams); a packet that fails to decode is an error naming the stream."""
+    for packet in container.demux(streams):
+        try:
+            decoded = packet.decode()
+        except av.error.FFmpegError as exc:
+            raise VideoDecodeError(
+                f"{path}: {packet.stream.type} stream is corrupt at t={_packet_time(packet)} ({exc})"
+            ) from None
+        for frame in decoded:
+            if packet.stream.type == "video":
+                yield frame
+            elif audio is not None:
+                audio.push(frame)
+
+
 def _decode_pass(path: Path, settings: DecodeSettings, keep: set[int] | None):
     """One pass over the file: the frame resampler (holding the frames), audio, metadata."""
     container = _open(path)
@@ -318,27 +335,9 @@ def _decode_pass(path: Path, settings: DecodeSettings, keep: set[int] | None):
         audio = _AudioCollector(settings.sample_rate) if astream is not None else None
         streams = [vstream] + ([astream] if astream is not None else [])
 
-        def video_frames() -> Iterator[av.VideoFrame]:
-            for packet in container.demux(streams):
-                try:
-                    decoded = packet.decode()
-                except av.error.FFmpegError as exc:
-                    if packet.stream.type == "video":
-                        raise VideoDecodeError(
-                            f"{path}: video stream is corrupt at t={_packet_time(packet)} ({exc})"
-                        ) from None
-                    raise VideoDecodeError(
-                        f"{path}: audio stream is corrupt at t={_packet_time(packet)} ({exc})"
-                    ) from None
-                for frame in decoded:
-                    if packet.stream.type == "video":
-                        yield frame
-                    elif audio is not None:
-                        audio.push(frame)
-
         last_t = None
         try:
-            for t, frame in _frame_times(video_frames(), rate):
+            for t, frame in _frame_times(_video_frames(container, streams, audio, path), rate):
                 resampler.push(t, frame)
                 last_t = t
         except (av.error.FFmpegError, OSError) as exc:

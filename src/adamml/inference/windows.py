@@ -48,7 +48,14 @@ def stream_windows(
 ) -> Iterator[Window]:
     """Yield consecutive windows of ``window_s`` seconds (the last may be shorter), decoding the
     file once and holding only the current window (and ``audio_margin_s`` of audio around it)."""
-    from adamml.data.video import _AudioCollector, _frame_rate, _frame_times, _FrameResampler, _open
+    from adamml.data.video import (
+        _AudioCollector,
+        _frame_rate,
+        _frame_times,
+        _FrameResampler,
+        _open,
+        _video_frames,
+    )
 
     path = Path(path)
     if window_s <= 0:
@@ -106,22 +113,9 @@ def stream_windows(
             index += 1
             return window
 
-        def packets() -> Iterator[av.VideoFrame]:
-            nonlocal audio_done
-            for packet in container.demux(streams):
-                try:
-                    decoded = packet.decode()
-                except av.error.FFmpegError as exc:
-                    raise VideoDecodeError(f"{path}: {packet.stream.type} stream is corrupt ({exc})") from None
-                for frame in decoded:
-                    if packet.stream.type == "video":
-                        yield frame
-                    elif audio is not None:
-                        audio.push(frame)
-
         last_t = None
         try:
-            for t, frame in _frame_times(packets(), _frame_rate(vstream)):
+            for t, frame in _frame_times(_video_frames(container, streams, audio, path), _frame_rate(vstream)):
                 resampler.push(t, frame)
                 last_t = t
                 frames.extend(resampler.out)

@@ -105,10 +105,7 @@ def extract_videos_ray(
                 log.mark([{"video": row["key"], "status": FAILED, "error": row["status"].removeprefix("failed: "), "t": round(time.time(), 3)}])
             bar.update()
         bar.close()
-    report.failed.sort()
-    report.missing_audio.sort()
-    report.seconds = time.perf_counter() - t0
-    return report
+    return report.finish(t0)
 
 
 # ----------------------------------------------------------------------------- command line
