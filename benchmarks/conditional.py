@@ -6,22 +6,30 @@ adamml's "conditional" mode runs each sub-network once on only the selected segm
 script builds a shipped config's model at full size (random weights; the evaluation segment
 count, the policy at its configured resolution), forces the selection rate of the costliest
 modality (RGB) to 0, 25, 50, 75 and 100 % (the others always on), and prints per-video
-inference time (median over repeats) in both modes, their ratio, and the GFLOPs per video
-counted from the real modules (adamml.models.flops; GFLOPs = 1e9 multiply-adds). The policy
-runs in every row. Both modes run under the same execution plan (adamml.models.execution:
-micro-batches, channels_last, folded batch norm, inference mode; ``--plain`` turns it off).
+inference time in both modes, their ratio, and the GFLOPs per video counted from the real
+modules (adamml.models.flops; GFLOPs = 1e9 multiply-adds). The policy runs in every row.
+Both modes run under the same execution plan (adamml.models.execution: micro-batches on
+worker threads, channels_last, folded batch norm and fused activations, inference mode;
+``--plain`` turns it off).
+
+The machine may be shared: every round times every row once (both modes of every rate, and
+the reference code when asked for), in an order that changes from round to round, so a load
+that drifts during the run reaches every row alike; the table gives each row's median over
+``--rounds`` rounds and the load average before and after.
 
     python benchmarks/conditional.py --config kinetics_sounds_rgb_audio --device cpu --threads 2
     python benchmarks/conditional.py --config kinetics_sounds_rgb_audio --device cpu --threads 2 \\
         --reference /tmp/refadamml       # also time the reference code (IBM/AdaMML checkout)
 
 ``--reference CHECKOUT`` imports the reference's own model (RGB + audio configs only) from a
-checkout and times it the same way before and after the table (see /work/shared/bench/).
+checkout and times it in every round beside ours (see /work/shared/bench/).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import random
 import statistics
 import sys
 import time
@@ -72,20 +80,33 @@ def _seconds(fn, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def time_pair(fn_a, fn_b, repeats: int, device: torch.device) -> tuple[float, float]:
-    """Median seconds of two calls, alternated run by run so that a CPU shared with other
-    work (load drifting during the benchmark) biases neither; one warm-up run each."""
-    fn_a(), fn_b()
-    a, b = [], []
-    for _ in range(repeats):
-        a.append(_seconds(fn_a, device))
-        b.append(_seconds(fn_b, device))
-    return statistics.median(a), statistics.median(b)
+def time_rounds(fns: dict, rounds: int, device: torch.device, seed: int = 0) -> dict:
+    """Median seconds of each call over ``rounds`` rounds; every round runs every call once, in
+    a shuffled order, so that load drifting on a shared machine reaches every call alike. One
+    warm-up run each first."""
+    for fn in fns.values():
+        fn()
+    times: dict = {key: [] for key in fns}
+    order = list(fns)
+    rng = random.Random(seed)
+    for _ in range(rounds):
+        rng.shuffle(order)
+        for key in order:
+            times[key].append(_seconds(fns[key], device))
+    return {key: statistics.median(ts) for key, ts in times.items()}
 
 
-def reference_seconds(checkout: str, cfg: ExperimentConfig, segments: int, repeats: int) -> float:
-    """s/video of the reference code's RGB + audio model (batch 1, random weights, eval,
-    no_grad), imported from an IBM/AdaMML checkout; its policy's ImageNet download skipped."""
+def load_average() -> str:
+    try:
+        return "load average " + " ".join(f"{v:.2f}" for v in os.getloadavg()) + " (1, 5, 15 min)"
+    except OSError:  # pragma: no cover - platforms without getloadavg
+        return "load average unknown"
+
+
+def reference_model(checkout: str, cfg: ExperimentConfig, segments: int):
+    """A call that runs the reference code's RGB + audio model on one video (batch 1, random
+    weights, eval, no_grad), imported from an IBM/AdaMML checkout; its policy's ImageNet
+    download skipped."""
     sys.path.insert(0, checkout)
     try:
         import models.policy_net as policy_net  # the reference's modules
@@ -104,19 +125,25 @@ def reference_seconds(checkout: str, cfg: ExperimentConfig, segments: int, repea
     ).eval()
     rgb = torch.randn(1, segments * frames * 3, clip.crop_size, clip.crop_size)
     sound = torch.randn(1, segments, 256, clip.audio_frames or 256)
-    with torch.no_grad():
-        model([rgb, sound])
-        times = [_seconds(lambda: model([rgb, sound]), torch.device("cpu")) for _ in range(repeats)]
-    return statistics.median(times)
+
+    def fn():
+        with torch.no_grad():
+            return model([rgb, sound])
+
+    return fn
 
 
 def run_device(model: AdaMML, cfg: ExperimentConfig, args, costs: dict[str, float], device: torch.device,
-               reference_s: float | None) -> None:
-    plan = ExecutionPlan.for_device(device, precision=args.precision, compile=args.compile,
-                                    **({"pixels_per_call": args.pixels_per_call} if args.pixels_per_call else {}))
+               reference=None) -> None:
+    overrides = {"precision": args.precision, "compile": args.compile}
+    if args.pixels_per_call:
+        overrides["pixels_per_call"] = args.pixels_per_call
+    if args.workers:
+        overrides["workers"] = args.workers
+    plan = ExecutionPlan.for_device(device, **overrides)
     if args.plain:
         plan = ExecutionPlan(device=str(device), pixels_per_call=None, channels_last=False,
-                             fold_batchnorm=False, precision=args.precision)
+                             fold_batchnorm=False, fuse_pointwise=False, workers=1, precision=args.precision)
     model = plan.prepare(model)
     b, k = args.batch, args.segments
     batch = make_batch(model, cfg, b, k, device)
@@ -134,27 +161,39 @@ def run_device(model: AdaMML, cfg: ExperimentConfig, args, costs: dict[str, floa
 
     full = torch.ones(b, k, len(model.modalities), device=device)
     masked_gf = statistics.fmean(gflops_per_video(full, per_seg, costs["policy"]))
+    decisions = {rate: forced_decisions(rate, b, k, model.modalities, costly).to(device) for rate in RATES}
+    fns = {}
+    for rate in RATES:
+        # Masked runs everything whatever the decisions: the reference's cost at every rate.
+        fns[rate, "conditional"] = infer(decisions[rate], "conditional")
+        fns[rate, "masked"] = infer(decisions[rate], "masked")
+    if reference is not None:
+        fns["reference"] = reference
     threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"\n{name}{threads}: {b} video(s) x {k} segments per call, median of {args.repeats}; {plan}")
-    ref_col = reference_s is not None
+    print(f"\n{name}{threads}: {b} video(s) x {k} segments per call, median of {args.rounds} rounds; {plan}")
+    print(f"before: {load_average()}", flush=True)
+    seconds = time_rounds(fns, args.rounds, device)
+    print(f"after:  {load_average()}")
+    ref_s = seconds.get("reference")
+    if ref_s is not None:
+        print(f"reference code (IBM/AdaMML), timed in the same rounds: {ref_s:.3f} s/video")
     header = (
         f"{costly.upper() + ' rate':>8} | {'conditional s/video':>19} {'GFLOPs':>8} | "
-        f"{'masked s/video':>14} {'GFLOPs':>8} | {'time ratio':>10} {'GFLOPs ratio':>12}"
-        + (f" | {'vs reference':>12}" if ref_col else "")
+        f"{'masked s/video':>14} {'GFLOPs':>8} | {'time ratio':>10} {'GFLOPs ratio':>12} {'time/GFLOPs':>11}"
+        + (f" | {'vs reference':>12}" if ref_s is not None else "")
     )
     print(header)
     print("-" * len(header))
     for rate in RATES:
-        d = forced_decisions(rate, b, k, model.modalities, costly).to(device)
-        # Masked runs everything whatever the decisions: the reference's cost at every rate.
-        cond_s, masked_s = time_pair(infer(d, "conditional"), infer(d, "masked"), args.repeats, device)
-        cond_s, masked_s = cond_s / b, masked_s / b
-        cond_gf = statistics.fmean(gflops_per_video(d, per_seg, costs["policy"]))
+        cond_s, masked_s = seconds[rate, "conditional"] / b, seconds[rate, "masked"] / b
+        cond_gf = statistics.fmean(gflops_per_video(decisions[rate], per_seg, costs["policy"]))
+        time_ratio, gf_ratio = cond_s / masked_s, cond_gf / masked_gf
         print(
             f"{rate:>8.0%} | {cond_s:>19.4f} {cond_gf:>8.2f} | "
-            f"{masked_s:>14.4f} {masked_gf:>8.2f} | {cond_s / masked_s:>10.2f} "
-            f"{cond_gf / masked_gf:>12.2f}" + (f" | {cond_s / reference_s:>11.2f}x" if ref_col else "")
+            f"{masked_s:>14.4f} {masked_gf:>8.2f} | {time_ratio:>10.3f} "
+            f"{gf_ratio:>12.3f} {time_ratio / gf_ratio:>11.2f}"
+            + (f" | {cond_s / ref_s:>11.2f}x" if ref_s is not None else "")
         )
 
 
@@ -165,10 +204,13 @@ def main() -> None:
                         help="auto: CPU, then CUDA when available")
     parser.add_argument("--batch", type=int, default=1, help="videos per call")
     parser.add_argument("--segments", type=int, default=None, help="default: the config's evaluation segments")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rounds", "--repeats", dest="rounds", type=int, default=5,
+                        help="timing rounds; every round times every row once (median reported)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch default)")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
     parser.add_argument("--pixels-per-call", type=int, default=None, help="micro-batch size (frame pixels)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="CPU worker threads for micro-batches (default: the thread count; 1: none)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the sub-networks")
     parser.add_argument("--plain", action="store_true", help="no execution plan: one call per network, NCHW")
     parser.add_argument("--reference", default=None, help="an IBM/AdaMML checkout to time beside ours")
@@ -196,14 +238,8 @@ def main() -> None:
     for device in devices:
         reference = None
         if args.reference and device.type == "cpu":
-            before = reference_seconds(args.reference, cfg, args.segments, args.repeats)
-            print(f"reference code (IBM/AdaMML), before: {before:.2f} s/video")
-            reference = before
+            reference = reference_model(args.reference, cfg, args.segments)
         run_device(model, cfg, args, costs, device, reference)
-        if args.reference and device.type == "cpu":
-            after = reference_seconds(args.reference, cfg, args.segments, args.repeats)
-            print(f"reference code (IBM/AdaMML), after: {after:.2f} s/video "
-                  f"(the 'vs reference' column divides by the 'before' time)")
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ def test_long_video_benchmark_shows_streaming_uses_less_memory() -> None:
 
 
 def test_conditional_benchmark_prints_a_row_per_rate() -> None:
-    out = run("conditional.py", "--config", "tiny", "--device", "cpu", "--repeats", "1", "--threads", "1")
+    out = run("conditional.py", "--config", "tiny", "--device", "cpu", "--rounds", "1", "--threads", "1")
     rows = [line for line in out.splitlines() if line.strip().split(" ")[0].endswith("%")]
     assert [r.split("|")[0].strip() for r in rows] == ["0%", "25%", "50%", "75%", "100%"]
     gflops = [float(r.split("|")[1].split()[1]) for r in rows]

@@ -1,14 +1,27 @@
 """The inference execution plan: micro-batched conditional execution gives the same result as
-one call per network and as the masked model; folding batch norm keeps the function."""
+one call per network and as the masked model, on worker threads too; folding batch norm and
+fusing activations into the convolutions keep the function."""
 
 from __future__ import annotations
 
+import copy
+import threading
+
 import pytest
 import torch
+import torchvision
 from test_adamml import CLIP, calibrate_batch_norm, count_inputs, patterns, tiny_batch, tiny_cfg
 
 from adamml.models.adamml import AdaMML, build_adamml
-from adamml.models.execution import ExecutionPlan, fold_batchnorm, run_chunked
+from adamml.models.execution import (
+    ExecutionPlan,
+    FusedConv2d,
+    fold_batchnorm,
+    fuse_pointwise,
+    pointwise_fusion_available,
+    run_chunked,
+    run_many,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -32,7 +45,7 @@ def test_micro_batched_conditional_equals_one_call_and_masked(model: AdaMML, ind
     decisions = patterns()[index]
     batch = tiny_batch()
     chunked = one_segment_plan().prepare(model)
-    whole = ExecutionPlan(pixels_per_call=None).prepare(model)  # same folded weights, one call
+    whole = ExecutionPlan(pixels_per_call=None, workers=1).prepare(model)  # same folded weights, one call
     with torch.inference_mode():
         a = chunked(batch, mode="conditional", decisions=decisions)
         b = whole(batch, mode="conditional", decisions=decisions)
@@ -65,6 +78,100 @@ def test_prepared_model_matches_the_trained_one_with_its_own_policy(model: AdaMM
     assert torch.equal(out.decisions, ref.decisions)
     torch.testing.assert_close(out.logits, ref.logits, rtol=1e-4, atol=1e-5)
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())  # the original is untouched
+
+
+@pytest.mark.parametrize("index", [0, 3, 6])
+def test_worker_threads_give_the_results_of_one_call(model: AdaMML, index: int) -> None:
+    decisions = patterns()[index]
+    batch = tiny_batch()
+    workers = one_segment_plan(workers=2).prepare(model)
+    whole = ExecutionPlan(pixels_per_call=None, workers=1, fuse_pointwise=False).prepare(model)
+    with torch.inference_mode():
+        a = workers(batch, mode="conditional", decisions=decisions)
+        own = workers(batch, mode="conditional")  # with its own policy (on the workers too)
+        b = whole(batch, mode="conditional", decisions=decisions)
+        c = whole(batch, mode="masked", decisions=decisions)
+        d = whole(batch, mode="conditional")
+    for other in (b, c):
+        torch.testing.assert_close(a.logits, other.logits, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(a.segment_logits, other.segment_logits, rtol=1e-5, atol=1e-5)
+    assert torch.equal(own.decisions, d.decisions)
+    torch.testing.assert_close(own.logits, d.logits, rtol=1e-5, atol=1e-5)
+
+
+def test_micro_batches_run_on_the_worker_threads_in_the_callers_modes(model: AdaMML) -> None:
+    seen = []
+
+    def net(v):
+        seen.append((threading.current_thread().name, torch.get_num_threads(),
+                     torch.is_inference_mode_enabled(), torch.is_autocast_enabled("cpu")))
+        return v * 2
+
+    x = torch.arange(8.0).view(8, 1, 1, 1)
+    plan = ExecutionPlan(pixels_per_call=1, workers=2)  # 1 pixel per segment -> 8 calls
+    before = torch.get_num_threads()
+    y = torch.arange(12.0).view(3, 1, 2, 2)  # larger inputs: handed out first
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out, again = run_many([(net, x), (net, y)], plan)
+    assert torch.equal(out, x * 2) and torch.equal(again, y * 2)  # in order
+    assert len(seen) == 11
+    assert all(name.startswith("adamml-exec") and threads == 1 and inf and cast for name, threads, inf, cast in seen)
+    assert torch.get_num_threads() == before  # the caller's threads are untouched
+    seen.clear()
+    with torch.no_grad():
+        run_chunked(net, x, plan)
+    assert not any(inf or cast for _, _, inf, cast in seen)
+    seen.clear()
+    run_chunked(net, x, ExecutionPlan(pixels_per_call=1, workers=1))
+    assert {name for name, *_ in seen} == {threading.current_thread().name}
+
+
+def _calibrated(net: torch.nn.Module) -> torch.nn.Module:
+    net.train()
+    with torch.no_grad():
+        net(torch.randn(6, 3, 64, 64))  # running statistics far from the initial ones
+    return net.eval()
+
+
+@pytest.mark.skipif(not pointwise_fusion_available(), reason="needs torch with oneDNN")
+@pytest.mark.parametrize("name", ["mobilenet_v2", "resnet18", "resnet50"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fuse_pointwise_keeps_the_function(name: str, channels_last: bool) -> None:
+    torch.manual_seed(0)
+    net = _calibrated(getattr(torchvision.models, name)(num_classes=7))
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        ref = net(x)
+    fused = copy.deepcopy(net)
+    fold_batchnorm(fused)
+    count = fuse_pointwise(fused)
+    convs = sum(isinstance(m, torch.nn.Conv2d) for m in net.modules())
+    # Every convolution but a ResNet's stem (an attribute, not in a block or a sequence).
+    assert count == convs - (name != "mobilenet_v2")
+    assert sum(isinstance(m, FusedConv2d) for m in fused.modules()) == count
+    assert not any(isinstance(m, (torch.nn.ReLU, torch.nn.ReLU6)) for m in fused.features.modules()) \
+        if name == "mobilenet_v2" else True
+    if channels_last:
+        fused = fused.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        out = fused(x)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    assert (ref - ref.mean()).abs().max() > 1e-2  # outputs that differ, so equality means something
+
+
+@pytest.mark.skipif(not pointwise_fusion_available(), reason="needs torch with oneDNN")
+def test_cpu_plan_fuses_the_model_and_keeps_its_results(model: AdaMML) -> None:
+    plan = ExecutionPlan.for_device("cpu")
+    fast = plan.prepare(model)
+    assert any(isinstance(m, FusedConv2d) for m in fast.modules())
+    plain = ExecutionPlan.for_device("cpu", fuse_pointwise=False).prepare(model)
+    assert not any(isinstance(m, FusedConv2d) for m in plain.modules())
+    assert not any(isinstance(m, FusedConv2d) for m in ExecutionPlan.for_device("cpu", precision="bf16").prepare(model).modules())
+    decisions = torch.ones(2, 3, 2)
+    with plan.context():
+        a, b = fast(tiny_batch(), decisions=decisions), plain(tiny_batch(), decisions=decisions)
+    torch.testing.assert_close(a.logits, b.logits, rtol=1e-5, atol=1e-5)
 
 
 def test_fold_batchnorm_removes_every_batch_norm_of_the_model(model: AdaMML) -> None:
@@ -108,6 +215,12 @@ def test_run_chunked_concatenates_tuples_and_tensors() -> None:
 def test_plan_defaults_per_device_and_rejects_bad_settings() -> None:
     assert ExecutionPlan.for_device("cpu").pixels_per_call == 8 * 224 * 224
     assert ExecutionPlan.for_device("cuda").pixels_per_call is None
+    assert ExecutionPlan.for_device("cuda").worker_count() == 1
+    assert not ExecutionPlan.for_device("cuda").fuse_pointwise
+    assert ExecutionPlan.for_device("cpu", workers=3).worker_count() == 3
+    assert ExecutionPlan.for_device("cpu").worker_count() == torch.get_num_threads()
+    with pytest.raises(ValueError, match="workers"):
+        ExecutionPlan(workers=0)
     with pytest.raises(ValueError, match="precision"):
         ExecutionPlan(precision="fp8")
     with pytest.raises(ValueError, match="pixels_per_call"):

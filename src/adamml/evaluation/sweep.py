@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from adamml.inference.budget import Budget, Thresholds, fit_thresholds, use_margins
-from adamml.models.execution import ExecutionPlan, run_chunked
+from adamml.models.execution import ExecutionPlan, run_many
 
 DEFAULT_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -68,10 +68,9 @@ def collect(model, loader, plan: ExecutionPlan | None = None, progress: bool = F
             out = fast.policy(fast.policy.policy_inputs(batch), temperature=1.0, sample=False)
             margins.append(use_margins(out.logits.float()).cpu())
             seg = []
-            for i, m in enumerate(fast.modalities):
-                x = batch[m]
-                b, k = x.shape[:2]
-                lg, ft = run_chunked(fast.recognition[m], x.flatten(0, 1), fast.execution)
+            outputs = run_many([(fast.recognition[m], batch[m].flatten(0, 1)) for m in fast.modalities], fast.execution)
+            for i, (m, (lg, ft)) in enumerate(zip(fast.modalities, outputs, strict=True)):
+                b, k = batch[m].shape[:2]
                 seg.append(lg.float().view(b, k, -1).cpu())
                 features[i].append(ft.float().view(b, k, -1).cpu())
             logits.append(torch.stack(seg, dim=2))

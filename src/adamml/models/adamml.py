@@ -21,7 +21,7 @@ from einops import rearrange
 from torch import nn
 
 from adamml.config import ClipSettings, ModelConfig
-from adamml.models.execution import ExecutionPlan, run_chunked
+from adamml.models.execution import ExecutionPlan, run_many
 from adamml.models.fusion import build_fusion
 from adamml.models.policy import PolicyNetwork, build_policy
 from adamml.models.recognition import build_recognition_nets
@@ -152,12 +152,24 @@ class AdaMML(nn.Module):
                 )
             decisions = decisions.to(device=inputs[0].device, dtype=inputs[0].dtype)
 
-        run = self._run_masked if mode == "masked" else self._run_conditional
+        # Every sub-network's input first, then one run_many: under the execution plan the
+        # micro-batches of all modalities share the worker threads.
+        flat = [rearrange(x, "b k ... -> (b k) ...") for x in inputs]
+        index: list[torch.Tensor | None] = [None] * len(flat)  # None: every segment
+        if mode == "conditional":
+            for i in range(len(self.modalities)):
+                selected = rearrange(decisions[:, :, i], "b k -> (b k)").nonzero(as_tuple=True)[0]
+                if selected.numel() < b * k:  # all selected: no copy in, no scatter out
+                    index[i] = selected
+        todo = [i for i, idx in enumerate(index) if idx is None or idx.numel()]
+        calls = [(self.recognition[self.modalities[i]], flat[i] if index[i] is None else flat[i][index[i]]) for i in todo]
+        outputs = run_many(calls, self.execution)
+        results = dict(zip(todo, outputs, strict=True))
         logits, features = [], []
-        for i, (modality, x) in enumerate(zip(self.modalities, inputs, strict=True)):
-            seg_logits, seg_features = run(modality, x, decisions[:, :, i])
-            logits.append(seg_logits)
-            features.append(seg_features)
+        for i, modality in enumerate(self.modalities):
+            seg_logits, seg_features = self._scatter(self.recognition[modality], flat[i], index[i], results.get(i))
+            logits.append(rearrange(seg_logits, "(b k) c -> b k c", b=b, k=k))
+            features.append(rearrange(seg_features, "(b k) d -> b k d", b=b, k=k))
         segment_logits = torch.stack(logits, dim=2)  # (B, K, M, C)
         # The decisions enter once, in the fusion head, so each is a linear factor there and its
         # straight-through gradient says what using the modality would change (see fusion).
@@ -186,38 +198,25 @@ class AdaMML(nn.Module):
             )
         return inputs
 
-    def _run_masked(
-        self, modality: str, x: torch.Tensor, use: torch.Tensor
+    @staticmethod
+    def _scatter(
+        net: nn.Module, x: torch.Tensor, index: torch.Tensor | None, out: tuple[torch.Tensor, torch.Tensor] | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every segment through the network; the fusion head applies the decisions (B, K)."""
-        b, k = x.shape[:2]
-        net = self.recognition[modality]
-        logits, features = run_chunked(net, rearrange(x, "b k ... -> (b k) ..."), self.execution)
-        logits = rearrange(logits, "(b k) c -> b k c", b=b, k=k)
-        features = rearrange(features, "(b k) d -> b k d", b=b, k=k)
-        return logits, features
+        """A sub-network's (logits, features) for all (B*K) segments.
 
-    def _run_conditional(
-        self, modality: str, x: torch.Tensor, use: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Only the selected (video, segment) pairs, in one batch; zeros elsewhere.
-
-        The fusion head multiplies by the decisions, so straight-through gradients reach the
-        policy in this mode too.
+        ``index`` None (masked, or every segment selected): every segment went through the
+        network; the fusion head applies the decisions. Otherwise only the selected segments
+        ``index`` did, in one batch; zeros elsewhere. The fusion head multiplies by the decisions, so
+        straight-through gradients reach the policy in both modes.
         """
-        b, k = x.shape[:2]
-        net = self.recognition[modality]
-        flat_use = rearrange(use, "b k -> (b k)")
-        index = flat_use.nonzero(as_tuple=True)[0]
-        logits = x.new_zeros(b * k, net.num_classes)
-        features = x.new_zeros(b * k, net.feature_dim)
-        if index.numel():
-            selected = rearrange(x, "b k ... -> (b k) ...")[index]
-            sel_logits, sel_features = run_chunked(net, selected, self.execution)
+        if index is None:
+            return out
+        logits = x.new_zeros(x.shape[0], net.num_classes)
+        features = x.new_zeros(x.shape[0], net.feature_dim)
+        if out is not None:
+            sel_logits, sel_features = out
             logits = logits.index_copy(0, index, sel_logits.to(logits.dtype))
             features = features.index_copy(0, index, sel_features.to(features.dtype))
-        logits = rearrange(logits, "(b k) c -> b k c", b=b, k=k)
-        features = rearrange(features, "(b k) d -> b k d", b=b, k=k)
         return logits, features
 
     # ---- parameters and freezing (the trainer alternates two optimisers) ---------------

@@ -12,6 +12,17 @@ RGB + audio, 10 segments, ``benchmarks/conditional.py``) decided the defaults:
 - **channels_last** memory format: another 1.9x on the CPU (oneDNN's preferred layout).
 - **Batch norm folded into the preceding convolution** (eval mode only): in channels_last
   the separate batch-norm pass took 40 % of the policy's time.
+- **Pointwise ops fused into the convolutions** (``fuse_pointwise``, CPU, fp32): ReLU/ReLU6
+  and the residual additions of torchvision's MobileNetV2 and ResNet blocks run as oneDNN
+  post-ops of the convolution before them, so the activations are written once instead of
+  three times. The MobileNets (policy, audio) are made of small memory-bound layers and
+  gained most.
+- **Worker threads** (``workers``, CPU): the micro-batches of every sub-network that runs
+  run concurrently on as many worker threads as torch has intra-op threads, each worker
+  single-threaded. On the shared 2-core machine one call spread over 2 OpenMP threads
+  waits at every layer's barrier for a thread the scheduler has taken away (the fixed
+  part of the model, policy + audio, took 5.2 s instead of 0.32 s at load average 5);
+  single-threaded workers do not synchronise inside a layer.
 - **bf16 autocast** (``precision="bf16"``), an option for CPUs with bf16 instructions and for
   GPUs; its accuracy change is measured, see the README.
 - ``torch.compile``, an option; it did not pay on the 2-core CPU (see the README).
@@ -21,7 +32,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Callable, Iterator
+import math
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 import torch
@@ -44,21 +58,39 @@ class ExecutionPlan:
     pixels_per_call: int | None = CPU_PIXELS_PER_CALL
     channels_last: bool = True
     fold_batchnorm: bool = True
+    # ReLU/ReLU6 and residual additions as oneDNN post-ops of the convolutions (CPU, fp32,
+    # after fold_batchnorm; see fuse_pointwise).
+    fuse_pointwise: bool = True
     precision: str = "fp32"
     compile: bool = False
+    # Worker threads that run micro-batches concurrently, one intra-op thread each (CPU).
+    # None: as many as torch's intra-op threads when the model runs; 1: every call in the
+    # caller's thread with torch's intra-op threads.
+    workers: int | None = None
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.pixels_per_call is not None and self.pixels_per_call < 1:
             raise ValueError(f"pixels_per_call must be >= 1 or None, got {self.pixels_per_call}")
+        if self.workers is not None and self.workers < 1:
+            raise ValueError(f"workers must be >= 1 or None, got {self.workers}")
 
     @classmethod
     def for_device(cls, device: str | torch.device = "cpu", **overrides) -> ExecutionPlan:
         """The measured defaults for ``device`` ("cpu", "cuda", "cuda:1"), then ``overrides``."""
         device = str(device)
-        plan = cls(device=device, pixels_per_call=None if device.startswith("cuda") else CPU_PIXELS_PER_CALL)
+        if device.startswith("cuda"):
+            plan = cls(device=device, pixels_per_call=None, fuse_pointwise=False, workers=1)
+        else:
+            plan = cls(device=device, pixels_per_call=CPU_PIXELS_PER_CALL)
         return replace(plan, **overrides)
+
+    def worker_count(self) -> int:
+        """Worker threads a call uses now (1 on a GPU: its kernels are asynchronous anyway)."""
+        if torch.device(self.device).type != "cpu":
+            return 1
+        return self.workers if self.workers is not None else torch.get_num_threads()
 
     def segments_per_call(self, x: torch.Tensor) -> int | None:
         """Segments per call for an input (N, T, C, H, W) or (N, C, H, W); None: all at once."""
@@ -77,6 +109,8 @@ class ExecutionPlan:
         model.eval()
         if self.fold_batchnorm:
             fold_batchnorm(model)
+            if self.fuse_pointwise and self.precision == "fp32" and torch.device(self.device).type == "cpu":
+                fuse_pointwise(model)
         model.to(self.device)
         if self.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -106,13 +140,85 @@ def run_chunked(
 
     Works for networks returning a tensor or a tuple of tensors. Without a plan: one call.
     """
-    size = plan.segments_per_call(x) if plan is not None else None
-    if size is None or x.shape[0] <= size:
-        return net(x)
-    parts = [net(chunk) for chunk in x.split(size)]
-    if isinstance(parts[0], torch.Tensor):
-        return torch.cat(parts)
-    return tuple(torch.cat(items) for items in zip(*parts, strict=True))
+    return run_many([(net, x)], plan)[0]
+
+
+def run_many(
+    calls: Sequence[tuple[Callable[[torch.Tensor], tuple[torch.Tensor, ...] | torch.Tensor], torch.Tensor]],
+    plan: ExecutionPlan | None,
+) -> list:
+    """``[net(x) for net, x in calls]``, each over micro-batches of x's first dimension
+    (outputs concatenated), the micro-batches of all calls spread over the plan's worker
+    threads. Without a plan: one call each, in this thread.
+
+    With workers, a call is cut into at least as many micro-batches as there are workers
+    (when it has that many segments), and the largest inputs are handed out first so the
+    workers finish together.
+    """
+    workers = plan.worker_count() if plan is not None else 1
+    jobs: list[tuple[int, Callable, torch.Tensor]] = []
+    counts = []
+    for i, (net, x) in enumerate(calls):
+        size = plan.segments_per_call(x) if plan is not None else None
+        if workers > 1:
+            size = min(size or x.shape[0], max(1, math.ceil(x.shape[0] / workers)))
+        chunks = [x] if size is None or x.shape[0] <= size else list(x.split(size))
+        counts.append(len(chunks))
+        jobs.extend((i, net, chunk) for chunk in chunks)
+    if workers > 1 and len(jobs) > 1:
+        results = _run_on_workers(jobs, workers)
+    else:
+        results = [net(chunk) for _, net, chunk in jobs]
+    out, start = [], 0
+    for n in counts:
+        parts = results[start:start + n]
+        start += n
+        if n == 1:
+            out.append(parts[0])
+        elif isinstance(parts[0], torch.Tensor):
+            out.append(torch.cat(parts))
+        else:
+            out.append(tuple(torch.cat(items) for items in zip(*parts, strict=True)))
+    return out
+
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _worker_pool(workers: int) -> ThreadPoolExecutor:
+    """A process-wide pool of ``workers`` threads, each with one intra-op thread."""
+    with _POOLS_LOCK:
+        pool = _POOLS.get(workers)
+        if pool is None:
+            caller_threads = torch.get_num_threads()
+            pool = ThreadPoolExecutor(workers, thread_name_prefix="adamml-exec",
+                                      initializer=torch.set_num_threads, initargs=(1,))
+            start = threading.Barrier(workers)
+            list(pool.map(lambda _: start.wait(), range(workers)))  # every worker started now
+            # torch.set_num_threads in a worker also set the count torch gives threads it
+            # has not seen yet; this thread's own count is unchanged. Put the default back.
+            torch.set_num_threads(caller_threads)
+            _POOLS[workers] = pool
+        return pool
+
+
+def _run_on_workers(jobs: list[tuple[int, Callable, torch.Tensor]], workers: int) -> list:
+    """Results of ``net(chunk)`` for each job, in order, computed on the worker pool under
+    the caller's grad, inference and autocast modes (thread-local in torch)."""
+    inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
+    autocast, dtype = torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")
+
+    def task(net: Callable, chunk: torch.Tensor):
+        with torch.inference_mode(inference), torch.set_grad_enabled(grad), torch.autocast(
+            "cpu", dtype=dtype, enabled=autocast
+        ):
+            return net(chunk)
+
+    pool = _worker_pool(workers)
+    order = sorted(range(len(jobs)), key=lambda j: -jobs[j][2].numel())  # largest first
+    futures = {j: pool.submit(task, jobs[j][1], jobs[j][2]) for j in order}
+    return [futures[j].result() for j in range(len(jobs))]
 
 
 def fold_batchnorm(model: nn.Module) -> int:
@@ -140,6 +246,143 @@ def fold_batchnorm(model: nn.Module) -> int:
                 setattr(parent, bn_name, nn.Identity())
                 folded += 1
     return folded
+
+
+class FusedConv2d(nn.Module):
+    """A Conv2d and the ReLU/ReLU6 after it as one oneDNN convolution with a post-op;
+    :meth:`add` also adds a tensor (a residual) to the result before that activation.
+    Inference only (CPU, fp32); built by :func:`fuse_pointwise`."""
+
+    _UNARY = {None: ("none", []), "relu": ("relu", []), "relu6": ("hardtanh", [0.0, 6.0])}
+
+    def __init__(self, conv: nn.Conv2d, activation: str | None = None):
+        super().__init__()
+        self.weight, self.bias = conv.weight, conv.bias
+        self.padding, self.stride = list(conv.padding), list(conv.stride)
+        self.dilation, self.groups = list(conv.dilation), conv.groups
+        self.activation = activation
+        self._attr, self._scalars = self._UNARY[activation]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, self.weight, self.bias, self.padding, self.stride, self.dilation, self.groups,
+            self._attr, self._scalars, None,
+        )
+
+    def add(self, x: torch.Tensor, other: torch.Tensor, activation: str | None = None) -> torch.Tensor:
+        """activation(conv(x) + other); activation None or "relu"."""
+        return torch.ops.mkldnn._convolution_pointwise.binary(
+            x, other, self.weight, self.bias, self.padding, self.stride, self.dilation, self.groups,
+            "add", None, activation, [], None,
+        )
+
+    def extra_repr(self) -> str:
+        out, cin = self.weight.shape[:2]
+        return (f"{cin * self.groups}, {out}, kernel_size={tuple(self.weight.shape[2:])}, "
+                f"stride={tuple(self.stride)}, groups={self.groups}, activation={self.activation}")
+
+
+class FusedInvertedResidual(nn.Module):
+    """torchvision's MobileNetV2 block with its last convolution fused with the residual add."""
+
+    def __init__(self, body: nn.Sequential, last: FusedConv2d, residual: bool):
+        super().__init__()
+        self.body, self.last, self.residual = body, last, residual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.body(x)
+        return self.last.add(h, x) if self.residual else self.last(h)
+
+
+class FusedResidualBlock(nn.Module):
+    """torchvision's ResNet BasicBlock / Bottleneck: convolutions with fused ReLUs, the last
+    fused with the shortcut addition and the ReLU after it."""
+
+    def __init__(self, convs: list[FusedConv2d], downsample: nn.Module | None):
+        super().__init__()
+        self.convs = nn.ModuleList(convs)
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x if self.downsample is None else self.downsample(x)
+        h = x
+        for conv in self.convs[:-1]:
+            h = conv(h)
+        return self.convs[-1].add(h, shortcut, "relu")
+
+
+def _fusable(conv: nn.Module) -> bool:
+    return (
+        type(conv) is nn.Conv2d
+        and conv.padding_mode == "zeros"
+        and not isinstance(conv.padding, str)
+        and conv.weight.dtype == torch.float32
+        and conv.weight.device.type == "cpu"
+    )
+
+
+def pointwise_fusion_available() -> bool:
+    """Whether this torch has the oneDNN convolution with post-ops (CPU builds with mkldnn)."""
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+
+
+def fuse_pointwise(model: nn.Module) -> int:
+    """Fuse activations and residual additions into the convolutions, in place (eval mode,
+    after :func:`fold_batchnorm`; CPU fp32 inference only). Returns the convolutions fused.
+
+    Recognised: a Conv2d followed in an ``nn.Sequential`` by ReLU or ReLU6 (Identity left by
+    folded batch norms in between), and torchvision's InvertedResidual (MobileNetV2),
+    BasicBlock and Bottleneck (ResNet) with folded batch norms. Other Conv2d in an
+    ``nn.Sequential`` become fused convolutions without a post-op (oneDNN's kernel, also
+    single-threaded, where torch would take its own 1x1 path). Results equal the unfused
+    model to float rounding (tests/test_execution.py). Nothing happens without oneDNN.
+    """
+    if model.training:
+        raise ValueError("fuse_pointwise needs a model in eval mode")
+    if not pointwise_fusion_available():
+        return 0
+    from torchvision.models.mobilenetv2 import InvertedResidual
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+
+    fused = 0
+    # Residual blocks first (they need the plain modules), then the remaining sequences.
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, (BasicBlock, Bottleneck)):
+                names = ["1", "2"] + (["3"] if isinstance(child, Bottleneck) else [])
+                convs = [getattr(child, "conv" + n) for n in names]
+                if all(_fusable(c) for c in convs) and all(
+                    isinstance(getattr(child, "bn" + n), nn.Identity) for n in names
+                ):
+                    ops = [FusedConv2d(c, "relu") for c in convs[:-1]] + [FusedConv2d(convs[-1])]
+                    setattr(parent, name, FusedResidualBlock(ops, child.downsample))
+                    fused += len(ops)
+            elif isinstance(child, InvertedResidual):
+                layers = [m for m in child.conv if not isinstance(m, nn.Identity)]
+                if layers and _fusable(layers[-1]):
+                    body = nn.Sequential(*layers[:-1])  # its convolutions: fused below
+                    setattr(parent, name, FusedInvertedResidual(body, FusedConv2d(layers[-1]), child.use_res_connect))
+                    fused += 1
+    for module in list(model.modules()):
+        if isinstance(module, nn.Sequential):
+            fused += _fuse_sequential(module)
+    return fused
+
+
+def _fuse_sequential(seq: nn.Sequential) -> int:
+    """Conv2d (+ ReLU/ReLU6) children of ``seq`` -> FusedConv2d (+ Identity), in place."""
+    fused = 0
+    children = [(n, c) for n, c in seq.named_children() if not isinstance(c, nn.Identity)]
+    for (name, conv), nxt in zip(children, [*children[1:], (None, None)], strict=True):
+        if not _fusable(conv):
+            continue
+        act_name, act = nxt
+        activation = {nn.ReLU: "relu", nn.ReLU6: "relu6"}.get(type(act))
+        setattr(seq, name, FusedConv2d(conv, activation))
+        if activation is not None:
+            setattr(seq, act_name, nn.Identity())
+        fused += 1
+    return fused
 
 
 def compile_subnetworks(model: nn.Module) -> None:

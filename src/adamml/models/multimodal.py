@@ -10,7 +10,7 @@ from einops import rearrange
 from torch import nn
 
 from adamml.config import ClipSettings, ModelConfig
-from adamml.models.execution import ExecutionPlan, run_chunked
+from adamml.models.execution import ExecutionPlan, run_many
 from adamml.models.fusion import build_fusion
 from adamml.models.recognition import build_recognition_nets
 
@@ -38,12 +38,12 @@ class MultiModalNet(nn.Module):
 
     def forward(self, batch: dict) -> FusionOutput:
         logits, features = [], []
-        for modality in self.modalities:
-            x = batch[modality]
-            b, k = x.shape[:2]
-            seg_logits, seg_features = run_chunked(
-                self.recognition[modality], rearrange(x, "b k ... -> (b k) ..."), self.execution
-            )
+        outputs = run_many(
+            [(self.recognition[m], rearrange(batch[m], "b k ... -> (b k) ...")) for m in self.modalities],
+            self.execution,
+        )
+        for modality, (seg_logits, seg_features) in zip(self.modalities, outputs, strict=True):
+            b, k = batch[modality].shape[:2]
             logits.append(rearrange(seg_logits, "(b k) c -> b k c", b=b, k=k))
             features.append(rearrange(seg_features, "(b k) d -> b k d", b=b, k=k))
         segment_logits = torch.stack(logits, dim=2)  # (B, K, M, C)

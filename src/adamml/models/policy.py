@@ -27,7 +27,7 @@ from adamml.models.backbones import (
     load_state,
     read_weights,
 )
-from adamml.models.execution import ExecutionPlan, run_chunked
+from adamml.models.execution import ExecutionPlan, run_many
 from adamml.models.temporal import TemporalMaxPool
 
 
@@ -225,11 +225,13 @@ class PolicyNetwork(nn.Module):
     ) -> PolicyOutput:
         """inputs: from :meth:`policy_inputs`, each (B, K, ...). Returns a PolicyOutput."""
         feats = []
-        b = k = None
-        for source, extractor in self.extractors.items():
-            x = inputs[source]
-            b, k = x.shape[:2]
-            y = run_chunked(extractor, rearrange(x, "b k ... -> (b k) ..."), self.execution)
+        b, k = next(iter(inputs.values())).shape[:2]
+        # All extractors in one run_many: their micro-batches share the plan's worker threads.
+        extracted = run_many(
+            [(extractor, rearrange(inputs[source], "b k ... -> (b k) ...")) for source, extractor in self.extractors.items()],
+            self.execution,
+        )
+        for source, y in zip(self.extractors, extracted, strict=True):
             y = self.feature_norms[source](y)
             feats.append(self.joint_inputs[source](rearrange(y, "(b k) d -> b k d", b=b, k=k)))
         joint = self.joint(torch.stack(feats).sum(dim=0))  # (B, K, joint_dim)
