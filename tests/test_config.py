@@ -221,3 +221,34 @@ def test_an_old_run_folders_config_yaml_loads_as_a_config_file(tmp_path):
     old = {"name": "old", "train": {"lr": 0.03, "adamml_lr": 0.002, "log_every": 10}, "eval": {"seed": 0}}
     cfg = load_config(write(tmp_path / "config.yaml", old))
     assert (cfg.train.unimodal.lr, cfg.train.fusion.lr, cfg.train.adamml.head_lr) == (0.03, 0.002, 0.03)
+
+
+def test_the_default_recipe_starts_rgb_and_the_policy_from_imagenet_lite0():
+    from adamml.models.efficientnet_lite import IMAGENET_SOURCE
+
+    cfg = load_config("default")
+    assert cfg.model.backbones == {"rgb": "efficientnet_lite0", "audio": "mobilenet_v2_tiny"}
+    assert cfg.model.pretrained == {"rgb": IMAGENET_SOURCE}
+    assert cfg.model.policy.backbone == "efficientnet_lite0"
+    assert cfg.model.policy.pretrained == {"rgb": IMAGENET_SOURCE}
+    # every segment of a training video in stage 1 (the reference's one clip leaves audio at chance
+    # where the sound names the class on some seconds only), the ImageNet start at its own rate
+    assert cfg.train.unimodal.train_segments is None
+    assert cfg.train.unimodal.modality_lr["rgb"] < cfg.train.unimodal.lr
+
+
+def test_modality_lr_names_modalities_of_the_model_and_positive_rates():
+    with pytest.raises(ConfigError, match=r"train.unimodal.modality_lr: no modality 'flow'"):
+        load_config("tiny", ["train.unimodal.modality_lr={flow: 0.001}"])
+    with pytest.raises(ConfigError, match=r"train.unimodal.modality_lr: .*expected positive rates"):
+        load_config("tiny", ["train.unimodal.modality_lr={rgb: 0}"])
+
+
+def test_the_plan_prints_each_modalitys_stage1_rate(capsys):
+    from adamml.cli import main
+
+    assert main(["train", "--config", "tiny", "--plan", "train.unimodal.modality_lr={rgb: 0.004}",
+                 "train.unimodal.lr=0.03", "train.unimodal.lr_steps=[1]", "train.unimodal.epochs=2"]) == 0
+    out = capsys.readouterr().out
+    assert "epochs 1-1: lr rgb 0.004, audio 0.03;" in out
+    assert "epochs 2-2: lr rgb 0.0004, audio 0.003;" in out

@@ -155,6 +155,15 @@ def test_unimodal_stops_on_a_validation_plateau_and_resume_keeps_it_stopped(own_
     assert f"stopped at epoch {len(rows)} on a validation plateau" in printed
 
 
+def test_a_modalitys_own_stage1_rate_is_the_one_it_trains_with(own_videos, tmp_path):
+    args = ["--data", str(own_videos), "--output", str(tmp_path), "--stage", "unimodal", "--modality", "audio",
+            "train.unimodal.epochs=1", "train.unimodal.lr=0.05", "train.unimodal.modality_lr={audio: 0.007}",
+            "train.batch_size=4"]
+    code, _ = _train(args)
+    assert code == 0
+    assert read_rows(tmp_path / "unimodal_audio" / "log.csv")[0]["lr"] == "all=0.007"
+
+
 @pytest.fixture(scope="module")
 def budget_run(own_videos, tmp_path_factory) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("budget")

@@ -171,6 +171,9 @@ class UnimodalTrainConfig:
 
     epochs: int = 60  # with patience: the cap
     lr: float = 0.01
+    # modality -> its own rate where it differs from ``lr`` (an ImageNet-initialised network
+    # wants a smaller one than a network trained from scratch)
+    modality_lr: dict[str, float] = field(default_factory=dict)
     lr_steps: list[int] = field(default_factory=lambda: [20, 40, 50])  # multistep LR, x0.1
     # Stop when the validation score has not improved for this many epochs (0: never; run
     # `epochs`), counted once the top-1 is above twice chance (a network from scratch may sit
@@ -569,6 +572,11 @@ def check_config(cfg: ExperimentConfig) -> None:
     check_choice("train.loss", train.loss, LOSSES)
     _require(train.loss != "bce" or data.multi_label, "train.loss",
              "bce needs a multi-label dataset (data.multi_label: true)")
+    unknown = sorted(set(train.unimodal.modality_lr) - set(model.modalities))
+    _require(not unknown, "train.unimodal.modality_lr",
+             f"no modality {', '.join(map(repr, unknown))} in model.modalities ({', '.join(model.modalities)})")
+    bad = {m: v for m, v in train.unimodal.modality_lr.items() if not v > 0}
+    _require(not bad, "train.unimodal.modality_lr", f"got {bad}; expected positive rates")
     segs = train.unimodal.train_segments
     _require(segs is None or segs >= 1, "train.unimodal.train_segments",
              f"got {segs}; expected 1 or more (or null: data.clip.num_segments)")
