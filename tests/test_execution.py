@@ -225,3 +225,21 @@ def test_plan_defaults_per_device_and_rejects_bad_settings() -> None:
         ExecutionPlan(precision="fp8")
     with pytest.raises(ValueError, match="pixels_per_call"):
         ExecutionPlan(pixels_per_call=0)
+
+
+def test_huge_pages_are_requested_before_torch_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+    import sys
+
+    from adamml.runtime import allocator
+
+    monkeypatch.delenv("THP_MEM_ALLOC_ENABLE", raising=False)
+    assert allocator.request_huge_pages() is False  # torch is imported in this process already
+    assert allocator.os.environ["THP_MEM_ALLOC_ENABLE"] == "1"
+    monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "0")  # the environment's own choice wins
+    assert allocator.request_huge_pages() is False
+    code = ("import os, sys; from adamml.runtime.allocator import request_huge_pages as r; "
+            "print(r(), os.environ['THP_MEM_ALLOC_ENABLE'], 'torch' in sys.modules)")
+    env = {k: v for k, v in allocator.os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "1", "False"]

@@ -44,7 +44,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Sub-commands that run models for inference: their large activations get huge pages
+# (adamml.runtime.allocator; must happen before the parser imports torch).
+INFERENCE_COMMANDS = ("evaluate", "predict")
+
+
 def main(argv: list[str] | None = None) -> int:
+    words = sys.argv[1:] if argv is None else argv
+    if words and words[0] in INFERENCE_COMMANDS:
+        from adamml.runtime.allocator import request_huge_pages
+
+        request_huge_pages()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
