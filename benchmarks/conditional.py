@@ -12,10 +12,11 @@ Both modes run under the same execution plan (adamml.models.execution: micro-bat
 worker threads, channels_last, folded batch norm and fused activations, inference mode;
 ``--plain`` turns it off).
 
-The machine may be shared: every round times every row once (both modes of every rate, and
-the reference code when asked for), in an order that changes from round to round, so a load
-that drifts during the run reaches every row alike; the table gives each row's median over
-``--rounds`` rounds and the load average before and after.
+The machine may be shared: every round times every row once (both modes of every rate back
+to back, and the reference code when asked for), in an order that changes from round to
+round, so a load that drifts during the run reaches every row alike; the table gives each
+row's median over ``--rounds`` rounds, the time ratio as the median of the per-round
+ratios of the two modes timed back to back, and the load average before and after.
 
     python benchmarks/conditional.py --config kinetics_sounds_rgb_audio --device cpu --threads 2
     python benchmarks/conditional.py --config kinetics_sounds_rgb_audio --device cpu --threads 2 \\
@@ -84,20 +85,27 @@ def _seconds(fn, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def time_rounds(fns: dict, rounds: int, device: torch.device, seed: int = 0) -> dict:
-    """Median seconds of each call over ``rounds`` rounds; every round runs every call once, in
-    a shuffled order, so that load drifting on a shared machine reaches every call alike. One
-    warm-up run each first."""
-    for fn in fns.values():
-        fn()
-    times: dict = {key: [] for key in fns}
-    order = list(fns)
+def time_rounds(groups: dict, rounds: int, device: torch.device, seed: int = 0) -> dict:
+    """Seconds of each call, over ``rounds`` rounds: ``groups`` maps a key to a group of calls
+    ({name: fn}) that run back to back, in a random order, every round; the groups run in a
+    shuffled order each round, so that load drifting on a shared machine reaches every row
+    alike, and the calls of a group (conditional and masked of one rate) share the load of
+    the same seconds. One warm-up run each first. Returns {(key, name): [seconds per round]}.
+    """
+    for group in groups.values():
+        for fn in group.values():
+            fn()
+    times: dict = {(key, name): [] for key, group in groups.items() for name in group}
+    order = list(groups)
     rng = random.Random(seed)
     for _ in range(rounds):
         rng.shuffle(order)
         for key in order:
-            times[key].append(_seconds(fns[key], device))
-    return {key: statistics.median(ts) for key, ts in times.items()}
+            names = list(groups[key])
+            rng.shuffle(names)
+            for name in names:
+                times[key, name].append(_seconds(groups[key][name], device))
+    return times
 
 
 def load_average() -> str:
@@ -166,22 +174,25 @@ def run_device(model: AdaMML, cfg: ExperimentConfig, args, costs: dict[str, floa
     full = torch.ones(b, k, len(model.modalities), device=device)
     masked_gf = statistics.fmean(gflops_per_video(full, per_seg, costs["policy"]))
     decisions = {rate: forced_decisions(rate, b, k, model.modalities, costly).to(device) for rate in RATES}
-    fns = {}
+    groups: dict = {}
     for rate in RATES:
         # Masked runs everything whatever the decisions: the reference's cost at every rate.
-        fns[rate, "conditional"] = infer(decisions[rate], "conditional")
-        fns[rate, "masked"] = infer(decisions[rate], "masked")
+        groups[rate] = {"conditional": infer(decisions[rate], "conditional"),
+                        "masked": infer(decisions[rate], "masked")}
     if reference is not None:
-        fns["reference"] = reference
+        groups["reference"] = {"reference": reference}
     threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"\n{name}{threads}: {b} video(s) x {k} segments per call, median of {args.rounds} rounds; {plan}")
+    print(f"\n{name}{threads}: {b} video(s) x {k} segments per call, {args.rounds} rounds; {plan}")
     print(f"before: {load_average()}", flush=True)
-    seconds = time_rounds(fns, args.rounds, device)
+    times = time_rounds(groups, args.rounds, device)
     print(f"after:  {load_average()}")
-    ref_s = seconds.get("reference")
+    med = statistics.median
+    ref_s = med(times["reference", "reference"]) if reference is not None else None
     if ref_s is not None:
-        print(f"reference code (IBM/AdaMML), timed in the same rounds: {ref_s:.3f} s/video")
+        print(f"reference code (IBM/AdaMML), timed in the same rounds: {ref_s:.3f} s/video (median)")
+    print("s/video: medians over the rounds; time ratio: the median over the rounds of conditional / "
+          "masked timed back to back (the same load)")
     header = (
         f"{costly.upper() + ' rate':>8} | {'conditional s/video':>19} {'GFLOPs':>8} | "
         f"{'masked s/video':>14} {'GFLOPs':>8} | {'time ratio':>10} {'GFLOPs ratio':>12} {'time/GFLOPs':>11}"
@@ -190,15 +201,20 @@ def run_device(model: AdaMML, cfg: ExperimentConfig, args, costs: dict[str, floa
     print(header)
     print("-" * len(header))
     for rate in RATES:
-        cond_s, masked_s = seconds[rate, "conditional"] / b, seconds[rate, "masked"] / b
+        cond, masked = times[rate, "conditional"], times[rate, "masked"]
+        cond_s, masked_s = med(cond) / b, med(masked) / b
+        time_ratio = med([c / m for c, m in zip(cond, masked, strict=True)])
         cond_gf = statistics.fmean(gflops_per_video(decisions[rate], per_seg, costs["policy"]))
-        time_ratio, gf_ratio = cond_s / masked_s, cond_gf / masked_gf
+        gf_ratio = cond_gf / masked_gf
         print(
             f"{rate:>8.0%} | {cond_s:>19.4f} {cond_gf:>8.2f} | "
             f"{masked_s:>14.4f} {masked_gf:>8.2f} | {time_ratio:>10.3f} "
             f"{gf_ratio:>12.3f} {time_ratio / gf_ratio:>11.2f}"
             + (f" | {cond_s / ref_s:>11.2f}x" if ref_s is not None else "")
         )
+    every_masked = [t for rate in RATES for t in times[rate, "masked"]]
+    print(f"masked, all {len(every_masked)} runs: median {med(every_masked) / b:.4f} s/video, "
+          f"min {min(every_masked) / b:.4f}, max {max(every_masked) / b:.4f}")
 
 
 def main() -> None:

@@ -99,6 +99,55 @@ def test_worker_threads_give_the_results_of_one_call(model: AdaMML, index: int) 
     torch.testing.assert_close(own.logits, d.logits, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("selected", [1, 3, 5])
+def test_left_over_resnet_segments_are_split_over_the_workers(model: AdaMML, selected: int) -> None:
+    """Odd numbers of RGB segments on 2 workers: the last one runs stage by stage on both,
+    with the same result as one call."""
+    batch = tiny_batch()
+    decisions = torch.zeros(2, 3, 2)
+    decisions.view(6, 2)[:selected, 0] = 1
+    decisions[..., 1] = 1
+    workers = one_segment_plan(workers=2).prepare(model)
+    whole = ExecutionPlan(pixels_per_call=None, workers=1).prepare(model)
+    rgb = workers.recognition["rgb"]
+    split_calls = []
+    original = type(rgb).forward_split
+
+    def spy(self, x, parallel):
+        split_calls.append(x.shape[0])
+        return original(self, x, parallel)
+
+    type(rgb).forward_split = spy
+    try:
+        with torch.inference_mode():
+            a = workers(batch, mode="conditional", decisions=decisions)
+    finally:
+        type(rgb).forward_split = original
+    assert split_calls == [1]  # one left-over segment, split
+    with torch.inference_mode():
+        b = whole(batch, mode="conditional", decisions=decisions)
+    torch.testing.assert_close(a.logits, b.logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(a.segment_logits, b.segment_logits, rtol=1e-5, atol=1e-5)
+
+
+def test_forward_split_equals_forward(model: AdaMML) -> None:
+    net = ExecutionPlan.for_device("cpu").prepare(model).recognition["rgb"]
+    x = tiny_batch()["rgb"][0]
+    pieces = []
+
+    def parallel(fn, y):
+        parts = y.tensor_split(min(2, y.shape[0]))
+        pieces.append(len(parts))
+        return torch.cat([fn(p) for p in parts])
+
+    with torch.inference_mode():
+        a, fa = net(x)
+        b, fb = net.forward_split(x, parallel)
+    assert len(pieces) == 4 and pieces[0] == 2  # four stages; frames split
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fa, fb, rtol=1e-5, atol=1e-5)
+
+
 def test_micro_batches_run_on_the_worker_threads_in_the_callers_modes(model: AdaMML) -> None:
     seen = []
 

@@ -1,31 +1,35 @@
-"""How a trained model runs at inference: micro-batches, memory format, precision.
+"""How a trained model runs at inference: micro-batches, worker threads, memory format,
+fused layers, precision.
 
 Training keeps its own settings (adamml.training); this is only for evaluation, ``adamml
 predict`` and the benchmarks. What was measured on a 2-core CPU (full-size Kinetics-Sounds
-RGB + audio, 10 segments, ``benchmarks/conditional.py``) decided the defaults:
+RGB + audio, 10 segments, ``benchmarks/conditional.py``; docs/inference.md) decided the
+defaults:
 
 - **Micro-batches.** A ResNet-50 on 80 frames at 224² in one call overflows the caches
   (4.7 s); one segment (8 frames) per call takes half the time. So on a CPU each sub-network
   sees at most ``pixels_per_call`` frame pixels per call (default: one paper-size segment,
-  8 x 224 x 224), i.e. one RGB segment, six 256² spectrograms. On a GPU large batches are
-  what it is good at: no limit.
+  8 x 224 x 224), i.e. one RGB segment, six 256² spectrograms, three policy segments of
+  4 x 160²; with worker threads a call is also cut into at least as many micro-batches as
+  there are workers. On a GPU large batches are what it is good at: no limit.
+- **Worker threads** (``workers``, CPU): the micro-batches of all the sub-networks that run
+  at one point (the policy's extractors; the recognition networks) run concurrently on as
+  many worker threads as torch has intra-op threads, each worker single-threaded. On the
+  shared 2-core machine one call spread over 2 OpenMP threads waits at every layer's barrier
+  for a thread the scheduler has taken away (the fixed part of the model, policy + audio,
+  took 5.2 s instead of 0.32 s at load average 5); single-threaded workers never
+  synchronise inside a layer. Segments that do not divide among the workers (5 RGB
+  segments on 2) are spread stage by stage where the network can (``forward_split``).
 - **channels_last** memory format: another 1.9x on the CPU (oneDNN's preferred layout).
 - **Batch norm folded into the preceding convolution** (eval mode only): in channels_last
   the separate batch-norm pass took 40 % of the policy's time.
 - **Pointwise ops fused into the convolutions** (``fuse_pointwise``, CPU, fp32): ReLU/ReLU6
   and the residual additions of torchvision's MobileNetV2 and ResNet blocks run as oneDNN
-  post-ops of the convolution before them, so the activations are written once instead of
-  three times. The MobileNets (policy, audio) are made of small memory-bound layers and
-  gained most.
-- **Worker threads** (``workers``, CPU): the micro-batches of every sub-network that runs
-  run concurrently on as many worker threads as torch has intra-op threads, each worker
-  single-threaded. On the shared 2-core machine one call spread over 2 OpenMP threads
-  waits at every layer's barrier for a thread the scheduler has taken away (the fixed
-  part of the model, policy + audio, took 5.2 s instead of 0.32 s at load average 5);
-  single-threaded workers do not synchronise inside a layer.
+  post-ops of the convolution before them instead of as separate passes over the
+  activations (the MobileNets, small memory-bound layers, about 15 % faster).
 - **bf16 autocast** (``precision="bf16"``), an option for CPUs with bf16 instructions and for
-  GPUs; its accuracy change is measured, see the README.
-- ``torch.compile``, an option; it did not pay on the 2-core CPU (see the README).
+  GPUs (no fusion then); its accuracy change is measured, see the README.
+- ``torch.compile``, an option; it did not pay on the 2-core CPU (docs/inference.md).
 """
 
 from __future__ import annotations
@@ -165,7 +169,7 @@ def run_many(
         chunks = [x] if size is None or x.shape[0] <= size else list(x.split(size))
         counts.append(len(chunks))
         jobs.extend((i, net, chunk) for chunk in chunks)
-    if workers > 1 and len(jobs) > 1:
+    if workers > 1 and (len(jobs) > 1 or any(_splits(net) for _, net, _ in jobs)):
         results = _run_on_workers(jobs, workers)
     else:
         results = [net(chunk) for _, net, chunk in jobs]
@@ -203,22 +207,46 @@ def _worker_pool(workers: int) -> ThreadPoolExecutor:
         return pool
 
 
+def _splits(net: Callable) -> bool:
+    """Whether ``net`` can spread one micro-batch over several workers (``forward_split``)."""
+    return callable(getattr(net, "forward_split", None))
+
+
 def _run_on_workers(jobs: list[tuple[int, Callable, torch.Tensor]], workers: int) -> list:
     """Results of ``net(chunk)`` for each job, in order, computed on the worker pool under
-    the caller's grad, inference and autocast modes (thread-local in torch)."""
-    inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
-    autocast, dtype = torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")
+    the caller's grad, inference and autocast modes (thread-local in torch).
 
-    def task(net: Callable, chunk: torch.Tensor):
-        with torch.inference_mode(inference), torch.set_grad_enabled(grad), torch.autocast(
-            "cpu", dtype=dtype, enabled=autocast
-        ):
-            return net(chunk)
-
+    Micro-batches are whole segments, so when the chunks of the costly networks do not
+    divide among the workers (5 selected RGB segments on 2 workers) one worker would run
+    alone at the end. Those left-over chunks of networks that have ``forward_split`` (the
+    TSN ResNet: its frame-wise stages) run last, each stage's frames spread over all the
+    workers; the rest run as one chunk per worker call, largest first.
+    """
+    modes = (torch.is_inference_mode_enabled(), torch.is_grad_enabled(),
+             torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"))
     pool = _worker_pool(workers)
-    order = sorted(range(len(jobs)), key=lambda j: -jobs[j][2].numel())  # largest first
-    futures = {j: pool.submit(task, jobs[j][1], jobs[j][2]) for j in order}
-    return [futures[j].result() for j in range(len(jobs))]
+    splittable = [j for j, (_, net, _) in enumerate(jobs) if _splits(net)]
+    later = splittable[len(splittable) - len(splittable) % workers:]
+    now = [j for j in range(len(jobs)) if j not in later]
+    order = sorted(now, key=lambda j: -jobs[j][2].numel())  # largest first
+    futures = {j: pool.submit(_in_modes, modes, jobs[j][1], jobs[j][2]) for j in order}
+    results = {j: future.result() for j, future in futures.items()}
+
+    def parallel(fn: Callable[[torch.Tensor], torch.Tensor], y: torch.Tensor) -> torch.Tensor:
+        parts = y.tensor_split(min(workers, y.shape[0]))
+        return torch.cat([f.result() for f in [pool.submit(_in_modes, modes, fn, p) for p in parts]])
+
+    for j in later:
+        results[j] = jobs[j][1].forward_split(jobs[j][2], parallel)
+    return [results[j] for j in range(len(jobs))]
+
+
+def _in_modes(modes: tuple, fn: Callable, x: torch.Tensor):
+    inference, grad, autocast, dtype = modes
+    with torch.inference_mode(inference), torch.set_grad_enabled(grad), torch.autocast(
+        "cpu", dtype=dtype, enabled=autocast
+    ):
+        return fn(x)
 
 
 def fold_batchnorm(model: nn.Module) -> int:

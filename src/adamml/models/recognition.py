@@ -122,14 +122,26 @@ class TSNResNet(RecognitionNet):
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(feature_dim, num_classes)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_features(self, x: torch.Tensor, parallel: Callable | None = None) -> torch.Tensor:
+        """``parallel(fn, y)``, when given, computes the frame-wise ``fn(y)`` (frames in y's
+        first dimension) in parts at once and concatenates them (the execution plan's worker
+        threads); the temporal pools between the stages see all frames."""
+        run = parallel or (lambda fn, y: fn(y))
         n = x.shape[0]
-        y = self.maxpool(self.relu(self.bn1(self.conv1(self._fold(x)))))
-        y = self.pool1(self.layer1(y))
-        y = self.pool2(self.layer2(y))
-        y = self.pool3(self.layer3(y))
-        y = self.layer4(y)
+        y = self.pool1(run(self._stem_and_layer1, self._fold(x)))
+        y = self.pool2(run(self.layer2, y))
+        y = self.pool3(run(self.layer3, y))
+        y = run(self.layer4, y)
         return reduce(y, "(n t) d h w -> n d", "mean", n=n)
+
+    def _stem_and_layer1(self, y: torch.Tensor) -> torch.Tensor:
+        return self.layer1(self.maxpool(self.relu(self.bn1(self.conv1(y)))))
+
+    def forward_split(self, x: torch.Tensor, parallel: Callable) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward(x)`` with each frame-wise stage's frames split by ``parallel`` (see
+        forward_features): one segment spread over several workers, same result."""
+        features = self.forward_features(x, parallel)
+        return self.classify(features), features
 
     def classify(self, features: torch.Tensor) -> torch.Tensor:
         return self.fc(self.dropout(features))
