@@ -226,18 +226,19 @@ def test_an_old_run_folders_config_yaml_loads_as_a_config_file(tmp_path):
     assert (cfg.train.unimodal.lr, cfg.train.fusion.lr, cfg.train.adamml.head_lr) == (0.03, 0.002, 0.03)
 
 
-def test_the_default_recipe_starts_rgb_and_the_policy_from_imagenet_lite0():
+def test_the_default_recipe_starts_from_imagenet_lite0_with_a_cheap_policy():
     from adamml.models.efficientnet_lite import IMAGENET_SOURCE
 
     cfg = load_config("default")
-    assert cfg.model.backbones == {"rgb": "efficientnet_lite0", "audio": "mobilenet_v2_tiny"}
-    assert cfg.model.pretrained == {"rgb": IMAGENET_SOURCE}
-    assert cfg.model.policy.backbone == "efficientnet_lite0"
+    assert cfg.model.backbones == {"rgb": "efficientnet_lite0", "audio": "efficientnet_lite0"}
+    assert cfg.model.pretrained == {"rgb": IMAGENET_SOURCE, "audio": IMAGENET_SOURCE}
+    # the policy: Lite0's first blocks from ImageNet on frames, a narrow MobileNetV2 on sound
+    assert cfg.model.policy.backbone == "efficientnet_lite0" and cfg.model.policy.blocks
     assert cfg.model.policy.pretrained == {"rgb": IMAGENET_SOURCE}
-    # every segment of a training video in stage 1 (the reference's one clip leaves audio at chance
-    # where the sound names the class on some seconds only), the ImageNet start at its own rate
+    assert cfg.model.policy.audio_backbone == "mobilenet_v2_tiny"
+    # every segment of a training video in stage 1 (the reference's one clip gives a wrong
+    # label to a modality that names the class on some segments only)
     assert cfg.train.unimodal.train_segments is None
-    assert cfg.train.unimodal.modality_lr["rgb"] < cfg.train.unimodal.lr
 
 
 def test_modality_lr_names_modalities_of_the_model_and_positive_rates():

