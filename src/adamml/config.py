@@ -182,6 +182,10 @@ class UnimodalTrainConfig:
     # clips per training video: 1 as the reference (None: data.clip.num_segments)
     train_segments: int | None = 1
 
+    def lr_for(self, modality: str) -> float:
+        """A modality's base rate: ``modality_lr`` where it names one, else ``lr``."""
+        return float(self.modality_lr.get(modality, self.lr))
+
 
 @dataclass
 class FusionTrainConfig:

@@ -92,7 +92,7 @@ def format_plan(cfg: ExperimentConfig, nproc: int = 1) -> str:
     )
     for m in cfg.model.modalities:
         lines.append(f"  {m}: {cfg.model.backbones[m]}, starts from {_weights(cfg, m)}")
-    rates = {m: u.modality_lr.get(m, u.lr) for m in cfg.model.modalities}
+    rates = {m: u.lr_for(m) for m in cfg.model.modalities}
     for a, b, lrs in _ranges([tuple(multistep_lr(r, u.lr_steps, e) for r in rates.values()) for e in range(u.epochs)]):
         said = f"lr {lrs[0]:g}" if len(set(lrs)) == 1 else "lr " + ", ".join(
             f"{m} {lr:g}" for m, lr in zip(rates, lrs, strict=True))

@@ -202,12 +202,6 @@ def _plain_task(kind: str, model: nn.Module, model_cfg: ModelConfig, cfg: Experi
     )
 
 
-def unimodal_lr(cfg: ExperimentConfig, modality: str) -> float:
-    """Stage 1's base learning rate for a modality: ``train.unimodal.modality_lr`` where it
-    names one, else ``train.unimodal.lr``."""
-    return float(cfg.train.unimodal.modality_lr.get(modality, cfg.train.unimodal.lr))
-
-
 def train_unimodal(cfg: ExperimentConfig, modality: str, runtime: Runtime, *, resume: bool = False, fault_after_steps: int | None = None) -> dict:
     model_cfg = unimodal_model_config(cfg.model, modality)
     # The reference trains each unimodal network on one clip per video (train.unimodal.train_segments).
@@ -216,8 +210,7 @@ def train_unimodal(cfg: ExperimentConfig, modality: str, runtime: Runtime, *, re
     )
     seed_everything(cfg.train.seed)  # the initial weights are part of a reproducible run
     model = build_multimodal(model_cfg, cfg.data.clip)
-    lr = unimodal_lr(cfg, modality)
-    task = _plain_task("unimodal", model, model_cfg, cfg, lr, cfg.train.unimodal.lr_steps)
+    task = _plain_task("unimodal", model, model_cfg, cfg, cfg.train.unimodal.lr_for(modality), cfg.train.unimodal.lr_steps)
     if cfg.train.unimodal.patience > 0:
         from adamml.training.hooks import PlateauStop
 
