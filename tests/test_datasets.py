@@ -307,3 +307,22 @@ def test_streaming_is_refused_for_training(tmp_path: Path) -> None:
     entries = [VideoEntry(path=tmp_path / "x.mp4", labels=[0], source="t")]
     with pytest.raises(ValueError, match="stream=True is for evaluation"):
         VideoDataset(entries, ["a"], modalities=["rgb"], clip=CLIP, decode=DecodeSettings(), train=True, stream=True)
+
+
+def test_train_flip_off_from_the_config_gives_the_same_crops_unmirrored(videos: Path) -> None:
+    from adamml.config import load_config
+
+    assert load_config("default", ["data.clip.train_flip=false"]).data.clip.train_flip is False
+    entries, names = discover(videos, "train")
+    flipping = dataset(entries, names, train=True, seed=7, modalities=["rgb"])
+    plain = dataset(entries, names, train=True, seed=7, modalities=["rgb"],
+                    clip=dataclasses.replace(CLIP, train_flip=False))
+    mirrored = 0
+    for epoch in range(8):
+        flipping.set_epoch(epoch)
+        plain.set_epoch(epoch)
+        a, b = flipping[0]["rgb"], plain[0]["rgb"]
+        if not torch.equal(a, b):
+            assert torch.equal(a, b.flip(-1))  # same crop, only mirrored
+            mirrored += 1
+    assert 0 < mirrored < 8

@@ -219,3 +219,12 @@ def test_mel_variant_shape() -> None:
     clip = dataclasses.replace(PAPER, spectrogram="mel", n_mels=64)
     spec = log_spectrogram(tone(2.0, SR), SR, [1.0], clip)
     assert spec.shape == (1, 1, 64, 256) and np.isfinite(spec).all()
+
+
+def test_train_flip_off_never_mirrors_and_keeps_the_other_draws() -> None:
+    """Digits and text change class in a mirror; switching the flip off must not move the crops."""
+    rng_on, rng_off = np.random.default_rng(7), np.random.default_rng(7)
+    on = [choose_crop(120, 180, 64, True, rng_on, "zoom") for _ in range(200)]
+    off = [choose_crop(120, 180, 64, True, rng_off, "zoom", flip=False) for _ in range(200)]
+    assert any(c.flip for c in on) and not any(c.flip for c in off)
+    assert [(c.top, c.left, c.size) for c in on] == [(c.top, c.left, c.size) for c in off]

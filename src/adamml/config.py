@@ -93,6 +93,9 @@ class ClipSettings:
     # 224 crop, i.e. a square of short * 224/U(256, 320), then a random crop and a flip) or
     # "zoom" (a square of crop_size * U(0.8, 1.25), a random crop and a flip).
     train_crop: str = "reference"
+    # Mirror training crops with p=0.5; off where a mirror changes the class (digits, text,
+    # "swiping left" vs "right").
+    train_flip: bool = True
     # Flow and RGB-difference values: "adamml" (flow / 20 px in [-1, 1], scaled with the
     # crop's resize; differences of [0, 1] pixels / ImageNet std) or "reference" (the
     # reference code's image normalisation, so its checkpoints can be loaded).

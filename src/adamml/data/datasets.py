@@ -171,7 +171,9 @@ class VideoDataset(Dataset):
         crop = None
         if any(MODALITIES[m].visual for m in self.modalities):  # one crop for all of them
             height, width = decoded.frames.shape[1:3]
-            crop = choose_crop(height, width, self.clip.crop_size, self.train, rng, self.clip.train_crop)
+            crop = choose_crop(
+                height, width, self.clip.crop_size, self.train, rng, self.clip.train_crop, self.clip.train_flip
+            )
         # A frame folder listed from frame `start` shares its WAV with the whole video.
         start = entry.start if entry.start is not None and Path(entry.path).is_dir() else 1
         start_s = (start - 1) / decoded.fps

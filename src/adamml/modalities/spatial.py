@@ -39,8 +39,10 @@ def choose_crop(
     train: bool,
     rng: np.random.Generator | None = None,
     mode: str = "reference",
+    flip: bool = True,
 ) -> Crop:
-    """Train: a random square, flipped with p=0.5. Its side is, with ``mode`` "reference",
+    """Train: a random square, flipped with p=0.5 unless ``flip`` is False (for classes a
+    mirror changes: digits, text, left/right gestures). Its side is, with ``mode`` "reference",
     short * 224 / U(256, 320) (the reference's random short side in [256, 320], then a 224
     crop; scale-free, so it holds at any crop size), with "zoom" crop_size * U(0.8, 1.25).
     Eval: centred crop_size square, no flip. Frames smaller than the crop are resized up."""
@@ -61,7 +63,8 @@ def choose_crop(
     size = max(1, min(size, short))
     top = int(rng.integers(0, height - size + 1))
     left = int(rng.integers(0, width - size + 1))
-    return Crop(top=top, left=left, size=size, flip=bool(rng.random() < 0.5))
+    mirrored = rng.random() < 0.5  # drawn either way: the switch leaves other draws unchanged
+    return Crop(top=top, left=left, size=size, flip=bool(flip and mirrored))
 
 
 def apply_crop(images: np.ndarray, crop: Crop, crop_size: int) -> np.ndarray:
