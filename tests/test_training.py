@@ -420,7 +420,8 @@ def test_warm_up_is_never_kept_and_the_fine_tune_starts_from_the_best_alternatin
         "train.adamml.finetune_epochs=1", "train.eval_every=1", "train.max_steps_per_epoch=1",
         "train.adamml.policy_pretrain_epochs=0",
     )
-    stages.train_adamml(cfg, Runtime())
+    result = stages.train_adamml(cfg, Runtime())
+    assert result["score"] == 0.9  # the kept epoch's, not the last one's (0.4)
     tau = [5.0, 5.0 * 0.965, 5.0 * 0.965**2]
     # Three alternating epochs and the fine-tune; never the warm-up (its policy is untrained).
     assert len(calls) == 4 and not any(c[1] for c in calls)

@@ -209,7 +209,8 @@ def fit(
     """Run ``schedule`` for ``task``; checkpoint ``run_dir/last.pt`` after every epoch and
     ``best.pt`` when a validation improves (or at the end, if none was kept).
 
-    Returns the last validation metrics. ``fault_after_steps`` raises TrainingInterrupted
+    Returns the kept (best) epoch's record: its score, GFLOPs, selection rates and epoch
+    (the last validation metrics if none was kept). ``fault_after_steps`` raises TrainingInterrupted
     after that many optimiser steps of this call (a kill, for tests: nothing is saved then).
     """
     tcfg = cfg.train
@@ -225,7 +226,7 @@ def fit(
         if run.stopped:
             if runtime.is_main:
                 print(f"{last_path}: stage stopped at epoch {run.epoch} on a validation plateau", flush=True)
-            return run.metrics
+            return run.best_record or run.metrics
     if runtime.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
@@ -317,4 +318,5 @@ def fit(
                       "score has stopped improving (train.unimodal.patience)", flush=True)
             break
     logger.close()
-    return run.metrics
+    # The kept checkpoint's figures (what evaluate and the summary report), not the last epoch's.
+    return run.best_record or run.metrics

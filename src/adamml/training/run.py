@@ -75,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
     if runtime.is_main:
         for name, metrics in results.items():
             score = metrics.get("score")
-            print(f"{name}: val score {100 * score:.2f}%" if score is not None else f"{name}: done")
+            kept = f" (kept epoch {metrics['epoch']})" if "epoch" in metrics else ""
+            print(f"{name}: val score {100 * score:.2f}%{kept}" if score is not None else f"{name}: done")
         if "adamml" in results:
             lines = run_verdict(cfg)
             for line in lines:
