@@ -65,6 +65,19 @@ def test_checkpoint_selection_prefers_any_epoch_within_the_budget():
     assert scores[0] == 0.40 and scores[0] > scores[1] > scores[2]
 
 
+def test_among_epochs_equally_over_the_budget_the_more_accurate_is_kept():
+    """A policy stuck on one selection (the same GFLOPs every epoch) must keep its best epoch,
+    not its first; a smaller excess still wins over a higher score."""
+    ctrl = BudgetController(0.5, COSTS, POLICY)
+    fusion = K * sum(COSTS)
+    first = {"score": 0.77, "gflops": 0.6 * fusion}
+    later = {"score": 0.83, "gflops": 0.6 * fusion}
+    less_over = {"score": 0.50, "gflops": 0.57 * fusion}
+    within = {"score": 0.10, "gflops": 0.55 * fusion}
+    scores = [ctrl.selection_score(m, K) for m in (within, less_over, later, first)]
+    assert scores == sorted(scores, reverse=True) and len(set(scores)) == 4
+
+
 def test_a_budget_below_the_policys_own_cost_is_an_error():
     with pytest.raises(ValueError, match="below the policy's own cost"):
         BudgetController(0.03, COSTS, POLICY)

@@ -93,10 +93,14 @@ class BudgetController:
         return metrics["gflops"] / (segments * self.fusion)
 
     def selection_score(self, metrics: dict, segments: int) -> float:
-        """For keeping the best checkpoint: the score when within the budget (+10 %), else
-        minus the excess, so any epoch within the budget beats every epoch over it."""
+        """For keeping the best checkpoint: the score (in [0, 1]) when within the budget
+        (+10 %), so any epoch within it beats every epoch over it. Over it, the least excess
+        counted in whole points of fusion's GFLOPs wins, then the higher score: a policy that
+        keeps the same selection for several epochs (the same excess) keeps its best one."""
         excess = self.fraction(metrics, segments) - self.budget * (1 + TOLERANCE)
-        return metrics["score"] if excess <= 0 else -excess
+        if excess <= 0:
+            return metrics["score"]
+        return -(math.ceil(excess * 100) + 1.0 - min(max(metrics["score"], 0.0), 1.0)) / 100
 
     def state_dict(self) -> dict:
         return {"budget": self.budget, "mu": self.mu, "correction": self.correction,
