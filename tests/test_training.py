@@ -147,6 +147,25 @@ def test_adamml_policy_starts_from_stage_one_audio_network_and_pretrains_the_res
     assert any(not torch.equal(before[k], after[k]) for k in before if after[k].is_floating_point())
 
 
+def test_a_cut_policy_audio_extractor_starts_from_the_first_blocks_of_the_stage_one_network(trained_run, tiny_data):
+    """model.policy.audio_blocks: the policy hears through the stage-1 audio network's first
+    blocks (trained on the task) at a fraction of its cost, with nothing left to pre-train."""
+    from adamml.models.adamml import build_adamml
+    from adamml.models.flops import flops_report
+    from adamml.training.stages import init_policy_from_recognition, load_recognition_from_unimodal
+
+    cfg = make_config(tiny_data, trained_run, "model.policy.audio_blocks=3")
+    model = build_adamml(cfg.model, cfg.data.clip)
+    load_recognition_from_unimodal(model.recognition, cfg)
+    assert len(model.policy.extractors["audio"].features) == 3
+    assert init_policy_from_recognition(model) == ["audio"]
+    donor = model.recognition["audio"].state_dict()
+    copied = model.policy.extractors["audio"].state_dict()
+    assert copied and all(torch.equal(v, donor[k]) for k, v in copied.items())
+    whole = flops_report(make_config(tiny_data, trained_run))["policy"]["parts_per_segment"]["audio"]
+    assert flops_report(cfg)["policy"]["parts_per_segment"]["audio"] < whole
+
+
 def test_resume_after_a_kill_mid_epoch_finishes_like_an_uninterrupted_run(tiny_data, tmp_path):
     from adamml.training.engine import TrainingInterrupted
     from adamml.training.stages import train_unimodal

@@ -144,6 +144,9 @@ class PolicyConfig:
     # Backbone of the audio extractor (None: the audio sub-network's, so it can start from
     # the stage-1 audio network; the reference uses an ImageNet MobileNetV2 of its own).
     audio_backbone: str | None = None
+    # Keep only the audio extractor's first N blocks (None: all). A cut copy of the stage-1
+    # audio network hears what that network learned at a fraction of its cost.
+    audio_blocks: int | None = None
     # Weights each extractor starts from: one source for all, or {source: weights}; a source
     # is a local file or imagenet:efficientnet_lite0 (the reference: ImageNet for all).
     pretrained: dict[str, str] | str = field(default_factory=dict)
@@ -557,6 +560,12 @@ def check_config(cfg: ExperimentConfig) -> None:
     check_choice("model.policy.flow_proxy", policy.flow_proxy, FLOW_PROXIES)
     if policy.audio_backbone is not None:
         check_choice("model.policy.audio_backbone", policy.audio_backbone, framewise)
+    if policy.audio_blocks is not None and "audio" in model.modalities:
+        audio = policy.audio_backbone or model.backbones.get("audio", "")
+        audio = audio if audio in framewise else policy.backbone
+        total = _policy_blocks(audio)
+        _require(1 <= policy.audio_blocks <= total, "model.policy.audio_blocks",
+                 f"got {policy.audio_blocks}; {audio} has blocks 1 to {total}")
     sources = {policy.flow_proxy if m == "flow" else m for m in model.modalities}
     given = {s: policy.pretrained for s in sources} if isinstance(policy.pretrained, str) else policy.pretrained
     for source, weights in given.items():

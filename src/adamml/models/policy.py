@@ -321,9 +321,11 @@ def build_policy(model_cfg: ModelConfig, clip: ClipSettings) -> PolicyNetwork:
             # By default the policy's audio extractor is the audio sub-network's backbone
             # (so it can start from the stage-1 audio network; policy.audio_backbone names
             # another); policy.backbone/width_mult apply to the visual extractors.
-            name, width, blocks = own.name, 1.0, None
+            name, width, blocks = own.name, 1.0, pcfg.audio_blocks
         else:
             name, width, blocks = pcfg.backbone, pcfg.width_mult, pcfg.blocks
+            if not modality.visual and pcfg.audio_blocks is not None:
+                blocks = pcfg.audio_blocks
         net, dim = _policy_backbone(name, width, in_channels, blocks)
         if source in weights:
             check_weights_source(weights[source], name, f"model.policy.pretrained.{source}")

@@ -28,7 +28,8 @@ def _weights(cfg: ExperimentConfig, modality: str) -> str:
 
 def _extractor_backbone(cfg: ExperimentConfig, source: str) -> str | None:
     """The backbone of the policy's extractor for ``source`` (as ``build_policy`` picks it),
-    or None when it is cut or narrowed (then it cannot take a stage-1 network's weights)."""
+    or None when it is cut or narrowed: then it cannot take a stage-1 network's weights (the
+    audio extractor can, cut or not: a cut one takes the stage-1 network's first blocks)."""
     from adamml.models.backbones import get_backbone_spec
 
     policy = cfg.model.policy
