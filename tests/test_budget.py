@@ -98,3 +98,23 @@ def test_plateau_waits_while_the_network_is_still_at_chance():
     scores = [0.10, 0.11, 0.09, 0.10, 0.08, 0.30, 0.29, 0.28]  # chance for 5 epochs, then it learns
     decisions = [stop.after_epoch(None, {"score": s}, {}) for s in scores]
     assert decisions == [False] * 7 + [True]  # two epochs without improvement after 0.30
+
+
+def test_a_plateau_before_the_last_lr_step_takes_it_early_and_the_next_one_stops():
+    from adamml.training.hooks import PlateauStop
+    from adamml.training.schedule import Phase
+
+    stop = PlateauStop(patience=2, milestones=[6, 12])
+    scores = [0.3, 0.5, 0.4, 0.45, 0.6, 0.55, 0.5, 0.58, 0.52]
+    decisions, rows = [], []
+    for epoch, score in enumerate(scores):
+        rows.append({})
+        decisions.append(stop.after_epoch(Phase("train", "all", epoch, 20), {"score": score}, rows[-1]))
+    # epochs 2-3 (0-based) wait: the step planned for 6 moves to 4; 5-6 wait: 12 moves to 7;
+    # 7-8 wait with no step left: stop.
+    assert [r["lr_step_taken_early"] for r in rows] == [0, 0, 0, 1, 0, 0, 1, 0, 0]
+    assert decisions == [False] * 8 + [True] and stop.milestones == [4, 7]
+    again = PlateauStop(patience=2, milestones=[6, 12])
+    kept = again.milestones
+    again.load_state_dict(stop.state_dict())
+    assert kept is again.milestones and kept == [4, 7]  # in place: the task reads this list

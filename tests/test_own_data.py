@@ -155,6 +155,20 @@ def test_unimodal_stops_on_a_validation_plateau_and_resume_keeps_it_stopped(own_
     assert f"stopped at epoch {len(rows)} on a validation plateau" in printed
 
 
+def test_a_plateau_before_the_lr_step_lowers_the_rate_there_and_the_next_plateau_stops(own_videos, tmp_path):
+    args = ["--data", str(own_videos), "--output", str(tmp_path), "--stage", "unimodal", "--modality", "audio",
+            "train.unimodal.epochs=25", "train.unimodal.patience=2", "train.unimodal.lr=0.05",
+            "train.unimodal.lr_steps=[20]", "train.batch_size=4"]
+    code, printed = _train(args)
+    assert code == 0
+    rows = read_rows(tmp_path / "unimodal_audio" / "log.csv")
+    early = [i for i, r in enumerate(rows) if r["lr_step_taken_early"] == "1"]
+    assert len(early) == 1 and early[0] + 1 < len(rows) < 20, [r["val_score"] for r in rows]
+    assert {r["lr"] for r in rows[: early[0] + 1]} == {"all=0.05"}
+    assert {r["lr"] for r in rows[early[0] + 1:]} == {"all=0.005"}  # lowered from the next epoch on
+    assert rows[-1]["epochs_without_improvement"] == "2" and f"stopping after epoch {len(rows)} of 25" in printed
+
+
 def test_a_modalitys_own_stage1_rate_is_the_one_it_trains_with(own_videos, tmp_path):
     args = ["--data", str(own_videos), "--output", str(tmp_path), "--stage", "unimodal", "--modality", "audio",
             "train.unimodal.epochs=1", "train.unimodal.lr=0.05", "train.unimodal.modality_lr={audio: 0.007}",

@@ -237,12 +237,14 @@ def test_evaluate_protocol_paper_scores_only_sampled_decisions_and_the_table_say
 
     run = str(trained_run)
     assert main(["evaluate", "--run-dir", run, "--protocol", "paper", "--no-plots", "--no-random-policy"]) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert "AdaMML, sampled" in out and "AdaMML " not in out.replace("AdaMML, sampled", "")
     assert "Protocol: paper (sampled Gumbel decisions" in out
-    assert main(["evaluate", "--run-dir", run, "--no-plots", "--no-random-policy"]) == 0
-    out = capsys.readouterr().out
+    assert "evaluate adamml" in err  # the progress bar
+    assert main(["evaluate", "--run-dir", run, "--no-plots", "--no-random-policy", "--no-progress"]) == 0
+    out, err = capsys.readouterr()
     assert "AdaMML, sampled" not in out and "Protocol: deterministic (argmax decisions)." in out
+    assert "evaluate adamml" not in err
 
 
 def test_frozen_side_is_in_eval_mode_while_the_other_trains():

@@ -184,6 +184,7 @@ class UnimodalTrainConfig:
     # Stop when the validation score has not improved for this many epochs (0: never; run
     # `epochs`), counted once the top-1 is above twice chance (a network from scratch may sit
     # at chance for a while). A fixed count fits one dataset; a plateau says when it learned.
+    # A plateau before the last of lr_steps takes the next step early instead of stopping.
     patience: int = 0
     # clips per training video: 1 as the reference (None: data.clip.num_segments)
     train_segments: int | None = 1

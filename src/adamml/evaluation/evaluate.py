@@ -360,6 +360,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="passes averaged for sampled decisions and random policies (default 1)")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI)")
     parser.add_argument("--budget", action="append", default=[], metavar="B",
                         help="also score AdaMML with its policy's thresholds moved so the mean cost meets B: "
                         "0.5 or 50%% of weighted fusion's GFLOPs, or 12.3G GFLOPs per video (repeatable)")
@@ -395,6 +396,7 @@ def run(args: argparse.Namespace) -> int:
             protocol=args.protocol,
             out_dir=Path(args.out) if args.out else None, batch_size=args.batch_size,
             plots=not args.no_plots, budgets=budgets, sweep=args.sweep, precision=args.precision,
+            progress=not args.no_progress,
         )
     finally:
         teardown()

@@ -135,7 +135,8 @@ def describe_recipe(cfg: ExperimentConfig, budget: float | None = None) -> list[
     ]
     u, a = t.unimodal, t.adamml
     patience = getattr(u, "patience", 0)
-    unimodal = (f"up to {u.epochs} epochs, stopping after {patience} without a better validation score"
+    unimodal = (f"up to {u.epochs} epochs, stopping after {patience} without a better validation score "
+                "(taking a learning-rate step early instead while one is ahead)"
                 if patience else f"{u.epochs} epochs")
     if budget is not None:
         cost = f"cost weights adapted to a budget of {budget:g} x fusion's GFLOPs ({budget * fusion:.4f})"
