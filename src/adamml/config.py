@@ -230,6 +230,9 @@ class AdamMLTrainConfig:
     # weights are then adapted while the policy trains (training/budget.py) instead of
     # `cost_weights`, and the kept checkpoint is the most accurate one within the budget.
     budget: float | None = None
+    # Dual-ascent step on the budget's multiplier per policy step: larger reacts faster and
+    # overshoots more (the policy's selection lags its cost weights by about an epoch).
+    budget_step: float = 0.05
 
 
 @dataclass
@@ -625,6 +628,7 @@ def check_config(cfg: ExperimentConfig) -> None:
     _require(adamml.gamma >= 0, "train.adamml.gamma", f"got {adamml.gamma}; expected 0 or more")
     _require(adamml.budget is None or 0 < adamml.budget <= 1, "train.adamml.budget",
              f"got {adamml.budget}; expected a fraction of weighted fusion's GFLOPs, 0 < budget <= 1")
+    _require(adamml.budget_step > 0, "train.adamml.budget_step", f"got {adamml.budget_step}; expected more than 0")
 
 
 def load_config(name_or_path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
