@@ -118,3 +118,22 @@ def test_a_plateau_before_the_last_lr_step_takes_it_early_and_the_next_one_stops
     kept = again.milestones
     again.load_state_dict(stop.state_dict())
     assert kept is again.milestones and kept == [4, 7]  # in place: the task reads this list
+
+
+def test_validation_under_the_budget_stops_the_weights_rising_when_the_draws_spend_more():
+    """The draws run more than the argmax: once validation shows the argmax (a little) under
+    the budget, the same training spend must lower the weights, not raise them further."""
+    ctrl = BudgetController(0.5, COSTS, POLICY, mu=1.0)
+    draws = torch.zeros(16, K, 2)
+    draws[..., 1] = 1.0
+    draws[:, :2, 0] = 1.0  # RGB on half the segments: over the target
+    for _ in range(10):
+        ctrl.observe_step(draws)
+    raised = ctrl.mu
+    assert raised > 1.0
+    # Validation (argmax) spends 0.8 of what the draws did: just under the budget.
+    val_spend = 0.8 * ctrl.spent(draws)
+    assert val_spend < ctrl.target
+    ctrl.observe_validation({"gflops": K * (POLICY + val_spend), "score": 0.5}, K)
+    ctrl.observe_step(draws)
+    assert ctrl.mu < raised

@@ -10,9 +10,9 @@ batch ran over the budget and shrinks when under (multiplicatively, so it stays 
 the step is scale-free).
 
 Training draws decisions from the Gumbel-Softmax; validation takes the argmax, which runs
-more or fewer modalities than the draws do. So the target the steps chase is corrected after
-every validated policy epoch by how far validation landed from the budget: the constraint
-that matters, and the one checked, is the validation split's.
+more or fewer modalities than the draws do. So the target the steps chase is rescaled after
+every validated policy epoch by the measured ratio of training to validation spend: the
+constraint that matters, and the one checked, is the validation split's.
 """
 
 from __future__ import annotations
@@ -77,15 +77,18 @@ class BudgetController:
         self._sync()
 
     def observe_validation(self, metrics: dict, segments: int) -> None:
-        """After a validated policy epoch: correct the training target by the measured
-        train/validation ratio of spent GFLOPs (``metrics['gflops']`` is per video)."""
+        """After a validated policy epoch: the training target becomes the budget's target
+        times the measured ratio of the epoch's training spend (sampled decisions) to
+        validation's (argmax, ``metrics['gflops']`` per video).
+
+        Measured on own data: the draws ran RGB on 30 % of segments where the argmax ran it on
+        2 %, so validation sat under the budget while the steps, chasing the plain target,
+        kept raising the weights until the policy ran almost nothing (81 % -> 40 %)."""
         if not self._epoch_steps or "gflops" not in metrics:
             return
         val = max(metrics["gflops"] / segments - self.policy_cost, 1e-9)
-        # An integral correction on the validation error, damped (square root) and bounded:
-        # validation over the target -> the steps chase a lower training target, and back.
-        ratio = min(max(self.target / val, 0.25), 4.0)
-        self.correction = min(max(self.correction * math.sqrt(ratio), 0.1), 10.0)
+        train = self._epoch_cost / self._epoch_steps
+        self.correction = min(max(train / val, 0.25), 4.0)
         self._epoch_cost, self._epoch_steps = 0.0, 0
 
     def fraction(self, metrics: dict, segments: int) -> float:
