@@ -488,6 +488,13 @@ def _policy_blocks(name: str) -> int:
         return len(BACKBONES[name].constructor().features)
 
 
+def _policy_audio_backbone(model: ModelConfig, framewise: typing.Iterable[str]) -> str:
+    """The backbone the policy's audio extractor is built from (as ``build_policy`` picks it):
+    policy.audio_backbone, else the audio network's when it is framewise, else policy.backbone."""
+    audio = model.policy.audio_backbone or model.backbones.get("audio", "")
+    return audio if audio in framewise else model.policy.backbone
+
+
 def _check_weights_source(key: str, source: str, backbone: str) -> None:
     """A local file that exists, or ImageNet weights that fit the backbone and are installed."""
     if not str(source).startswith(IMAGENET_PREFIX):
@@ -565,8 +572,7 @@ def check_config(cfg: ExperimentConfig) -> None:
     if policy.audio_backbone is not None:
         check_choice("model.policy.audio_backbone", policy.audio_backbone, framewise)
     if policy.audio_blocks is not None and "audio" in model.modalities:
-        audio = policy.audio_backbone or model.backbones.get("audio", "")
-        audio = audio if audio in framewise else policy.backbone
+        audio = _policy_audio_backbone(model, framewise)
         total = _policy_blocks(audio)
         _require(1 <= policy.audio_blocks <= total, "model.policy.audio_blocks",
                  f"got {policy.audio_blocks}; {audio} has blocks 1 to {total}")
@@ -576,10 +582,7 @@ def check_config(cfg: ExperimentConfig) -> None:
         if not weights:
             continue
         check_choice("model.policy.pretrained", source, sorted(sources))
-        extractor = policy.backbone
-        if source == "audio":
-            audio = policy.audio_backbone or model.backbones.get("audio", "")
-            extractor = audio if audio in framewise else policy.backbone
+        extractor = _policy_audio_backbone(model, framewise) if source == "audio" else policy.backbone
         _check_weights_source(f"model.policy.pretrained.{source}", weights, extractor)
     looks_at = len(range(0, clip.frames_per_segment, 2))
     _require(1 <= policy.frames <= looks_at, "model.policy.frames",

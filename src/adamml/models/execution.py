@@ -227,7 +227,8 @@ def _run_on_workers(jobs: list[tuple[int, Callable, torch.Tensor]], workers: int
     pool = _worker_pool(workers)
     splittable = [j for j, (_, net, _) in enumerate(jobs) if _splits(net)]
     later = splittable[len(splittable) - len(splittable) % workers:]
-    now = [j for j in range(len(jobs)) if j not in later]
+    waiting = set(later)
+    now = [j for j in range(len(jobs)) if j not in waiting]
     order = sorted(now, key=lambda j: -jobs[j][2].numel())  # largest first
     futures = {j: pool.submit(_in_modes, modes, jobs[j][1], jobs[j][2]) for j in order}
     results = {j: future.result() for j, future in futures.items()}

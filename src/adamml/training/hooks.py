@@ -68,7 +68,7 @@ class PlateauStop(StageHooks):
         row["lr_step_taken_early"] = 0
         if self.waited < self.patience:
             return False
-        upcoming = [i for i, m in enumerate(self.milestones) if m > phase.block_epoch + 1] if self.milestones else []
+        upcoming = [i for i, m in enumerate(self.milestones) if m > phase.block_epoch + 1]
         if not upcoming:
             return True
         self.milestones[upcoming[0]] = phase.block_epoch + 1  # the next epoch runs at the lower rate

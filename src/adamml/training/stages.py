@@ -210,18 +210,17 @@ def train_unimodal(cfg: ExperimentConfig, modality: str, runtime: Runtime, *, re
     )
     seed_everything(cfg.train.seed)  # the initial weights are part of a reproducible run
     model = build_multimodal(model_cfg, cfg.data.clip)
-    milestones = list(cfg.train.unimodal.lr_steps)
+    plateau = None
     if cfg.train.unimodal.patience > 0:
         from adamml.training.hooks import PlateauStop
 
         # Patience runs once the network beats chance clearly (top-1 above 2 / classes). The
         # hook may take an lr step early; the task reads its rates from the hook's list.
         floor = 0.0 if cfg.data.multi_label else 2.0 / max(1, len(class_names))
-        plateau = PlateauStop(cfg.train.unimodal.patience, floor, milestones)
-        milestones = plateau.milestones
+        plateau = PlateauStop(cfg.train.unimodal.patience, floor, cfg.train.unimodal.lr_steps)
+    milestones = plateau.milestones if plateau else list(cfg.train.unimodal.lr_steps)
     task = _plain_task("unimodal", model, model_cfg, cfg, cfg.train.unimodal.lr_for(modality), milestones)
-    if cfg.train.unimodal.patience > 0:
-        task.hooks = plateau
+    task.hooks = plateau
     return fit(
         task, plain_schedule(cfg.train.unimodal.epochs), cfg, train_set, val_set, runtime,
         stage_dir(cfg, "unimodal", modality), resume=resume, extra_state={"model_config": to_dict(model_cfg), "class_names": class_names},
