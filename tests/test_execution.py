@@ -92,9 +92,11 @@ def test_worker_threads_give_the_results_of_one_call(model: AdaMML, index: int) 
         b = whole(batch, mode="conditional", decisions=decisions)
         c = whole(batch, mode="masked", decisions=decisions)
         d = whole(batch, mode="conditional")
+    # `whole` leaves activations unfused: the same function, rounded differently (measured on
+    # an AVX-512 CPU: 1.5e-5 on a logit of 0.45), so relative 1e-4 as for the prepared model.
     for other in (b, c):
-        torch.testing.assert_close(a.logits, other.logits, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(a.segment_logits, other.segment_logits, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(a.logits, other.logits, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(a.segment_logits, other.segment_logits, rtol=1e-4, atol=1e-5)
     assert torch.equal(own.decisions, d.decisions)
     torch.testing.assert_close(own.logits, d.logits, rtol=1e-5, atol=1e-5)
 

@@ -216,6 +216,31 @@ def test_budget_keeps_the_most_accurate_checkpoint_within_the_budget(budget_run)
     assert best["epoch"] == chosen + 1
 
 
+def test_each_validation_fits_the_policys_thresholds_to_the_budget_and_the_checkpoint_keeps_them(budget_run, tmp_path):
+    from adamml.evaluation.evaluate import evaluate_run
+    from adamml.runtime.runs import find_stage_checkpoints
+
+    out, printed = budget_run
+    rows = read_rows(out / "adamml" / "log.csv")
+    validated = [r for r in rows if r.get("budget_fraction")]
+    assert validated and all(r["val_argmax_gflops"] for r in validated)  # the argmax, logged beside
+    # Fitted on the validation split: never over the budget there, and close under it (the
+    # largest cost within it; a few videos leave coarse steps).
+    assert all(0.25 < float(r["budget_fraction"]) <= 0.5 + 1e-9 for r in validated), [r["budget_fraction"] for r in validated]
+    best = torch.load(out / "adamml" / "best.pt", weights_only=False)
+    metrics = best["metrics"]
+    kept = best["model"]["policy.use_thresholds"]
+    probabilities = torch.sigmoid(kept.double()).tolist()
+    assert probabilities == pytest.approx([metrics["threshold_rgb"], metrics["threshold_audio"]], abs=1e-6)
+    # Evaluating the checkpoint (conditional execution) reproduces the kept epoch's figures:
+    # the thresholds travel with the weights.
+    results, _ = evaluate_run(find_stage_checkpoints(out), out_dir=None, progress=False, random_policy=False)
+    adamml = next(r for r in results if r.method == "AdaMML")
+    assert adamml.gflops == pytest.approx(metrics["gflops"], rel=1e-6)
+    assert adamml.accuracy == pytest.approx(100 * metrics["score"], abs=1e-6)
+    assert "the policy's thresholds fitted to it on the validation split" in printed
+
+
 def test_the_run_ends_with_each_stages_result_and_a_collapse_verdict(budget_run):
     out, printed = budget_run
     summary = (out / "summary.txt").read_text()

@@ -169,6 +169,40 @@ def test_evaluation_is_deterministic_argmax(policy: PolicyNetwork) -> None:
     assert torch.equal(a.decisions, (a.logits[..., 1] > a.logits[..., 0]).float())
 
 
+def test_deterministic_decisions_follow_the_use_thresholds_and_sampling_ignores_them() -> None:
+    torch.manual_seed(0)
+    net = build_policy(tiny_cfg(["rgb", "audio"]), CLIP)
+    calibrate_batch_norm(net, net.policy_inputs(tiny_batch(seed=99)))
+    net.eval()
+    inputs = net.policy_inputs(tiny_batch())
+    with torch.no_grad():
+        plain = net(inputs, temperature=1.0, sample=False)
+        margins = plain.logits[..., 1] - plain.logits[..., 0]
+        # A threshold between the two lowest margins of each modality: one segment flips.
+        low = margins.flatten(0, 1).sort(dim=0).values[:2].mean(dim=0)
+        net.use_thresholds.copy_(low)
+        moved = net(inputs, temperature=1.0, sample=False)
+        sampled = net(inputs, temperature=1.0, generator=torch.Generator().manual_seed(5)).decisions
+        decided = net.decide(margins)
+        net.use_thresholds.zero_()
+        sampled_plain = net(inputs, temperature=1.0, generator=torch.Generator().manual_seed(5)).decisions
+    torch.testing.assert_close(moved.logits, plain.logits)  # the outputs are the same ...
+    assert torch.equal(moved.decisions, (margins > low).float())  # ... only the cut moved
+    assert moved.decisions.sum(dim=(0, 1)).tolist() == [B * K - 1] * 2  # each skips its lowest only
+    assert torch.equal(decided, moved.decisions)
+    assert torch.equal(sampled, sampled_plain)  # training draws are not shifted
+
+
+def test_a_checkpoint_without_thresholds_loads_as_the_argmax() -> None:
+    torch.manual_seed(0)
+    net = build_policy(tiny_cfg(["rgb", "audio"]), CLIP)
+    state = {k: v for k, v in net.state_dict().items() if k != "use_thresholds"}
+    net.use_thresholds.fill_(3.0)
+    net.load_state_dict(state)  # strict: the missing key is filled in, not an error
+    assert torch.equal(net.use_thresholds, torch.zeros(2))
+    assert torch.equal(net.decide(torch.tensor([[0.5, -0.5]])), torch.tensor([[1.0, 0.0]]))
+
+
 def test_seeded_sampling_is_reproducible(policy: PolicyNetwork) -> None:
     policy.eval()
     inputs = policy.policy_inputs(tiny_batch())

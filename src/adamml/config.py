@@ -233,6 +233,10 @@ class AdamMLTrainConfig:
     # Dual-ascent step on the budget's multiplier per policy step: larger reacts faster and
     # overshoots more (the policy's selection lags its cost weights by about an epoch).
     budget_step: float = 0.05
+    # With a budget: after each validated policy epoch, move the policy's use thresholds so
+    # that its cost on the validation split is the budget (they fit on the policy's outputs
+    # alone, no labels; training/budget.py). Off: the argmax, wherever it lands.
+    calibrate: bool = True
 
 
 @dataclass

@@ -190,7 +190,8 @@ def evaluate_run(
 ) -> tuple[list, str]:
     """Evaluate checkpoints on one split; returns (MethodResult list, the paper-style table).
 
-    ``protocol`` "deterministic": AdaMML is scored with argmax decisions ("AdaMML");
+    ``protocol`` "deterministic": AdaMML is scored with deterministic decisions ("AdaMML": the
+    argmax, or the thresholds a budget run fitted);
     "paper": with sampled decisions, as the reference code does at test time ("AdaMML,
     sampled"), averaged over ``draws`` passes; "both" (or ``sample``): both rows. Each gets a
     random policy at its own selection rates beside it.

@@ -193,7 +193,8 @@ class Predictor:
             if prepared.margins is None:
                 self.decide(prepared)
             margins = prepared.margins
-            decisions = thresholds.decide(margins) if thresholds is not None else (margins > 0).float()
+            # Without a budget: the thresholds the policy was trained to (0: its argmax).
+            decisions = thresholds.decide(margins) if thresholds is not None else self.model.policy.decide(margins)
         else:
             decisions = torch.ones(1, k, len(modalities))
         if self.defer_flow:

@@ -184,6 +184,19 @@ class PolicyNetwork(nn.Module):
         num = len(self.modalities)
         self.lstm = nn.LSTMCell(joint_dim + 2 * num, hidden_size)
         self.heads = nn.ModuleDict({m: nn.Linear(hidden_size, 2) for m in self.modalities})
+        # Deterministic decisions use m iff logit(p_use) > use_thresholds[m] (0: the argmax).
+        # Training to a budget fits them on the validation split so the kept policy lands on
+        # the budget (adamml.training.budget); a buffer, so every checkpoint carries its own.
+        self.register_buffer("use_thresholds", torch.zeros(num))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints written before the thresholds existed decide by the argmax.
+        state_dict.setdefault(prefix + "use_thresholds", torch.zeros_like(self.use_thresholds))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def decide(self, margins: torch.Tensor) -> torch.Tensor:
+        """(..., M) margins (logit of "use") -> (..., M) deterministic {0, 1} decisions."""
+        return (margins > self.use_thresholds.to(margins)).float()
 
     def policy_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The cheap inputs, keyed by source, from a batch in the adamml.layouts layout.
@@ -247,8 +260,13 @@ class PolicyNetwork(nn.Module):
             all_logits.append(step)
             prev = step.flatten(1)
         logits = torch.stack(all_logits, dim=1)  # (B, K, M, 2)
+        scores = logits
+        if not sample:
+            # The argmax of (skip, use - threshold): use iff logit(p_use) > threshold.
+            shift = torch.stack([torch.zeros_like(self.use_thresholds), self.use_thresholds], dim=-1)
+            scores = logits - shift.to(logits)
         decisions = gumbel_decisions(
-            logits, temperature=temperature, hard=hard, sample=sample, generator=generator
+            scores, temperature=temperature, hard=hard, sample=sample, generator=generator
         )
         return PolicyOutput(decisions=decisions, logits=logits, probs=logits.softmax(-1)[..., 1])
 

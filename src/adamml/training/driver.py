@@ -283,7 +283,8 @@ def fit(
         validated = val_loader is not None and task.model_cfg is not None and validation_due(cfg, schedule, epoch)
         metrics: dict = {}
         if validated:
-            run.metrics = evaluate(task, val_loader, cfg, runtime)
+            custom = getattr(task.hooks, "validate", None)
+            run.metrics = custom(task, val_loader, cfg, runtime) if custom else evaluate(task, val_loader, cfg, runtime)
             row.update({f"val_{k}": v for k, v in run.metrics.items() if isinstance(v, int | float)})
             if validates(phase):  # only such epochs may be kept (never the warm-up)
                 metrics = run.metrics
@@ -298,7 +299,7 @@ def fit(
         if improved:
             # What the kept model costs, beside what it scores.
             run.best_record = {"epoch": epoch + 1, "block": phase.block, "temperature": trained_temperature} | {
-                k: v for k, v in metrics.items() if k in ("score", "gflops") or k.startswith("selection_")
+                k: v for k, v in metrics.items() if k in ("score", "gflops") or k.startswith(("selection_", "threshold_"))
             }
         run.epoch = epoch + 1
         if runtime.is_main:

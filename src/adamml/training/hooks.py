@@ -29,6 +29,8 @@ class StageHooks:
     def selection_score(self, metrics: dict) -> float:
         return metrics.get("score", -math.inf) if metrics else -math.inf
 
+    validate = None  # or (task, loader, cfg, runtime) -> metrics, in place of plain validation
+
     def state_dict(self) -> dict:
         return {}
 
@@ -86,12 +88,14 @@ class PlateauStop(StageHooks):
 
 
 class BudgetHook(StageHooks):
-    """Dual ascent on the cost weights during policy epochs (adamml.training.budget), and
-    ``best.pt`` = the most accurate epoch within the budget."""
+    """Dual ascent on the cost weights during policy epochs (adamml.training.budget), the
+    policy's thresholds fitted to the budget at each validation, and ``best.pt`` = the most
+    accurate epoch within the budget."""
 
-    def __init__(self, controller, segments: int) -> None:
+    def __init__(self, controller, segments: int, calibrate: bool = True) -> None:
         self.controller = controller
         self.segments = segments
+        self.calibrate = calibrate
 
     def after_step(self, phase, result) -> None:
         if phase.trains == "policy" and result.decisions is not None:
@@ -107,6 +111,25 @@ class BudgetHook(StageHooks):
         if metrics and "gflops" in metrics:
             row["budget_fraction"] = round(self.controller.fraction(metrics, self.segments), 4)
         return False
+
+    def validate(self, task, loader, cfg, runtime) -> dict:
+        """The argmax's metrics (``argmax_*``: what the policy learned, read by the
+        controller), then, with ``calibrate``, the metrics with the policy's thresholds fitted
+        to the budget on this split: those rank the epoch, and its checkpoint keeps them."""
+        from adamml.training.budget import calibrate_policy
+        from adamml.training.engine import evaluate
+
+        policy = task.model.policy
+        policy.use_thresholds.zero_()
+        argmax = evaluate(task, loader, cfg, runtime)
+        if not self.calibrate:
+            return argmax
+        thresholds = calibrate_policy(task.model, loader, self.controller, runtime)
+        metrics = evaluate(task, loader, cfg, runtime)
+        kept = ("score", "gflops")
+        metrics |= {f"argmax_{k}": v for k, v in argmax.items() if k in kept or k.startswith("selection_")}
+        metrics |= {f"threshold_{m}": round(p, 6) for m, p in thresholds.probabilities().items()}
+        return metrics
 
     def selection_score(self, metrics: dict) -> float:
         if not metrics or "gflops" not in metrics:
