@@ -241,6 +241,24 @@ def test_each_validation_fits_the_policys_thresholds_to_the_budget_and_the_check
     assert "the policy's thresholds fitted to it on the validation split" in printed
 
 
+def test_without_calibration_the_policy_keeps_its_argmax(budget_run, own_videos, tmp_path):
+    import shutil
+
+    out, _ = budget_run
+    for stage in out.iterdir():  # stage 1 and fusion from the budget run; stage 3 again
+        if stage.name.startswith(("unimodal_", "fusion_")) or stage.name == "splits":
+            shutil.copytree(stage, tmp_path / stage.name)
+    code, printed = _train(["--data", str(own_videos), "--output", str(tmp_path), "--budget", "0.5", "--stage", "adamml",
+                            "train.batch_size=4", "train.adamml.warmup_epochs=1", "train.adamml.epochs=1",
+                            "train.adamml.finetune_epochs=0", "train.adamml.calibrate=false"])
+    assert code == 0
+    rows = read_rows(tmp_path / "adamml" / "log.csv")
+    assert rows[-1]["val_score"] and "val_argmax_score" not in rows[-1]
+    assert torch.equal(torch.load(tmp_path / "adamml" / "best.pt", weights_only=False)["model"]["policy.use_thresholds"],
+                       torch.zeros(2))
+    assert "the policy's thresholds fitted" not in printed
+
+
 def test_the_run_ends_with_each_stages_result_and_a_collapse_verdict(budget_run):
     out, printed = budget_run
     summary = (out / "summary.txt").read_text()

@@ -243,7 +243,7 @@ def test_evaluate_protocol_paper_scores_only_sampled_decisions_and_the_table_say
     assert "evaluate adamml" in err  # the progress bar
     assert main(["evaluate", "--run-dir", run, "--no-plots", "--no-random-policy", "--no-progress"]) == 0
     out, err = capsys.readouterr()
-    assert "AdaMML, sampled" not in out and "Protocol: deterministic (argmax decisions)." in out
+    assert "AdaMML, sampled" not in out and "Protocol: deterministic (no sampling: the argmax, or the thresholds a budget run fitted)." in out
     assert "evaluate adamml" not in err
 
 

@@ -283,7 +283,7 @@ def protocol_note(protocol: str, draws: int, seed: int) -> str:
         f"draw{'s' if draws != 1 else ''} (seed {seed})"
     )
     text = {
-        "deterministic": "deterministic (argmax decisions)",
+        "deterministic": "deterministic (no sampling: the argmax, or the thresholds a budget run fitted)",
         "paper": f"paper ({paper})",
         "both": f"deterministic (argmax) rows, and paper rows ', sampled' ({paper})",
     }[protocol]
