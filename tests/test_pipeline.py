@@ -83,3 +83,22 @@ def test_predict_runs_flow_only_where_the_decisions_say(flow_setup, tiny_video: 
     default = p.run(tiny_video)  # the policy's own argmax decisions
     selected = sum("flow" in s for s in default.segments)
     assert (default.flow_fields == 0) == (selected == 0)
+
+
+def test_predict_without_a_budget_uses_the_thresholds_the_policy_carries(tiny_video: Path) -> None:
+    cfg = load_config("tiny")
+    torch.manual_seed(0)
+    model = build_adamml(cfg.model, cfg.data.clip).eval()
+    p = Predictor(model, "adamml", cfg.model, cfg, ["a", "b", "c", "d"], device="cpu")
+    plain = p.run(tiny_video)
+    margins = p.decide(p.prepare(tiny_video))[0]  # (K, M)
+    try:
+        # A threshold over every margin of the first modality: it never runs; the other as before.
+        model.policy.use_thresholds[0] = float(margins[:, 0].max()) + 1.0
+        moved = p.run(tiny_video)
+    finally:
+        model.policy.use_thresholds.zero_()
+    first, second = cfg.model.modalities
+    assert all(first not in s for s in moved.segments)
+    assert [second in s for s in moved.segments] == [second in s for s in plain.segments]
+    assert [second in s for s in plain.segments] == (margins[:, 1] > 0).tolist()
