@@ -39,3 +39,19 @@ def test_a_missed_budget_is_reported():
     (line,) = collapse_warnings(healthy, num_classes=10, budget=0.5)
     assert "75.8% of Weighted fusion's 0.3300, not the 50% budget" in line
     assert collapse_warnings(healthy, num_classes=10, budget=0.75) == []
+
+
+def test_a_dropped_weak_modality_under_a_budget_names_the_budget_and_the_modalitys_own_accuracy():
+    # F1 (docs/own-data.md): trained to 0.5, the kept policy ran RGB on 0 % of segments.
+    run = [
+        MethodResult("Audio", 81.0, selection={"audio": 100.0}, gflops=0.123),
+        MethodResult("RGB", 24.0, selection={"rgb": 100.0}, gflops=0.125),
+        MethodResult("Weighted fusion", 81.0, selection={"audio": 100.0, "rgb": 100.0}, gflops=0.2485),
+        MethodResult("AdaMML", 81.0, selection={"audio": 66.25, "rgb": 0.0}, gflops=0.1241, adaptive=True),
+    ]
+    (line,) = collapse_warnings(run, num_classes=10, budget=0.5)
+    assert "runs rgb on only 0.0% of segments" in line
+    assert "(RGB alone 24.0% against Audio's 81.0%: it adds little for its cost)" in line
+    assert "likely fix: raise --budget," in line and "cost_weights" not in line
+    (unbudgeted,) = collapse_warnings(run, num_classes=10)
+    assert "lower train.adamml.cost_weights.rgb or raise --budget" in unbudgeted

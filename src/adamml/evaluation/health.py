@@ -39,19 +39,24 @@ def collapse_warnings(rows: list, *, num_classes: int | None = None, budget: flo
     if best is not None and adamml.accuracy < best.accuracy:
         cause = ("the recognition networks are weak (above)" if weak else
                  "the policy skips segments the networks need")
-        fix = ("train stage 1 longer" if weak else
-               "lower train.adamml.cost_weights or raise --budget, or give the policy more epochs "
-               "(train.adamml.epochs)")
+        knob = "raise --budget" if budget is not None else "lower train.adamml.cost_weights or raise --budget"
+        fix = "train stage 1 longer" if weak else f"{knob}, or give the policy more epochs (train.adamml.epochs)"
         lines.append(
             f"AdaMML {adamml.accuracy:.1f}% is below its best single modality ({best.method} "
             f"{best.accuracy:.1f}%): {cause}; likely fix: {fix}"
         )
     for modality, rate in adamml.selection.items():
         if rate is not None and rate < MIN_SELECTION:
+            # Trained to a budget, the cost weights are not the user's: the budget is the knob.
+            knob = "raise --budget" if budget is not None else f"lower train.adamml.cost_weights.{modality} or raise --budget"
+            own = next((r for r in single if r.selection.get(modality) is not None), None)
+            alone = ""
+            if own is not None and best is not None and own is not best:
+                alone = f" ({own.method} alone {own.accuracy:.1f}% against {best.method}'s {best.accuracy:.1f}%: it adds little for its cost)"
             lines.append(
                 f"AdaMML runs {modality} on only {rate:.1f}% of segments (< {MIN_SELECTION:g}%): the policy "
-                f"has all but dropped it; likely fix: lower train.adamml.cost_weights.{modality} or raise "
-                "--budget, and check that stage 1 trained the networks (accuracies above)"
+                f"has all but dropped it{alone}; likely fix: {knob}, and check that stage 1 trained the "
+                "networks (accuracies above)"
             )
     if budget is not None and fusion is not None and fusion.gflops > 0:
         share = adamml.gflops / fusion.gflops
@@ -59,7 +64,8 @@ def collapse_warnings(rows: list, *, num_classes: int | None = None, budget: flo
             lines.append(
                 f"AdaMML uses {adamml.gflops:.4f} GFLOPs = {100 * share:.1f}% of {fusion.method}'s "
                 f"{fusion.gflops:.4f}, not the {100 * budget:.0f}% budget (+-{100 * BUDGET_TOLERANCE:.0f}%); "
-                "likely fix: more policy epochs (train.adamml.epochs)"
+                "likely fix: more policy epochs (train.adamml.epochs), and train.adamml.calibrate: true (fits "
+                "the policy's thresholds to the budget on the validation split; on other videos the cost can differ)"
             )
     return lines
 
