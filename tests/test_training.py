@@ -379,6 +379,44 @@ def test_training_runs_under_torchrun_with_two_gloo_processes(tiny_data, tmp_pat
     assert len(rows) == 1
 
 
+def test_budget_calibration_under_torchrun_fits_the_thresholds_on_every_validation_video(trained_run, tiny_data, tmp_path):
+    """Two gloo processes each validate half of the videos: the thresholds are fitted on the
+    gathered margins, so they equal a one-process fit on the kept weights."""
+    import shutil
+
+    from adamml.data.datasets import build_datasets
+    from adamml.data.loader import make_loader
+    from adamml.evaluation.evaluate import segment_costs
+    from adamml.models.build import input_modalities, model_from_checkpoint
+    from adamml.runtime.distributed import Runtime
+    from adamml.training.budget import BudgetController, calibrate_policy
+
+    for stage in trained_run.iterdir():
+        if stage.name.startswith(("unimodal_", "fusion_")):
+            shutil.copytree(stage, tmp_path / stage.name)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(_free_port()),
+         "-m", "adamml.cli", "train", "--config", "demo", "--data", str(tiny_data), "--output", str(tmp_path),
+         "--stage", "adamml", "--budget", "0.5", "train.adamml.warmup_epochs=1", "train.adamml.epochs=1",
+         "train.adamml.finetune_epochs=0", "train.adamml.policy_pretrain_epochs=0", "train.batch_size=6",
+         "train.progress=false"],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    path = tmp_path / "adamml" / "best.pt"
+    state = torch.load(path, weights_only=False)
+    assert state["metrics"]["num_videos"] == 12.0 and "argmax_gflops" in state["metrics"]
+    model, kind, model_cfg, cfg, _ = model_from_checkpoint(path)
+    kept = model.policy.use_thresholds.clone()
+    _, val_set, _ = build_datasets(cfg, modalities=list(input_modalities(kind, model_cfg)), with_train=False)
+    loader = make_loader(val_set, 6, Runtime(), train=False, seed=0, num_workers=0)
+    costs = segment_costs(model_cfg, cfg.data.clip)
+    controller = BudgetController(0.5, [costs[m] for m in model_cfg.modalities], costs["policy"])
+    calibrate_policy(model, loader, controller, Runtime())
+    torch.testing.assert_close(model.policy.use_thresholds, kept, rtol=1e-4, atol=1e-4)
+
+
 def test_adamml_asks_the_dataset_for_the_policys_flow_proxy_once():
     from adamml.config import ModelConfig, PolicyConfig
     from adamml.models.build import input_modalities

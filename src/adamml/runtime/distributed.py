@@ -58,6 +58,18 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
+    """Every process takes ``src``'s buffers (batch-norm statistics, the policy's thresholds).
+
+    Without SyncBN each process updates its own running statistics in training (DDP copies
+    rank 0's at each forward, then the step's own batch moves them), so before validation the
+    ranks hold slightly different models; rank 0's is the one saved, so it is the one every
+    shard of the validation set must be scored with."""
+    if dist.is_available() and dist.is_initialized():
+        for buffer in module.buffers():
+            dist.broadcast(buffer.data, src)
+
+
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()

@@ -22,7 +22,7 @@ from adamml.config import ExperimentConfig, save_config, to_dict
 from adamml.data.loader import make_loader, set_loader_epoch
 from adamml.runtime import runs
 from adamml.runtime.checkpoint import load_checkpoint, rng_state, save_checkpoint
-from adamml.runtime.distributed import Runtime, barrier, per_process_batch
+from adamml.runtime.distributed import Runtime, barrier, broadcast_buffers, per_process_batch
 from adamml.training.engine import (
     Task,
     TrainingInterrupted,
@@ -283,6 +283,7 @@ def fit(
         validated = val_loader is not None and task.model_cfg is not None and validation_due(cfg, schedule, epoch)
         metrics: dict = {}
         if validated:
+            broadcast_buffers(task.model)  # every shard scored with rank 0's (the saved) model
             custom = getattr(task.hooks, "validate", None)
             run.metrics = custom(task, val_loader, cfg, runtime) if custom else evaluate(task, val_loader, cfg, runtime)
             row.update({f"val_{k}": v for k, v in run.metrics.items() if isinstance(v, int | float)})
