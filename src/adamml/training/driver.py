@@ -284,8 +284,8 @@ def fit(
         metrics: dict = {}
         if validated:
             broadcast_buffers(task.model)  # every shard scored with rank 0's (the saved) model
-            custom = getattr(task.hooks, "validate", None)
-            run.metrics = custom(task, val_loader, cfg, runtime) if custom else evaluate(task, val_loader, cfg, runtime)
+            hooks = task.hooks
+            run.metrics = hooks.validate(task, val_loader, cfg, runtime) if hooks else evaluate(task, val_loader, cfg, runtime)
             row.update({f"val_{k}": v for k, v in run.metrics.items() if isinstance(v, int | float)})
             if validates(phase):  # only such epochs may be kept (never the warm-up)
                 metrics = run.metrics

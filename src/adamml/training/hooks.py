@@ -3,8 +3,9 @@ validation plateau (stage 1) and training to a GFLOPs budget (stage 3).
 
 When a task has hooks (``Task.hooks``), ``train_one_epoch`` calls ``after_step(phase,
 result)`` after each optimiser step, and the stage driver (:func:`adamml.training.driver.fit`)
-calls ``after_epoch(phase, metrics, row)`` after each epoch (it may add log columns, and
-returns True to stop the stage) and ``selection_score(metrics)`` to choose ``best.pt``; their
+calls ``validate(task, loader, cfg, runtime)`` for each validation, ``after_epoch(phase,
+metrics, row)`` after each epoch (it may add log columns, and returns True to stop the stage)
+and ``selection_score(metrics)`` to choose ``best.pt``; their
 ``state_dict`` is part of the task's, so ``--resume`` continues exactly.
 """
 
@@ -29,7 +30,11 @@ class StageHooks:
     def selection_score(self, metrics: dict) -> float:
         return metrics.get("score", -math.inf) if metrics else -math.inf
 
-    validate = None  # or (task, loader, cfg, runtime) -> metrics, in place of plain validation
+    def validate(self, task, loader, cfg, runtime) -> dict:
+        """The validation metrics of the epoch (a stage may score its model its own way)."""
+        from adamml.training.engine import evaluate
+
+        return evaluate(task, loader, cfg, runtime)
 
     def state_dict(self) -> dict:
         return {}
