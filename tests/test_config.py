@@ -260,3 +260,15 @@ def test_the_plan_prints_each_modalitys_stage1_rate(capsys):
     out = capsys.readouterr().out
     assert "epochs 1-1: lr rgb 0.004, audio 0.03;" in out
     assert "epochs 2-2: lr rgb 0.0004, audio 0.003;" in out
+
+
+def test_the_plan_says_a_budget_run_adapts_its_weights_and_fits_its_thresholds(capsys):
+    from adamml.cli import main
+
+    assert main(["train", "--config", "tiny", "--plan", "--budget", "0.4"]) == 0
+    out = capsys.readouterr().out
+    assert "CE + efficiency (weights adapted to budget 0.4, gamma" in out and "rgb=" not in out.split("Stage 3")[1]
+    assert "best.pt is the best validated epoch (never the warm-up) within the budget" in out
+    assert "the policy's thresholds are fitted so that its cost on the validation split is 0.4 x" in out
+    assert main(["train", "--config", "tiny", "--plan", "--budget", "0.4", "train.adamml.calibrate=false"]) == 0
+    assert "thresholds are fitted" not in capsys.readouterr().out

@@ -126,6 +126,8 @@ def format_plan(cfg: ExperimentConfig, nproc: int = 1) -> str:
     header = f"  {'epoch':>5}  {'block':<9}  {'trains':<11}  {'frozen':<11}  {'learning rates':<44}  {'tau':>6}  {'loss':<46}  validated"
     lines += [header, "  " + "-" * (len(header) - 2)]
     weights = " ".join(f"{m}={a.cost_weights.get(m, 0):g}" for m in cfg.model.modalities)
+    if a.budget is not None:  # the weights follow the budget's multiplier (training/budget.py)
+        weights = f"weights adapted to budget {a.budget:g}"
     finetune_start = None
     for i, (phase, tau) in enumerate(zip(schedule, taus, strict=True), start=1):
         milestones = a.lr_steps if phase.block == "alternate" else []
@@ -154,5 +156,9 @@ def format_plan(cfg: ExperimentConfig, nproc: int = 1) -> str:
         "  validation runs every "
         + (f"{t.eval_every} epoch(s) where 'validated' says yes" if t.eval_every > 0 else "stage at its end only")
         + f"; {BEST} is the best validated epoch (never the warm-up)"
+        + (" within the budget" if a.budget is not None else "")
     )
+    if a.budget is not None and a.calibrate:
+        lines.append(f"  at each validation the policy's thresholds are fitted so that its cost on the validation "
+                     f"split is {a.budget:g} x weighted fusion's; the epoch is scored and saved with them")
     return "\n".join(lines)
