@@ -234,8 +234,10 @@ def test_each_validation_fits_the_policys_thresholds_to_the_budget_and_the_check
     assert probabilities == pytest.approx([metrics["threshold_rgb"], metrics["threshold_audio"]], abs=1e-6)
     # Evaluating the checkpoint (conditional execution) reproduces the kept epoch's figures:
     # the thresholds travel with the weights.
-    results, _ = evaluate_run(find_stage_checkpoints(out), out_dir=None, progress=False, random_policy=False)
+    results, table = evaluate_run(find_stage_checkpoints(out), out_dir=None, progress=False, random_policy=False)
     adamml = next(r for r in results if r.method == "AdaMML")
+    assert (f"AdaMML's thresholds (fitted to its training budget of 0.5 x fusion's GFLOPs on its validation split): "
+            f"rgb when p_use > {probabilities[0]:.4f}, audio when p_use > {probabilities[1]:.4f}.") in table
     assert adamml.gflops == pytest.approx(metrics["gflops"], rel=1e-6)
     assert adamml.accuracy == pytest.approx(100 * metrics["score"], abs=1e-6)
     assert "the policy's thresholds fitted to it on the validation split" in printed

@@ -262,6 +262,8 @@ def evaluate_run(
                                out_dir=out_dir if runtime.is_main else None, seed=seed, progress=progress)
     metric = results[0].metric if results else "top1"
     table = format_table(results, all_modalities, metric=metric) + "\n" + protocol_note(protocol, draws, seed)
+    if adamml_outputs is not None and (note := threshold_note(adamml_outputs[0], adamml_outputs[2])):
+        table += "\n" + note
     if out_dir is not None and runtime.is_main:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -274,6 +276,19 @@ def evaluate_run(
 
 
 PROTOCOLS = ("deterministic", "paper", "both")
+
+
+def threshold_note(model, cfg) -> str | None:
+    """The line that says which thresholds AdaMML's deterministic decisions used, when they
+    are not the argmax (a run trained to a budget fitted them)."""
+    policy = getattr(model, "policy", None)
+    if policy is None or not bool(policy.use_thresholds.any()):
+        return None
+    budget = cfg.train.adamml.budget
+    fitted = f"fitted to its training budget of {budget:g} x fusion's GFLOPs on its validation split" if budget else "carried by its checkpoint"
+    probs = torch.sigmoid(policy.use_thresholds.double()).tolist()
+    return (f"AdaMML's thresholds ({fitted}): " + ", ".join(
+        f"{m} when p_use > {p:.4f}" for m, p in zip(policy.modalities, probs, strict=True)) + ".")
 
 
 def protocol_note(protocol: str, draws: int, seed: int) -> str:
