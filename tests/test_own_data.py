@@ -241,6 +241,8 @@ def test_each_validation_fits_the_policys_thresholds_to_the_budget_and_the_check
     assert adamml.gflops == pytest.approx(metrics["gflops"], rel=1e-6)
     assert adamml.accuracy == pytest.approx(100 * metrics["score"], abs=1e-6)
     assert "the policy's thresholds fitted to it on the validation split" in printed
+    assert (f"(thresholds fitted to the budget: rgb p_use > {metrics['threshold_rgb']:.3f}, audio p_use > "
+            f"{metrics['threshold_audio']:.3f})") in printed  # the run's closing verdict says so too
 
 
 def test_without_calibration_the_policy_keeps_its_argmax(budget_run, own_videos, tmp_path):

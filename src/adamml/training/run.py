@@ -99,6 +99,9 @@ def run_verdict(cfg) -> list[str]:
             if fusion is not None and fusion.gflops > 0:
                 part += f" ({100 * r.gflops / fusion.gflops:.0f}% of fusion's)"
             part += ", running " + ", ".join(f"{m} on {v:.0f}%" for m, v in r.selection.items()) + " of segments"
+            if r.extra.get("thresholds"):
+                part += " (thresholds fitted to the budget: " + ", ".join(
+                    f"{m} p_use > {p:.3f}" for m, p in r.extra["thresholds"].items()) + ")"
         parts.append(part)
     lines = ["validation: " + "; ".join(parts)]
     warnings = collapse_warnings(rows, num_classes=num_classes, budget=cfg.train.adamml.budget)
@@ -129,5 +132,6 @@ def run_rows(run_dir: str | Path) -> tuple[list, int | None, float | None]:
             method=method_name(state["kind"], mc), accuracy=100 * metrics["score"],
             selection={m: 100 * metrics.get(f"selection_{m}", 1.0) for m in mc.modalities},
             gflops=metrics.get("gflops", 0.0),
+            extra={"thresholds": {m: metrics[f"threshold_{m}"] for m in mc.modalities if f"threshold_{m}" in metrics}},
         ))
     return rows, num_classes, budget
