@@ -286,9 +286,10 @@ def threshold_note(model, cfg) -> str | None:
         return None
     budget = cfg.train.adamml.budget
     fitted = f"fitted to its training budget of {budget:g} x fusion's GFLOPs on its validation split" if budget else "carried by its checkpoint"
-    probs = torch.sigmoid(policy.use_thresholds.double()).tolist()
-    return (f"AdaMML's thresholds ({fitted}): " + ", ".join(
-        f"{m} when p_use > {p:.4f}" for m, p in zip(policy.modalities, probs, strict=True)) + ".")
+    from adamml.inference.budget import Thresholds
+
+    probs = Thresholds(tuple(policy.modalities), tuple(policy.use_thresholds.tolist()), 0.0).probabilities()
+    return f"AdaMML's thresholds ({fitted}): " + ", ".join(f"{m} when p_use > {p:.4f}" for m, p in probs.items()) + "."
 
 
 def protocol_note(protocol: str, draws: int, seed: int) -> str:

@@ -195,6 +195,31 @@ def mean_gflops(per_video_gflops: ArrayLike) -> float:
     return float(g.mean())
 
 
+def gather_by_index(local: dict[str, Any]) -> dict[str, Any] | None:
+    """Every process's records of a pass over a dataset, merged: ``local`` maps names to one
+    row per video (arrays; ``"videos"``: a list of names; None: not recorded), with the dataset
+    positions under ``"indices"``. A ``DistributedSampler`` pads by repeating videos, so the
+    first record of each index is kept; the result is sorted by index (None: no records)."""
+    states = [local]
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        states = [None] * torch.distributed.get_world_size()  # type: ignore[list-item]
+        torch.distributed.all_gather_object(states, local)
+    states = [st for st in states if st["indices"] is not None]
+    if not states:
+        return None
+    merged: dict[str, Any] = {}
+    for key in states[0]:
+        vals = [st[key] for st in states]
+        if any(v is None for v in vals):
+            merged[key] = None
+        elif key == "videos":
+            merged[key] = np.asarray([v for vs in vals for v in vs], dtype=object)
+        else:
+            merged[key] = np.concatenate(vals, axis=0)
+    _, first = np.unique(merged["indices"], return_index=True)  # sorted unique indices
+    return {k: (None if v is None else v[first]) for k, v in merged.items()}
+
+
 class MetricAccumulator:
     """Collects batch outputs and computes every paper metric once at the end.
 
@@ -291,24 +316,10 @@ class MetricAccumulator:
 
     def gathered(self) -> dict[str, Any]:
         """All ranks' records, deduplicated by video index and sorted by it."""
-        states = [self._local_state()]
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            states = [None] * torch.distributed.get_world_size()  # type: ignore[list-item]
-            torch.distributed.all_gather_object(states, self._local_state())
-        states = [st for st in states if st["indices"] is not None]
-        if not states:
+        merged = gather_by_index(self._local_state())
+        if merged is None:
             raise ValueError("MetricAccumulator: no batches were added")
-        merged: dict[str, Any] = {}
-        for key in states[0]:
-            vals = [st[key] for st in states]
-            if any(v is None for v in vals):
-                merged[key] = None
-            elif key == "videos":
-                merged[key] = np.asarray([v for vs in vals for v in vs], dtype=object)
-            else:
-                merged[key] = np.concatenate(vals, axis=0)
-        _, first = np.unique(merged["indices"], return_index=True)  # sorted unique indices
-        return {k: (None if v is None else v[first]) for k, v in merged.items()}
+        return merged
 
     def compute(self) -> dict[str, float]:
         """Fractions (not percent): top-k, mean_class_acc, mAP, selection_<modality>, gflops,

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 
 from adamml.inference.budget import Thresholds, fit_thresholds, use_margins
@@ -134,6 +133,8 @@ class BudgetController:
 def validation_margins(model, loader, runtime) -> torch.Tensor:
     """(N, K, M) policy margins (logit of "use") of every video of ``loader``, in dataset
     order, gathered from all processes (a distributed sampler's padding counted once)."""
+    from adamml.evaluation.metrics import gather_by_index
+
     was_training = model.training
     model.eval()
     indices, margins = [], []
@@ -143,15 +144,8 @@ def validation_margins(model, loader, runtime) -> torch.Tensor:
         margins.append(use_margins(out.logits.float()).cpu())
         indices.append(batch["index"].cpu())
     model.train(was_training)
-    local = (torch.cat(indices), torch.cat(margins))
-    parts = [local]
-    if runtime.distributed:
-        parts = [None] * runtime.world_size
-        torch.distributed.all_gather_object(parts, local)
-    index = torch.cat([p[0] for p in parts])
-    values = torch.cat([p[1] for p in parts])
-    _, first = np.unique(index.numpy(), return_index=True)
-    return values[torch.as_tensor(first)]
+    records = gather_by_index({"indices": torch.cat(indices).numpy(), "margins": torch.cat(margins).numpy()})
+    return torch.from_numpy(records["margins"])
 
 
 def calibrate_policy(model, loader, controller: BudgetController, runtime) -> Thresholds:

@@ -140,7 +140,7 @@ def describe_recipe(cfg: ExperimentConfig, budget: float | None = None) -> list[
                 if patience else f"{u.epochs} epochs")
     if budget is not None:
         cost = f"cost weights adapted to a budget of {budget:g} x fusion's GFLOPs ({budget * fusion:.4f})"
-        if getattr(a, "calibrate", False):
+        if a.calibrate:
             cost += ", the policy's thresholds fitted to it on the validation split at each validation"
     else:
         cost = "cost weights " + ", ".join(f"{x} {a.cost_weights.get(x, 0):g}" for x in m.modalities)
