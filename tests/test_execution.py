@@ -258,7 +258,7 @@ def test_run_chunked_concatenates_tuples_and_tensors() -> None:
         return v * 2, v + 1
 
     a, b = run_chunked(net, x, plan)
-    assert calls == [3, 3, 3, 1]
+    assert calls == [3, 3, 2, 2]  # as few calls as the limit allows, of equal size
     assert torch.equal(a, x * 2) and torch.equal(b, x + 1)
     assert torch.equal(run_chunked(lambda v: v * 3, x, plan), x * 3)
 

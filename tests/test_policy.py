@@ -10,6 +10,7 @@ from adamml.models.policy import (
     FrameFeatures,
     PolicyNetwork,
     build_policy,
+    frame_selector,
     gumbel_decisions,
     policy_frame_indices,
 )
@@ -86,6 +87,15 @@ def test_policy_inputs_take_every_other_frame_at_policy_resolution(policy: Polic
     assert policy_frame_indices(8, 4) == [0, 2, 4, 6]
     assert policy_frame_indices(8, 2) == [0, 2]
     assert policy_frame_indices(1, 4) == [0]
+
+
+@pytest.mark.parametrize("indices", [[0, 2, 4, 6], [1, 3], [5], [0, 1, 3]])
+def test_frame_selector_picks_the_same_frames_as_the_indices(indices: list[int]) -> None:
+    frames = torch.randn(2, 3, 8, 3, 5, 5)
+    chosen = frames[:, :, frame_selector(indices)]
+    assert torch.equal(chosen, frames[:, :, indices])
+    # Evenly spaced frames are a view (no copy of the clip); others are gathered.
+    assert isinstance(frame_selector(indices), slice) == (indices != [0, 1, 3])
 
 
 def test_flow_is_decided_from_rgb_differences_never_from_flow() -> None:

@@ -166,7 +166,9 @@ def run_many(
         size = plan.segments_per_call(x) if plan is not None else None
         if workers > 1:
             size = min(size or x.shape[0], max(1, math.ceil(x.shape[0] / workers)))
-        chunks = [x] if size is None or x.shape[0] <= size else list(x.split(size))
+        # As many micro-batches as the size limit needs, of equal size (10 segments at 3 per
+        # call: 3, 3, 2, 2 rather than 3, 3, 3, 1), so the workers finish together.
+        chunks = [x] if size is None or x.shape[0] <= size else list(x.tensor_split(math.ceil(x.shape[0] / size)))
         counts.append(len(chunks))
         jobs.extend((i, net, chunk) for chunk in chunks)
     if workers > 1 and (len(jobs) > 1 or any(_splits(net) for _, net, _ in jobs)):

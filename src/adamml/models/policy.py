@@ -48,6 +48,17 @@ def policy_frame_indices(frames_per_segment: int, policy_frames: int) -> list[in
     return list(range(0, frames_per_segment, 2))[: max(1, policy_frames)]
 
 
+def frame_selector(indices: list[int]) -> slice | list[int]:
+    """Evenly spaced indices as a slice: indexing with it is a view, where a list of indices
+    copies the frames (at paper size 24 MB per video, whose fresh pages cost more than the
+    resize that follows: 25 of 28 ms on the 2-core CPU)."""
+    steps = {b - a for a, b in zip(indices, indices[1:], strict=False)}
+    if indices and len(steps) <= 1 and min(steps, default=1) > 0:
+        step = steps.pop() if steps else 1
+        return slice(indices[0], indices[-1] + 1, step)
+    return list(indices)
+
+
 def gumbel_decisions(
     logits: torch.Tensor,
     *,
@@ -155,6 +166,7 @@ class PolicyNetwork(nn.Module):
         self.sources = dict(sources)
         self.extractors = extractors
         self.frame_indices = list(frame_indices)
+        self._frames = frame_selector(self.frame_indices)
         self.resolution = int(resolution)
         # Micro-batching at inference (adamml.models.execution); None: one call per extractor.
         self.execution: ExecutionPlan | None = None
@@ -214,7 +226,7 @@ class PolicyNetwork(nn.Module):
                 )
             x = batch[source]
             if MODALITIES[source].visual:
-                x = x[:, :, self.frame_indices]
+                x = x[:, :, self._frames]
                 b, k, t = x.shape[:3]
                 if x.shape[-2:] != (self.resolution, self.resolution):
                     x = F.interpolate(
