@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adamml.config import ClipSettings, ModelConfig, PolicyConfig
+from adamml.config import ClipSettings, ExtractorChoice, ModelConfig, PolicyConfig, policy_extractor
 from adamml.models.policy import (
     FrameFeatures,
     PolicyNetwork,
@@ -292,3 +292,20 @@ def test_no_source_can_drown_the_others_by_growing_its_projection(policy: Policy
         moved = policy(other, temperature=1.0, sample=False).logits
     assert torch.allclose(before, after, atol=1e-4)
     assert not torch.allclose(before, moved, atol=1e-4)
+
+
+def test_one_rule_picks_each_extractor_and_build_policy_follows_it() -> None:
+    # The audio network's own framewise backbone, at full width, cut to audio_blocks.
+    cfg = tiny_cfg(["rgb", "audio"], width_mult=0.5, blocks=3, audio_blocks=2)
+    assert policy_extractor(cfg, "audio") == ExtractorChoice("mobilenet_v2_tiny", 1.0, 2, own_audio=True)
+    assert policy_extractor(cfg, "rgb") == ExtractorChoice("mobilenet_v2_tiny", 0.5, 3)
+    policy = build_policy(cfg, CLIP)
+    assert len(policy.extractors["audio"].features) == 2
+    # An audio network that is not framewise (a ResNet): the policy's backbone, width and
+    # audio_blocks; it cannot start from the stage-1 audio network.
+    cfg.backbones["audio"] = "resnet_tiny"
+    choice = policy_extractor(cfg, "audio")
+    assert choice == ExtractorChoice("mobilenet_v2_tiny", 0.5, 2) and not choice.whole
+    assert len(build_policy(cfg, CLIP).extractors["audio"].features) == 2
+    cfg.policy.audio_blocks = None
+    assert policy_extractor(cfg, "audio").blocks == 3  # the visual cut then applies

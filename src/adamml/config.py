@@ -492,11 +492,40 @@ def _policy_blocks(name: str) -> int:
         return len(BACKBONES[name].constructor().features)
 
 
-def _policy_audio_backbone(model: ModelConfig, framewise: typing.Iterable[str]) -> str:
-    """The backbone the policy's audio extractor is built from (as ``build_policy`` picks it):
-    policy.audio_backbone, else the audio network's when it is framewise, else policy.backbone."""
-    audio = model.policy.audio_backbone or model.backbones.get("audio", "")
-    return audio if audio in framewise else model.policy.backbone
+@dataclass(frozen=True)
+class ExtractorChoice:
+    """What the policy's extractor for one source is built from (see :func:`policy_extractor`)."""
+
+    backbone: str
+    width_mult: float
+    blocks: int | None  # feature blocks kept (None: all)
+    # The audio sub-network's own backbone (or policy.audio_backbone): it can start from the
+    # stage-1 audio network, cut or not (a cut one takes that network's first blocks).
+    own_audio: bool = False
+
+    @property
+    def whole(self) -> bool:
+        """Full width and every block: the extractor is the backbone's whole trunk."""
+        return self.width_mult == 1.0 and self.blocks is None
+
+
+def policy_extractor(model: ModelConfig, source: str) -> ExtractorChoice:
+    """The one rule for the policy's extractor of ``source`` ("rgb", "audio", "rgbdiff", ...),
+    read by ``build_policy``, the config checks and ``--plan``.
+
+    The audio extractor takes policy.audio_backbone, else the audio network's backbone, when
+    that is framewise (so it can start from the stage-1 audio network), at full width with
+    policy.audio_blocks; otherwise it is policy.backbone like the visual extractors, with
+    policy.audio_blocks when given. Visual extractors: policy.backbone, width_mult, blocks.
+    """
+    policy = model.policy
+    if source == "audio":
+        own = policy.audio_backbone or model.backbones.get("audio", "")
+        if own in BACKBONES and BACKBONES[own].framewise:
+            return ExtractorChoice(own, 1.0, policy.audio_blocks, own_audio=True)
+        blocks = policy.audio_blocks if policy.audio_blocks is not None else policy.blocks
+        return ExtractorChoice(policy.backbone, policy.width_mult, blocks)
+    return ExtractorChoice(policy.backbone, policy.width_mult, policy.blocks)
 
 
 def _check_weights_source(key: str, source: str, backbone: str) -> None:
@@ -576,7 +605,7 @@ def check_config(cfg: ExperimentConfig) -> None:
     if policy.audio_backbone is not None:
         check_choice("model.policy.audio_backbone", policy.audio_backbone, framewise)
     if policy.audio_blocks is not None and "audio" in model.modalities:
-        audio = _policy_audio_backbone(model, framewise)
+        audio = policy_extractor(model, "audio").backbone
         total = _policy_blocks(audio)
         _require(1 <= policy.audio_blocks <= total, "model.policy.audio_blocks",
                  f"got {policy.audio_blocks}; {audio} has blocks 1 to {total}")
@@ -586,8 +615,7 @@ def check_config(cfg: ExperimentConfig) -> None:
         if not weights:
             continue
         check_choice("model.policy.pretrained", source, sorted(sources))
-        extractor = _policy_audio_backbone(model, framewise) if source == "audio" else policy.backbone
-        _check_weights_source(f"model.policy.pretrained.{source}", weights, extractor)
+        _check_weights_source(f"model.policy.pretrained.{source}", weights, policy_extractor(model, source).backbone)
     looks_at = len(range(0, clip.frames_per_segment, 2))
     _require(1 <= policy.frames <= looks_at, "model.policy.frames",
              f"got {policy.frames}; the policy looks at every other frame of the segment's "

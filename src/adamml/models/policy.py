@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from adamml.config import ClipSettings, ModelConfig
+from adamml.config import ClipSettings, ModelConfig, policy_extractor
 from adamml.modalities.table import MODALITIES, policy_source
 from adamml.models.backbones import (
     adapt_first_conv,
@@ -345,18 +345,9 @@ def build_policy(model_cfg: ModelConfig, clip: ClipSettings) -> PolicyNetwork:
     for source in dict.fromkeys(sources.values()):
         modality = MODALITIES[source]
         in_channels = modality.channels(clip)
-        own_name = pcfg.audio_backbone if not modality.visual and pcfg.audio_backbone else model_cfg.backbones.get(source)
-        own = get_backbone_spec(own_name) if own_name else None
-        if not modality.visual and own is not None and own.framewise:
-            # By default the policy's audio extractor is the audio sub-network's backbone
-            # (so it can start from the stage-1 audio network; policy.audio_backbone names
-            # another); policy.backbone/width_mult apply to the visual extractors.
-            name, width, blocks = own.name, 1.0, pcfg.audio_blocks
-        else:
-            name, width, blocks = pcfg.backbone, pcfg.width_mult, pcfg.blocks
-            if not modality.visual and pcfg.audio_blocks is not None:
-                blocks = pcfg.audio_blocks
-        net, dim = _policy_backbone(name, width, in_channels, blocks)
+        choice = policy_extractor(model_cfg, source)
+        name = choice.backbone
+        net, dim = _policy_backbone(name, choice.width_mult, in_channels, choice.blocks)
         if source in weights:
             check_weights_source(weights[source], name, f"model.policy.pretrained.{source}")
             # Loaded into the (possibly cut) trunk: the blocks cut off are left unused.

@@ -10,7 +10,7 @@ so it cannot drift from it.
 
 from __future__ import annotations
 
-from adamml.config import ExperimentConfig
+from adamml.config import ExperimentConfig, policy_extractor
 from adamml.runtime.distributed import per_process_batch
 from adamml.runtime.runs import BEST, BEST_ALTERNATE
 from adamml.training.engine import multistep_lr
@@ -27,19 +27,11 @@ def _weights(cfg: ExperimentConfig, modality: str) -> str:
 
 
 def _extractor_backbone(cfg: ExperimentConfig, source: str) -> str | None:
-    """The backbone of the policy's extractor for ``source`` (as ``build_policy`` picks it),
-    or None when it is cut or narrowed: then it cannot take a stage-1 network's weights (the
-    audio extractor can, cut or not: a cut one takes the stage-1 network's first blocks)."""
-    from adamml.models.backbones import get_backbone_spec
-
-    policy = cfg.model.policy
-    if source == "audio":
-        own = policy.audio_backbone or cfg.model.backbones.get("audio")
-        if own and get_backbone_spec(own).framewise:
-            return own
-    if policy.width_mult != 1.0 or policy.blocks is not None:
-        return None
-    return policy.backbone
+    """The backbone of the policy's extractor for ``source``, or None when it is cut or
+    narrowed: then it cannot take a stage-1 network's weights (the audio network's own
+    backbone can, cut or not)."""
+    choice = policy_extractor(cfg.model, source)
+    return choice.backbone if choice.own_audio or choice.whole else None
 
 
 def _policy_starts(cfg: ExperimentConfig) -> str:
