@@ -43,6 +43,13 @@ def test_conditional_benchmark_prints_a_row_per_rate() -> None:
     assert gflops == sorted(gflops) and gflops[0] < gflops[-1]
 
 
+def test_fixed_part_benchmark_times_each_always_on_network() -> None:
+    out = run("fixed_part.py", "--config", "tiny", "--threads", "1", "--rounds", "1")
+    names = [line[:28].strip() for line in out.splitlines() if line.endswith(tuple("0123456789")) and "(" in line[28:]]
+    assert names == ["policy extractor (rgb)", "policy extractor (audio)", "audio network", "rgb network, 1 segment"]
+    assert "the best the workers could do is" in out
+
+
 def test_predict_e2e_benchmark_computes_less_flow_at_lower_budgets(tiny_video) -> None:
     out = run("predict_e2e.py", "--tiny", "--videos", str(tiny_video), "--segments", "2")
     rows = [line.split("|") for line in out.splitlines() if line.startswith("| RGB+")]
