@@ -245,6 +245,29 @@ def test_each_validation_fits_the_policys_thresholds_to_the_budget_and_the_check
             f"{metrics['threshold_audio']:.3f})") in printed  # the run's closing verdict says so too
 
 
+def test_the_argmax_figures_read_from_the_margins_equal_an_evaluation_of_the_argmax(budget_run):
+    """A calibrated validation does not run the recognition networks at the argmax: its
+    logged GFLOPs and selection rates come from the policy's margins, and equal evaluating
+    the kept weights with the thresholds at zero."""
+    from adamml.data.datasets import build_datasets
+    from adamml.data.loader import make_loader
+    from adamml.evaluation.evaluate import evaluate_model
+    from adamml.models.build import input_modalities, model_from_checkpoint
+    from adamml.runtime.distributed import Runtime
+
+    out, _ = budget_run
+    path = out / "adamml" / "best.pt"
+    metrics = torch.load(path, weights_only=False)["metrics"]
+    model, kind, model_cfg, cfg, _ = model_from_checkpoint(path)
+    model.policy.use_thresholds.zero_()
+    _, val_set, _ = build_datasets(cfg, modalities=list(input_modalities(kind, model_cfg)), with_train=False)
+    loader = make_loader(val_set, 4, Runtime(), train=False, seed=0, num_workers=0)
+    argmax = evaluate_model(model, loader, kind, model_cfg, cfg, Runtime()).metrics
+    for key in ("gflops", "selection_rgb", "selection_audio"):
+        assert metrics[f"argmax_{key}"] == pytest.approx(argmax[key], rel=1e-9), key
+    assert "argmax_score" not in metrics  # no second evaluation pass
+
+
 def test_without_calibration_the_policy_keeps_its_argmax(budget_run, own_videos, tmp_path):
     import shutil
 

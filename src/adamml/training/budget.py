@@ -148,10 +148,26 @@ def validation_margins(model, loader, runtime) -> torch.Tensor:
     return torch.from_numpy(records["margins"])
 
 
-def calibrate_policy(model, loader, controller: BudgetController, runtime) -> Thresholds:
+def argmax_metrics(margins: torch.Tensor, controller: BudgetController, modalities: list[str]) -> dict:
+    """GFLOPs per video and selection rates of the policy's argmax (use where the margin is
+    above 0), from its margins alone: what it learned, without running the recognition
+    networks at those decisions (a calibrated validation then runs them once, at the fitted
+    thresholds)."""
+    from adamml.evaluation.metrics import gflops_per_video, mean_gflops, selection_rates
+
+    decisions = (margins > 0).double()
+    out = {"gflops": mean_gflops(gflops_per_video(decisions, controller.costs.tolist(), controller.policy_cost))}
+    out |= {f"selection_{m}": rate for m, rate in zip(modalities, selection_rates(decisions), strict=True)}
+    return out
+
+
+def calibrate_policy(model, loader, controller: BudgetController, runtime,
+                     margins: torch.Tensor | None = None) -> Thresholds:
     """Set the policy's use thresholds so that its mean cost over ``loader``'s videos is the
-    largest within ``controller.budget`` (adamml.inference.budget.fit_thresholds)."""
-    margins = validation_margins(model, loader, runtime)
+    largest within ``controller.budget`` (adamml.inference.budget.fit_thresholds); ``margins``:
+    :func:`validation_margins` of that loader when already at hand."""
+    if margins is None:
+        margins = validation_margins(model, loader, runtime)
     k = margins.shape[1]
     thresholds = fit_thresholds(margins, controller.costs.tolist(), controller.policy_cost,
                                 controller.budget * controller.fusion * k, list(model.policy.modalities))

@@ -118,21 +118,23 @@ class BudgetHook(StageHooks):
         return False
 
     def validate(self, task, loader, cfg, runtime) -> dict:
-        """The argmax's metrics (``argmax_*``: what the policy learned, read by the
-        controller), then, with ``calibrate``, the metrics with the policy's thresholds fitted
-        to the budget on this split: those rank the epoch, and its checkpoint keeps them."""
-        from adamml.training.budget import calibrate_policy
+        """With ``calibrate``: one pass of the policy over the split gives its margins, hence
+        the argmax's GFLOPs and selection rates (``argmax_*``: what the policy learned, read
+        by the controller) and the thresholds fitted to the budget; then one evaluation at
+        those thresholds ranks the epoch, and its checkpoint keeps them. Without: the argmax
+        evaluated."""
+        from adamml.training.budget import argmax_metrics, calibrate_policy, validation_margins
         from adamml.training.engine import evaluate
 
         policy = task.model.policy
         policy.use_thresholds.zero_()
-        argmax = evaluate(task, loader, cfg, runtime)
         if not self.calibrate:
-            return argmax
-        thresholds = calibrate_policy(task.model, loader, self.controller, runtime)
+            return evaluate(task, loader, cfg, runtime)
+        margins = validation_margins(task.model, loader, runtime)
+        argmax = argmax_metrics(margins, self.controller, list(policy.modalities))
+        thresholds = calibrate_policy(task.model, loader, self.controller, runtime, margins=margins)
         metrics = evaluate(task, loader, cfg, runtime)
-        kept = ("score", "gflops")
-        metrics |= {f"argmax_{k}": v for k, v in argmax.items() if k in kept or k.startswith("selection_")}
+        metrics |= {f"argmax_{k}": v for k, v in argmax.items()}
         metrics |= {f"threshold_{m}": round(p, 6) for m, p in thresholds.probabilities().items()}
         return metrics
 
