@@ -7,7 +7,9 @@ plan does), prints its multiply-adds per second beside the costly network's, and
 the best the plan's workers could do with that work (the sum of the one-thread times over
 the workers, as if they shared it perfectly and did not slow each other) against what the
 conditional benchmark's target allows the 0 % row: at most ``--tolerance`` times its GFLOPs
-share of the masked model's time, timed in the same rounds.
+share of the masked model's time, timed in the same rounds. A last table gives, for every rate,
+the time ratio no schedule can beat (each network at its one-thread speed, the work shared
+perfectly) beside the GFLOPs ratio.
 
     python benchmarks/fixed_part.py --config kinetics_sounds_rgb_audio --threads 2
 """
@@ -27,7 +29,7 @@ import torch  # noqa: E402
 from einops import rearrange  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conditional import forced_decisions, load_average, make_batch, time_rounds  # noqa: E402
+from conditional import RATES, forced_decisions, load_average, make_batch, time_rounds  # noqa: E402
 
 from adamml.config import load_config  # noqa: E402
 from adamml.evaluation.metrics import gflops_per_video  # noqa: E402
@@ -121,6 +123,16 @@ def main() -> None:
     print(f"to meet it the fixed networks would need {fixed_gmacs / (allowed * workers):.1f} GMAC/s per thread "
           f"(they run at {fixed_gmacs / work:.1f} on average; the {costly} network at "
           f"{costs[costly] / costly_s:.1f})")
+    # Every rate, as if each network ran at its one-thread speed and the workers shared the
+    # work perfectly: the time ratio no schedule can beat, beside the GFLOPs ratio.
+    print(f"\n{costly.upper() + ' rate':>8} | {'GFLOPs ratio':>12} | {'best time ratio':>15} | {'best time/GFLOPs':>16}")
+    everything = work + segments * costly_s
+    for rate in RATES:
+        decisions = forced_decisions(rate, 1, segments, model.modalities, costly)
+        n = int(decisions[..., model.modalities.index(costly)].sum())
+        gf_ratio = statistics.fmean(gflops_per_video(decisions, per_seg, costs["policy"])) / masked_gf
+        best = (work + n * costly_s) / everything
+        print(f"{rate:>8.0%} | {gf_ratio:>12.3f} | {best:>15.3f} | {best / gf_ratio:>16.2f}")
 
 
 if __name__ == "__main__":

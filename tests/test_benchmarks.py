@@ -48,6 +48,10 @@ def test_fixed_part_benchmark_times_each_always_on_network() -> None:
     names = [line[:28].strip() for line in out.splitlines() if line.endswith(tuple("0123456789")) and "(" in line[28:]]
     assert names == ["policy extractor (rgb)", "policy extractor (audio)", "audio network", "rgb network, 1 segment"]
     assert "the best the workers could do is" in out
+    bounds = [line.split("|") for line in out.splitlines() if line.strip().split(" ")[0].endswith("%")]
+    assert [b[0].strip() for b in bounds] == ["0%", "25%", "50%", "75%", "100%"]
+    best = [float(b[2]) for b in bounds]
+    assert best == sorted(best) and best[-1] == 1.0  # everything selected = the masked work
 
 
 def test_predict_e2e_benchmark_computes_less_flow_at_lower_budgets(tiny_video) -> None:
