@@ -148,14 +148,13 @@ def validation_margins(model, loader, runtime) -> torch.Tensor:
     return torch.from_numpy(records["margins"])
 
 
-def argmax_metrics(margins: torch.Tensor, controller: BudgetController, modalities: list[str]) -> dict:
-    """GFLOPs per video and selection rates of the policy's argmax (use where the margin is
-    above 0), from its margins alone: what it learned, without running the recognition
-    networks at those decisions (a calibrated validation then runs them once, at the fitted
-    thresholds)."""
+def decision_metrics(decisions: torch.Tensor, controller: BudgetController, modalities: list[str]) -> dict:
+    """GFLOPs per video and selection rates of (N, K, M) deterministic decisions, without
+    running the recognition networks: a calibrated validation reads the argmax's figures
+    from the policy pass that fits the thresholds, then evaluates once, at the thresholds."""
     from adamml.evaluation.metrics import gflops_per_video, mean_gflops, selection_rates
 
-    decisions = (margins > 0).double()
+    decisions = decisions.double()
     out = {"gflops": mean_gflops(gflops_per_video(decisions, controller.costs.tolist(), controller.policy_cost))}
     out |= {f"selection_{m}": rate for m, rate in zip(modalities, selection_rates(decisions), strict=True)}
     return out

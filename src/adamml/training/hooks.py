@@ -123,7 +123,7 @@ class BudgetHook(StageHooks):
         by the controller) and the thresholds fitted to the budget; then one evaluation at
         those thresholds ranks the epoch, and its checkpoint keeps them. Without: the argmax
         evaluated."""
-        from adamml.training.budget import argmax_metrics, calibrate_policy, validation_margins
+        from adamml.training.budget import calibrate_policy, decision_metrics, validation_margins
         from adamml.training.engine import evaluate
 
         policy = task.model.policy
@@ -131,7 +131,7 @@ class BudgetHook(StageHooks):
         if not self.calibrate:
             return evaluate(task, loader, cfg, runtime)
         margins = validation_margins(task.model, loader, runtime)
-        argmax = argmax_metrics(margins, self.controller, list(policy.modalities))
+        argmax = decision_metrics(policy.decide(margins), self.controller, list(policy.modalities))  # thresholds 0
         thresholds = calibrate_policy(task.model, loader, self.controller, runtime, margins=margins)
         metrics = evaluate(task, loader, cfg, runtime)
         metrics |= {f"argmax_{k}": v for k, v in argmax.items()}
