@@ -56,6 +56,24 @@ def test_micro_batched_conditional_equals_one_call_and_masked(model: AdaMML, ind
         torch.testing.assert_close(a.segment_logits, other.segment_logits, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("index", range(7))
+def test_gpu_plan_conditional_equals_masked_and_the_cpu_model(model: AdaMML, index: int) -> None:
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    decisions = patterns()[index]
+    batch = tiny_batch()
+    gpu_plan = ExecutionPlan.for_device("cuda")
+    gpu = gpu_plan.prepare(model)
+    on_gpu = {k: v.cuda() for k, v in batch.items()}
+    with gpu_plan.context():
+        a = gpu(on_gpu, mode="conditional", decisions=decisions.cuda())
+        b = gpu(on_gpu, mode="masked", decisions=decisions.cuda())
+    with torch.inference_mode():
+        c = model(batch, mode="conditional", decisions=decisions)
+    torch.testing.assert_close(a.logits, b.logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(a.logits.cpu(), c.logits, rtol=1e-4, atol=1e-4)
+
+
 def test_micro_batches_hold_one_segment_each(model: AdaMML) -> None:
     chunked = one_segment_plan().prepare(model)
     seen, handles = count_inputs(chunked)

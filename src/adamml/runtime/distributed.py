@@ -87,3 +87,16 @@ def per_process_batch(global_batch: int, world_size: int) -> int:
             f"{(global_batch // world_size + 1) * world_size})"
         )
     return global_batch // world_size
+
+
+def sync_batchnorm(model: torch.nn.Module, device: torch.device, distributed: bool) -> bool:
+    """Batch-norm statistics over the global batch (the reference's ``--sync_bn``): every
+    BatchNorm of ``model`` becomes a SyncBatchNorm, in place, when several processes train on
+    a GPU. PyTorch synchronises batch norm on GPUs only, so on CPU nothing changes. Returns
+    whether the model was converted."""
+    if not distributed or device.type != "cuda":
+        return False
+    converted = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if converted is not model:  # the model itself is a BatchNorm: not one of ours
+        raise TypeError("sync_batchnorm converts the batch norms inside a model, not a bare BatchNorm")
+    return True

@@ -22,7 +22,13 @@ from adamml.config import ExperimentConfig, save_config, to_dict
 from adamml.data.loader import make_loader, set_loader_epoch
 from adamml.runtime import runs
 from adamml.runtime.checkpoint import load_checkpoint, rng_state, save_checkpoint
-from adamml.runtime.distributed import Runtime, barrier, broadcast_buffers, per_process_batch
+from adamml.runtime.distributed import (
+    Runtime,
+    barrier,
+    broadcast_buffers,
+    per_process_batch,
+    sync_batchnorm,
+)
 from adamml.training.engine import (
     Task,
     TrainingInterrupted,
@@ -235,11 +241,8 @@ def fit(
     batch = per_process_batch(tcfg.batch_size, runtime.world_size)  # train.batch_size is global
     train_loader = make_loader(train_set, batch, train=True, **loader_args)
     val_loader = make_loader(val_set, batch, train=False, **loader_args) if val_set is not None else None
-    if runtime.distributed and tcfg.sync_bn:
-        if runtime.device.type == "cuda":
-            # Batch-norm statistics over the global batch, as the reference's --sync_bn.
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        elif runtime.is_main:
+    if runtime.distributed and tcfg.sync_bn and not sync_batchnorm(model, runtime.device, runtime.distributed):
+        if runtime.is_main:
             print("train.sync_bn: PyTorch synchronises batch norm on GPUs only; "
                   "each CPU process keeps its own statistics", flush=True)
     steps_done = 0
