@@ -12,7 +12,7 @@ import torch
 from adamml.config import load_config
 from adamml.data.datasets import VideoDataset
 from adamml.data.types import VideoEntry
-from adamml.inference.budget import Thresholds
+from adamml.inference.budget import Thresholds, use_margins
 from adamml.inference.pipeline import STAGES, Predictor
 from adamml.models.adamml import build_adamml
 
@@ -70,6 +70,26 @@ def test_deferred_flow_equals_flow_computed_while_decoding(flow_setup, tiny_vide
     torch.testing.assert_close(got[[0, 2]], full["flow"][[0, 2]])
     assert not got[[1, 3]].any()  # never computed, never read
     torch.testing.assert_close(prepared.batch["rgb"][0], full["rgb"])
+
+
+def test_the_policys_rgb_difference_is_computed_on_its_frames_only(flow_setup, tiny_video: Path) -> None:
+    model, cfg = flow_setup
+    p = predictor(flow_setup)
+    prepared = p.prepare(tiny_video)
+    frames = p.model.policy.frame_indices
+    assert prepared.batch["rgbdiff"].shape[2] == len(frames) < cfg.data.clip.frames_per_segment
+    # The same values as computing every frame and letting the policy pick its own.
+    full = VideoDataset([VideoEntry(path=tiny_video, labels=[0])], ["a", "b", "c", "d"], modalities=["rgb", "rgbdiff"],
+                        clip=cfg.data.clip, decode=p.decode, train=False, num_segments=cfg.data.eval_segments,
+                        stream=True)[0]
+    torch.testing.assert_close(prepared.batch["rgbdiff"][0], full["rgbdiff"][:, frames])
+    margins = p.decide(prepared)
+    batch = {k: v[None] for k, v in full.items() if isinstance(v, torch.Tensor)}
+    with torch.inference_mode():
+        whole = p.model.policy(p.model.policy.policy_inputs(batch), temperature=1.0, sample=False)
+    torch.testing.assert_close(margins, use_margins(whole.logits.float()), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="preselected, it should hold the policy's"):
+        p.model.policy.policy_inputs(batch, preselected={"rgbdiff"})  # all T frames: refused
 
 
 def test_predict_runs_flow_only_where_the_decisions_say(flow_setup, tiny_video: Path) -> None:

@@ -55,10 +55,15 @@ class VideoDataset(Dataset):
         multi_label: bool = False,
         seed: int = 0,
         stream: bool = False,
+        frame_subsets: dict[str, list[int]] | None = None,
     ) -> None:
         """``stream``: decode video files keeping only the frames a sample reads (evaluation
         and inference on long videos: memory stays one sample's frames whatever the length).
-        Evaluation only, where the frames a sample reads depend on the length alone."""
+        Evaluation only, where the frames a sample reads depend on the length alone.
+
+        ``frame_subsets``: modality -> which of each segment's T frames to compute it for
+        (the sample then holds those only): inference computes the policy's RGB difference on
+        the frames the policy reads, not on all T."""
         if stream and train:
             raise ValueError("stream=True is for evaluation: training samples random frames")
         if not entries:
@@ -74,6 +79,7 @@ class VideoDataset(Dataset):
         self.multi_label = multi_label
         self.seed = int(seed)
         self.stream = stream
+        self.frame_subsets = {m: list(frames) for m, frames in (frame_subsets or {}).items()}
         self.epoch = 0
         # RGB-only samples may use the video's last frames; stacks need L frames after.
         needs_stack = any(MODALITIES[m].stacked for m in self.modalities)
@@ -178,7 +184,8 @@ class VideoDataset(Dataset):
         start = entry.start if entry.start is not None and Path(entry.path).is_dir() else 1
         start_s = (start - 1) / decoded.fps
         for m in self.modalities:
-            sample[m] = _tensor(MODALITIES[m].extract(decoded, indices, crop, self.clip, start_s))
+            at = indices[:, self.frame_subsets[m]] if m in self.frame_subsets else indices
+            sample[m] = _tensor(MODALITIES[m].extract(decoded, at, crop, self.clip, start_s))
         multi_hot = torch.zeros(len(self.class_names), dtype=torch.float32)
         multi_hot[entry.labels] = 1.0
         sample["audio_missing"] = torch.tensor(bool(decoded.audio_missing))

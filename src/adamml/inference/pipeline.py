@@ -27,6 +27,7 @@ from adamml.data.datasets import VideoDataset
 from adamml.data.sampling import sample_indices
 from adamml.data.types import VideoEntry
 from adamml.inference.budget import Thresholds, use_margins
+from adamml.modalities.table import MODALITIES
 from adamml.models.execution import ExecutionPlan
 from adamml.models.flops import modality_costs
 
@@ -124,10 +125,20 @@ class Predictor:
         self.flow_method = decode.flow or "tvl1"  # the method the model was trained with (TV-L1: precomputed flow)
         # Flow is deferred when the policy does not look at it: it is cut per selected segment.
         self.defer_flow = "flow" in needed and not (kind == "adamml" and model_cfg.policy.flow_proxy == "flow")
+        # Inputs only the policy reads are computed on the frames it reads (every other frame
+        # of a segment), not on all T: at paper size the policy's RGB difference was the
+        # costliest thing `prepare` did (10 x 8 x 15 x 224² floats per video).
+        self.frame_subsets: dict[str, list[int]] = {}
+        if kind == "adamml":
+            policy = self.model.policy
+            for source in dict.fromkeys(policy.sources.values()):
+                if source in needed and source not in model_cfg.modalities and MODALITIES[source].visual:
+                    self.frame_subsets[source] = list(policy.frame_indices)
         if self.defer_flow:
             needed = [m for m in needed if m != "flow"]
             if "rgbdiff" not in needed:  # keep the flow stacks' frames in what is decoded
                 needed.append("rgbdiff")
+                self.frame_subsets["rgbdiff"] = [0]  # read by nothing: the least of it
             decode.flow = None
         elif "flow" in needed:
             decode.flow = self.flow_method
@@ -138,7 +149,8 @@ class Predictor:
         entry = VideoEntry(path=Path(video), labels=[0], source=str(video))
         return _SampleDataset([entry], self.class_names, modalities=self.needed, clip=self.cfg.data.clip,
                               decode=self.decode, train=False, cache=None,
-                              num_segments=self.cfg.data.eval_segments, stream=True)
+                              num_segments=self.cfg.data.eval_segments, stream=True,
+                              frame_subsets=self.frame_subsets)
 
     def prepare(self, video: str | Path) -> Prepared:
         """Decode once and cut RGB / RGB difference / spectrogram (and flow if the policy needs it)."""
@@ -160,7 +172,8 @@ class Predictor:
             return None
         start = time.perf_counter()
         with self.plan.context():
-            out = self.model.policy(self.model.policy.policy_inputs(prepared.batch), temperature=1.0, sample=False)
+            inputs = self.model.policy.policy_inputs(prepared.batch, preselected=self.frame_subsets)
+            out = self.model.policy(inputs, temperature=1.0, sample=False)
         prepared.margins = use_margins(out.logits.float()).cpu()
         prepared.seconds["policy"] = time.perf_counter() - start
         return prepared.margins

@@ -10,6 +10,7 @@ lets the recognition loss and the cost penalty train the policy.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import torch
@@ -210,11 +211,13 @@ class PolicyNetwork(nn.Module):
         """(..., M) margins (logit of "use") -> (..., M) deterministic {0, 1} decisions."""
         return (margins > self.use_thresholds.to(margins)).float()
 
-    def policy_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def policy_inputs(self, batch: dict[str, torch.Tensor], preselected: Collection[str] = ()) -> dict[str, torch.Tensor]:
         """The cheap inputs, keyed by source, from a batch in the adamml.layouts layout.
 
         Visual (B, K, T, C, H, W) -> every other frame, resized to the policy resolution:
-        (B, K, T', C, r, r). Audio (B, K, 1, F, S) is used as it is.
+        (B, K, T', C, r, r). Audio (B, K, 1, F, S) is used as it is. Sources in
+        ``preselected`` already hold only the frames the policy reads (``frame_indices``):
+        inference computes a policy-only input such as the RGB difference on those alone.
         """
         out = {}
         for source in self.extractors:
@@ -226,7 +229,12 @@ class PolicyNetwork(nn.Module):
                 )
             x = batch[source]
             if MODALITIES[source].visual:
-                x = x[:, :, self._frames]
+                if source in preselected:
+                    if x.shape[2] != len(self.frame_indices):
+                        raise ValueError(f"batch[{source!r}] has {x.shape[2]} frames per segment; preselected, it "
+                                         f"should hold the policy's {len(self.frame_indices)} (frames {self.frame_indices})")
+                else:
+                    x = x[:, :, self._frames]
                 b, k, t = x.shape[:3]
                 if x.shape[-2:] != (self.resolution, self.resolution):
                     x = F.interpolate(
