@@ -217,8 +217,32 @@ def test_build_datasets_from_config(videos: Path) -> None:
 def test_build_datasets_adds_rgbdiff_proxy_for_flow(videos: Path) -> None:
     config = config_for(videos, decode=dataclasses.replace(DECODE, flow="dis"))
     config.model.modalities = ["rgb", "flow"]
-    train_ds, _, _ = build_datasets(config)
+    train_ds, val_ds, _ = build_datasets(config)
     assert train_ds.modalities == ["rgb", "flow", "rgbdiff"]
+    # Only the policy reads it: computed on the frames it reads (every other of T = 4), and
+    # the sample says which; the policy's input is the same as from all T frames.
+    from adamml.models.adamml import build_adamml
+    from adamml.models.policy import policy_frame_indices
+
+    frames = policy_frame_indices(CLIP.frames_per_segment, config.model.policy.frames)
+    batch = next(iter(torch.utils.data.DataLoader(val_ds, batch_size=2)))
+    assert batch["rgbdiff"].shape[2] == len(frames) == 2 and batch["rgbdiff_frames"].tolist() == [frames, frames]
+    full_ds = dataset(val_ds.entries, val_ds.class_names, modalities=["rgb", "flow", "rgbdiff"], num_segments=4,
+                      decode=config.data.decode, clip=config.data.clip)
+    full = next(iter(torch.utils.data.DataLoader(full_ds, batch_size=2)))
+    assert full["rgbdiff"].shape[2] == CLIP.frames_per_segment and "rgbdiff_frames" not in full
+    config.model.backbones = {"rgb": "resnet_tiny", "flow": "resnet_tiny"}
+    config.model.policy = dataclasses.replace(config.model.policy, backbone="mobilenet_v2_tiny", resolution=24,
+                                              joint_dim=16, hidden_size=8, frames=2)
+    policy = build_adamml(config.model, config.data.clip).eval().policy
+    cut, whole = policy.policy_inputs(batch), policy.policy_inputs(full)
+    torch.testing.assert_close(cut["rgbdiff"], whole["rgbdiff"])
+    with torch.no_grad():
+        torch.testing.assert_close(policy(cut, temperature=1.0, sample=False).logits,
+                                   policy(whole, temperature=1.0, sample=False).logits)
+    batch["rgbdiff_frames"] = torch.tensor([[1, 3], [1, 3]])  # not the policy's frames: refused
+    with pytest.raises(ValueError, match=r"holds frames \[\(1, 3\)\] of each segment; the policy reads frames \[0, 2\]"):
+        policy.policy_inputs(batch)
 
 
 def test_build_datasets_checks_class_count(videos: Path) -> None:

@@ -88,8 +88,7 @@ def test_the_policys_rgb_difference_is_computed_on_its_frames_only(flow_setup, t
     with torch.inference_mode():
         whole = p.model.policy(p.model.policy.policy_inputs(batch), temperature=1.0, sample=False)
     torch.testing.assert_close(margins, use_margins(whole.logits.float()), rtol=1e-5, atol=1e-5)
-    with pytest.raises(ValueError, match="preselected, it should hold the policy's"):
-        p.model.policy.policy_inputs(batch, preselected={"rgbdiff"})  # all T frames: refused
+    assert prepared.batch["rgbdiff_frames"].tolist() == [frames]  # the batch says which frames it holds
 
 
 def test_predict_runs_flow_only_where_the_decisions_say(flow_setup, tiny_video: Path) -> None:

@@ -25,6 +25,10 @@ segment, L stacked flow fields / frame differences per position:
     "multi_hot":     float32 (C,)                 all labels of the video (multi-label sets)
     "index":         int64   ()                   position in the dataset
     "video":         str                          the source path (for reports)
+    "<m>_frames":    int64   (T',)                only when modality m was computed on some
+                                                   frames of each segment (the policy's RGB
+                                                   difference: its every other frame); m is
+                                                   then (K, T', ...)
 
 Decisions of the policy: float32 (B, K, M) in {0, 1}, M = number of recognition modalities
 in the model's order. Segment logits: (B, K, M, C). Video logits: (B, C).

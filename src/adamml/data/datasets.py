@@ -17,11 +17,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from adamml.config import ClipSettings, DecodeSettings, ExperimentConfig
+from adamml.config import ClipSettings, DecodeSettings, ExperimentConfig, ModelConfig
 from adamml.data.cache import VideoCache
 from adamml.data.catalog import DATASETS, discover
 from adamml.data.formats import DatasetError, frame_folder_audio
-from adamml.data.sampling import sample_indices
+from adamml.data.sampling import policy_frame_indices, sample_indices
 from adamml.data.types import DecodedVideo, VideoEntry
 from adamml.modalities.spatial import choose_crop
 from adamml.modalities.table import MODALITIES, check_modalities, input_modalities
@@ -61,9 +61,10 @@ class VideoDataset(Dataset):
         and inference on long videos: memory stays one sample's frames whatever the length).
         Evaluation only, where the frames a sample reads depend on the length alone.
 
-        ``frame_subsets``: modality -> which of each segment's T frames to compute it for
-        (the sample then holds those only): inference computes the policy's RGB difference on
-        the frames the policy reads, not on all T."""
+        ``frame_subsets``: modality -> which of each segment's T frames to compute it for;
+        the sample then holds those only, and says which under ``"<modality>_frames"``. An
+        input only the policy reads (the RGB difference it decides about flow from) is
+        computed on the policy's frames, not on all T."""
         if stream and train:
             raise ValueError("stream=True is for evaluation: training samples random frames")
         if not entries:
@@ -184,7 +185,10 @@ class VideoDataset(Dataset):
         start = entry.start if entry.start is not None and Path(entry.path).is_dir() else 1
         start_s = (start - 1) / decoded.fps
         for m in self.modalities:
-            at = indices[:, self.frame_subsets[m]] if m in self.frame_subsets else indices
+            at = indices
+            if m in self.frame_subsets:
+                at = indices[:, self.frame_subsets[m]]
+                sample[f"{m}_frames"] = torch.tensor(self.frame_subsets[m], dtype=torch.int64)
             sample[m] = _tensor(MODALITIES[m].extract(decoded, at, crop, self.clip, start_s))
         multi_hot = torch.zeros(len(self.class_names), dtype=torch.float32)
         multi_hot[entry.labels] = 1.0
@@ -194,6 +198,14 @@ class VideoDataset(Dataset):
         sample["index"] = torch.tensor(index, dtype=torch.int64)
         sample["video"] = str(entry.path)
         return sample
+
+
+def policy_frame_subsets(model: ModelConfig, clip: ClipSettings, modalities: list[str]) -> dict[str, list[int]]:
+    """The inputs among ``modalities`` that only the policy reads (visual ones that are not the
+    model's modalities: the RGB difference it decides about flow from), each with the frames
+    of a segment it reads: a dataset computes them on those frames alone."""
+    frames = policy_frame_indices(clip.frames_per_segment, model.policy.frames)
+    return {m: frames for m in modalities if m not in model.modalities and MODALITIES[m].visual}
 
 
 def build_datasets(
@@ -236,6 +248,7 @@ def build_datasets(
     common = dict(
         modalities=modalities, clip=data.clip, decode=data.decode, cache=cache,
         multi_label=multi_label, seed=config.train.seed,
+        frame_subsets=policy_frame_subsets(config.model, data.clip, modalities),
     )
     train_ds = (
         VideoDataset(train_entries, class_names, train=True, num_segments=train_segments, **common)

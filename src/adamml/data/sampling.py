@@ -102,3 +102,9 @@ def sample_indices(
     """``segment_starts`` then ``clip_indices``: int64 (K, T) frame indices of a sample."""
     starts = segment_starts(num_frames, clip, train, rng, num_segments=num_segments)
     return clip_indices(starts, clip, num_frames)
+
+
+def policy_frame_indices(frames_per_segment: int, policy_frames: int) -> list[int]:
+    """Which of a segment's frames the policy looks at: every other one, at most
+    ``policy_frames`` of them (reference: 4 of 8)."""
+    return list(range(0, frames_per_segment, 2))[: max(1, policy_frames)]

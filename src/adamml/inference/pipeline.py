@@ -23,11 +23,10 @@ import numpy as np
 import torch
 from torch.utils.data import default_collate
 
-from adamml.data.datasets import VideoDataset
+from adamml.data.datasets import VideoDataset, policy_frame_subsets
 from adamml.data.sampling import sample_indices
 from adamml.data.types import VideoEntry
 from adamml.inference.budget import Thresholds, use_margins
-from adamml.modalities.table import MODALITIES
 from adamml.models.execution import ExecutionPlan
 from adamml.models.flops import modality_costs
 
@@ -128,12 +127,7 @@ class Predictor:
         # Inputs only the policy reads are computed on the frames it reads (every other frame
         # of a segment), not on all T: at paper size the policy's RGB difference was the
         # costliest thing `prepare` did (10 x 8 x 15 x 224² floats per video).
-        self.frame_subsets: dict[str, list[int]] = {}
-        if kind == "adamml":
-            policy = self.model.policy
-            for source in dict.fromkeys(policy.sources.values()):
-                if source in needed and source not in model_cfg.modalities and MODALITIES[source].visual:
-                    self.frame_subsets[source] = list(policy.frame_indices)
+        self.frame_subsets = policy_frame_subsets(model_cfg, cfg.data.clip, needed)
         if self.defer_flow:
             needed = [m for m in needed if m != "flow"]
             if "rgbdiff" not in needed:  # keep the flow stacks' frames in what is decoded
@@ -172,8 +166,7 @@ class Predictor:
             return None
         start = time.perf_counter()
         with self.plan.context():
-            inputs = self.model.policy.policy_inputs(prepared.batch, preselected=self.frame_subsets)
-            out = self.model.policy(inputs, temperature=1.0, sample=False)
+            out = self.model.policy(self.model.policy.policy_inputs(prepared.batch), temperature=1.0, sample=False)
         prepared.margins = use_margins(out.logits.float()).cpu()
         prepared.seconds["policy"] = time.perf_counter() - start
         return prepared.margins

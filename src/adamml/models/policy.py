@@ -10,7 +10,6 @@ lets the recognition loss and the cost penalty train the policy.
 
 from __future__ import annotations
 
-from collections.abc import Collection
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +18,7 @@ from einops import rearrange
 from torch import nn
 
 from adamml.config import ClipSettings, ModelConfig, policy_extractor
+from adamml.data.sampling import policy_frame_indices
 from adamml.modalities.table import MODALITIES, policy_source
 from adamml.models.backbones import (
     adapt_first_conv,
@@ -41,12 +41,6 @@ class PolicyOutput:
     decisions: torch.Tensor
     logits: torch.Tensor
     probs: torch.Tensor
-
-
-def policy_frame_indices(frames_per_segment: int, policy_frames: int) -> list[int]:
-    """Every other frame of the segment's clip, at most ``policy_frames`` of them (reference:
-    4 of 8)."""
-    return list(range(0, frames_per_segment, 2))[: max(1, policy_frames)]
 
 
 def frame_selector(indices: list[int]) -> slice | list[int]:
@@ -211,13 +205,13 @@ class PolicyNetwork(nn.Module):
         """(..., M) margins (logit of "use") -> (..., M) deterministic {0, 1} decisions."""
         return (margins > self.use_thresholds.to(margins)).float()
 
-    def policy_inputs(self, batch: dict[str, torch.Tensor], preselected: Collection[str] = ()) -> dict[str, torch.Tensor]:
+    def policy_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The cheap inputs, keyed by source, from a batch in the adamml.layouts layout.
 
         Visual (B, K, T, C, H, W) -> every other frame, resized to the policy resolution:
-        (B, K, T', C, r, r). Audio (B, K, 1, F, S) is used as it is. Sources in
-        ``preselected`` already hold only the frames the policy reads (``frame_indices``):
-        inference computes a policy-only input such as the RGB difference on those alone.
+        (B, K, T', C, r, r). Audio (B, K, 1, F, S) is used as it is. A source that comes
+        with ``batch[source + "_frames"]`` holds those frames of each segment only (datasets
+        compute a policy-only input, the RGB difference for flow, on the policy's frames).
         """
         out = {}
         for source in self.extractors:
@@ -229,12 +223,14 @@ class PolicyNetwork(nn.Module):
                 )
             x = batch[source]
             if MODALITIES[source].visual:
-                if source in preselected:
-                    if x.shape[2] != len(self.frame_indices):
-                        raise ValueError(f"batch[{source!r}] has {x.shape[2]} frames per segment; preselected, it "
-                                         f"should hold the policy's {len(self.frame_indices)} (frames {self.frame_indices})")
-                else:
+                given = batch.get(f"{source}_frames")
+                if given is None:
                     x = x[:, :, self._frames]
+                else:  # computed on some frames only: they must be the policy's
+                    held = {tuple(row) for row in torch.as_tensor(given).reshape(x.shape[0], -1).tolist()}
+                    if held != {tuple(self.frame_indices)}:
+                        raise ValueError(f"batch[{source!r}] holds frames {sorted(held)} of each segment; "
+                                         f"the policy reads frames {self.frame_indices}")
                 b, k, t = x.shape[:3]
                 if x.shape[-2:] != (self.resolution, self.resolution):
                     x = F.interpolate(
