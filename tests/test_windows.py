@@ -94,3 +94,54 @@ def test_predict_window_prints_one_line_per_window(long_videos, checkpoint, caps
     out = capsys.readouterr().out
     assert "2 windows of 15 s" in out and "0:00.0-0:15.0" in out and "0:15.0-0:30.0" in out
     assert "whole video:" in out
+
+
+def _flow_bundle(**policy_overrides):
+    """A tiny RGB + flow AdaMML with the reference's stack normalisation, as load_predictor
+    returns it."""
+    from adamml.models.adamml import build_adamml
+
+    cfg = load_config("tiny", ["data.decode.fps=4", "data.decode.short_side=32", "model.modalities=[rgb,flow]",
+                               "data.decode.flow=dis", "data.clip.stack_norm=reference"])
+    torch.manual_seed(0)
+    model = build_adamml(cfg.model, cfg.data.clip).eval()
+    return model, "adamml", cfg.model, cfg, ["low", "mid", "high", "none"]
+
+
+def test_a_window_is_cut_as_a_dataset_cuts_the_video(long_videos):
+    """A window covering the whole video gives the evaluation sample of a dataset: the same
+    frames, crops and spectrograms, and the stacks normalised as the config says."""
+    from adamml.data.datasets import VideoDataset
+    from adamml.data.types import VideoEntry
+    from adamml.inference.windows import window_sample
+
+    _, _, _, cfg, names = _flow_bundle()
+    path = long_videos[30]
+    (window,) = list(stream_windows(path, cfg.data.decode, 30.0, audio_margin_s=0.0))
+    modalities = ["rgb", "rgbdiff", "audio"]
+    batch, indices = window_sample(window, modalities, cfg.data.clip, 4, frame_subsets={"rgbdiff": [0]})
+    sample = VideoDataset([VideoEntry(path=path, labels=[0])], names, modalities=modalities, clip=cfg.data.clip,
+                          decode=cfg.data.decode, train=False, num_segments=4, frame_subsets={"rgbdiff": [0]})[0]
+    assert indices.shape == (4, cfg.data.clip.frames_per_segment)
+    for m in modalities:
+        torch.testing.assert_close(batch[m][0], sample[m], msg=m)
+    assert batch["rgbdiff_frames"].tolist() == [[0]]
+
+
+def test_windowed_flow_model_computes_flow_only_where_its_policy_selects_it(long_videos, monkeypatch):
+    import adamml.modalities.flow as flow_module
+    from adamml.inference.windows import predict_windows
+
+    calls = []
+    real = flow_module.compute_flow
+    monkeypatch.setattr(flow_module, "compute_flow", lambda frames, method: calls.append(len(frames)) or real(frames, method))
+    bundle = _flow_bundle()
+    model = bundle[0]
+    model.policy.use_thresholds[1] = 1e9  # flow: never
+    never = predict_windows(long_videos[30], bundle, window_s=10.0, device="cpu")
+    assert not calls and all(s == ["rgb"] for w in never.windows for s in w.segments)
+    model.policy.use_thresholds[:] = -1e9  # everything everywhere
+    always = predict_windows(long_videos[30], bundle, window_s=10.0, device="cpu")
+    assert calls and all(s == ["rgb", "flow"] for w in always.windows for s in w.segments)
+    assert sum(calls) <= 3 * 4 * bundle[3].data.clip.frames_per_segment * bundle[3].data.clip.stack_length * 2
+    assert always.gflops > never.gflops

@@ -139,39 +139,41 @@ def stream_windows(
             yield emit()
 
 
-def window_sample(window: Window, modalities: list[str], clip: ClipSettings, num_segments: int, flow: str | None) -> dict:
-    """The evaluation sample of one window (layouts.py): K segments, centre crops, each
-    segment's spectrogram centred on it (in the window's own audio, margin included)."""
-    from adamml.data.sampling import sample_indices, segment_centres_s
+def window_sample(window: Window, modalities: list[str], clip: ClipSettings, num_segments: int,
+                  flow_method: str | None = None, frame_subsets: dict[str, list[int]] | None = None,
+                  ) -> tuple[dict, np.ndarray]:
+    """The evaluation sample of one window (layouts.py) as a batch of one, and its (K, T)
+    frame indices: K segments, centre crops, each segment's spectrogram centred on it (in the
+    window's own audio, margin included). Every modality is cut by the modality table, as a
+    dataset does (the same normalisation); ``frame_subsets`` as in VideoDataset; flow (when
+    asked for) from ``flow_method``."""
+    from adamml.data.sampling import sample_indices
+    from adamml.data.types import DecodedVideo
+    from adamml.modalities.flow import compute_flow
     from adamml.modalities.spatial import choose_crop
+    from adamml.modalities.table import MODALITIES
 
-    needs_stack = any(m in ("flow", "rgbdiff") for m in modalities)
+    needs_stack = any(MODALITIES[m].stacked for m in modalities)
     sampling = clip if needs_stack else ClipSettings(**{**asdict(clip), "stack_length": 0})
-    n = len(window.frames)
+    n, height, width = window.frames.shape[:3]
     indices = sample_indices(n, sampling, False, None, num_segments=num_segments)
-    sample: dict = {}
-    height, width = window.frames.shape[1:3]
-    crop = choose_crop(height, width, clip.crop_size, False)
-    if "rgb" in modalities:
-        from adamml.modalities.rgb import rgb_clip
-
-        sample["rgb"] = torch.as_tensor(rgb_clip(window.frames, indices, crop, clip.crop_size)).float()
-    if "rgbdiff" in modalities:
-        from adamml.modalities.rgbdiff import rgbdiff_clip
-
-        sample["rgbdiff"] = torch.as_tensor(rgbdiff_clip(window.frames, indices, clip.stack_length, crop, clip.crop_size)).float()
+    fields = None
     if "flow" in modalities:
-        from adamml.modalities.flow import compute_flow, flow_clip
-
-        fields = compute_flow(window.frames, flow or "dis") if n > 1 else np.zeros((1, height, width, 2), np.uint8) + 128
-        sample["flow"] = torch.as_tensor(flow_clip(fields, indices, clip.stack_length, crop, clip.crop_size)).float()
-    if "audio" in modalities:
-        from adamml.modalities.audio import log_spectrogram
-
-        centres = segment_centres_s(indices, window.fps) + (window.start_s - window.audio_start_s)
-        spec = log_spectrogram(window.audio, window.sample_rate, centres, clip, window.audio_missing or window.audio.size == 0)
-        sample["audio"] = torch.as_tensor(spec).float()
-    return {k: v.unsqueeze(0) for k, v in sample.items()}
+        fields = (compute_flow(window.frames, flow_method or "tvl1") if n > 1
+                  else np.zeros((1, height, width, 2), np.uint8) + 128)
+    decoded = DecodedVideo(frames=window.frames, fps=window.fps, audio=window.audio, sample_rate=window.sample_rate,
+                           audio_missing=window.audio_missing or window.audio.size == 0, flow=fields)
+    crop = choose_crop(height, width, clip.crop_size, False)
+    start_s = window.start_s - window.audio_start_s  # frame 0's time in the window's audio
+    sample: dict = {}
+    for m in modalities:
+        at = indices
+        if frame_subsets and m in frame_subsets:
+            at = indices[:, frame_subsets[m]]
+            sample[f"{m}_frames"] = torch.tensor(frame_subsets[m], dtype=torch.int64)
+        sample[m] = torch.as_tensor(np.ascontiguousarray(MODALITIES[m].extract(decoded, at, crop, clip, start_s))).float()
+    sample["audio_missing"] = torch.tensor(bool(decoded.audio_missing))
+    return {k: v.unsqueeze(0) for k, v in sample.items()}, indices
 
 
 @dataclass
@@ -204,48 +206,43 @@ class Timeline:
 
 @torch.no_grad()
 def predict_windows(video: str | Path, bundle, *, window_s: float, topk: int = 5, device: str = "cpu") -> Timeline:
-    """Classify each ``window_s`` window of ``video``; ``bundle`` is load_predictor's tuple."""
-    from adamml.evaluation.evaluate import segment_costs
-    from adamml.evaluation.metrics import gflops_per_video
-    from adamml.models.build import input_modalities
+    """Classify each ``window_s`` window of ``video``; ``bundle`` is load_predictor's tuple.
+
+    Each window goes through the staged pipeline of ``adamml predict`` (the execution plan,
+    the policy, flow only for the segments whose flow network it selected, the selected
+    networks only); only decoding differs (one streaming pass for the whole file)."""
+    from adamml.inference.pipeline import Predictor, Prepared
 
     model, kind, model_cfg, cfg, class_names = bundle
-    model.to(device).eval()
+    predictor = Predictor(model, kind, model_cfg, cfg, class_names, device=device)
     clip = cfg.data.clip
-    costs = segment_costs(model_cfg, clip)
-    needed = input_modalities(kind, model_cfg)
     segments = cfg.data.eval_segments or clip.num_segments
     modalities = list(model_cfg.modalities)
     timeline = Timeline(video=str(video), window_s=window_s, duration_s=0.0, modalities=modalities)
     all_scores, all_decisions = [], []
     for window in stream_windows(video, cfg.data.decode, window_s, audio_margin_s=clip.audio_window_s / 2):
-        if window.audio_missing and not timeline.audio_missing and "audio" in needed:
+        if window.audio_missing and not timeline.audio_missing and "audio" in predictor.needed:
             import warnings
 
             from adamml.data.video import MissingAudioWarning
 
             warnings.warn(f"{video}: has no audio track; its spectrograms are all zeros", MissingAudioWarning, stacklevel=2)
         timeline.audio_missing = window.audio_missing
-        batch = {k: v.to(device) for k, v in window_sample(window, needed, clip, segments, cfg.data.decode.flow).items()}
-        batch["audio_missing"] = torch.tensor([window.audio_missing], device=device)
-        if kind == "adamml":
-            out = model(batch, mode="conditional")
-            decisions = out.decisions[0].float().cpu().numpy()
-            policy_cost = costs["policy"]
-        else:
-            out = model(batch)
-            decisions = np.ones((segments, len(modalities)))
-            policy_cost = 0.0
-        probs = torch.softmax(out.logits[0].float(), dim=-1).cpu().numpy()
+        batch, indices = window_sample(window, predictor.needed, clip, segments, predictor.flow_method, predictor.frame_subsets)
+        prepared = Prepared(video=str(video), batch={k: v.to(predictor.device) for k, v in batch.items()},
+                            decoded=window, indices=indices)
+        prediction = predictor.finish(prepared, topk=len(class_names))  # every class, best first
+        score_of = dict(prediction.top)
+        probs = np.array([score_of[c] for c in class_names])
+        decisions = np.array([[float(m in ran) for m in modalities] for ran in prediction.segments])
         all_scores.append(probs)
         all_decisions.append(decisions)
-        order = np.argsort(-probs)[:topk]
         timeline.windows.append(WindowResult(
             start_s=round(window.start_s, 3),
             end_s=round(window.start_s + window.duration_s, 3),
-            top=[(class_names[j], round(float(probs[j]), 5)) for j in order],
-            segments=[[m for m, d in zip(modalities, row, strict=True) if d > 0.5] for row in decisions],
-            gflops=float(gflops_per_video(decisions[None], [costs[m] for m in modalities], policy_cost)[0]),
+            top=[(name, round(p, 5)) for name, p in prediction.top[:topk]],
+            segments=prediction.segments,
+            gflops=prediction.gflops,
         ))
         timeline.duration_s = round(window.start_s + window.duration_s, 3)
     scores = np.stack(all_scores)
