@@ -7,6 +7,7 @@ all-zero spectrogram the model was trained to expect, with a warning), at any si
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import sys
@@ -62,19 +63,32 @@ def prediction_dataset(
     )
 
 
+def planned(bundle, device: str = "cpu") -> tuple[tuple, ExecutionPlan]:
+    """``load_predictor``'s bundle with its model prepared under ``device``'s execution plan
+    (a copy: folded, channels_last, on the device), and the plan, for :func:`predict_samples`."""
+    model, *rest = bundle
+    plan = ExecutionPlan.for_device(device)
+    return (plan.prepare(model), *rest), plan
+
+
 @torch.no_grad()
-def predict_samples(samples: list[dict], bundle, *, topk: int = 5, device: str = "cpu") -> list[Prediction]:
+def predict_samples(samples: list[dict], bundle, *, topk: int = 5, device: str = "cpu",
+                    plan: ExecutionPlan | None = None) -> list[Prediction]:
     """Run the model on a batch of :func:`prediction_dataset` samples (only the sub-networks
-    the policy selects, for AdaMML); one :class:`Prediction` per sample."""
+    the policy selects, for AdaMML); one :class:`Prediction` per sample. ``plan``: the
+    execution plan the bundle's model was prepared under (:func:`planned`), if any."""
     model, kind, model_cfg, cfg, class_names = bundle
     costs = segment_costs(model_cfg, cfg.data.clip)
     batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in default_collate(samples).items()}
+    with plan.context() if plan is not None else contextlib.nullcontext():
+        if kind == "adamml":
+            out = model(batch, mode="conditional")
+        else:  # a fixed network runs every modality on every segment, and has no policy
+            out = model(batch)
     if kind == "adamml":
-        out = model(batch, mode="conditional")
         decisions = out.decisions.cpu().numpy()
         policy_cost = costs["policy"]
-    else:  # a fixed network runs every modality on every segment, and has no policy
-        out = model(batch)
+    else:
         k = batch[model_cfg.modalities[0]].shape[1]
         decisions = np.ones((len(samples), k, len(model_cfg.modalities)))
         policy_cost = 0.0

@@ -114,10 +114,10 @@ def local_records(videos: list[str], bundle, *, topk: int = 5, device: str = "cp
     """``--engine local``: decode and predict one video after the other in this process."""
     import warnings
 
-    from adamml.inference.predict import predict_samples, prediction_dataset
+    from adamml.inference.predict import planned, predict_samples, prediction_dataset
 
-    model, kind, model_cfg, cfg, class_names = bundle
-    model.to(device).eval()
+    bundle, plan = planned(bundle, device)  # the model under the device's execution plan, once
+    _, kind, model_cfg, cfg, class_names = bundle
     dataset = prediction_dataset(videos, kind, model_cfg, cfg, class_names)
     for i, video in enumerate(videos):
         try:
@@ -127,7 +127,7 @@ def local_records(videos: list[str], bundle, *, topk: int = 5, device: str = "cp
         except Exception as exc:  # a broken video is recorded; the run goes on
             yield error_record(video, exc)
             continue
-        (prediction,) = predict_samples([sample], bundle, topk=topk, device=device)
+        (prediction,) = predict_samples([sample], bundle, topk=topk, device=device, plan=plan)
         prediction.video = video
         yield prediction_record(prediction)
 

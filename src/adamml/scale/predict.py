@@ -26,7 +26,7 @@ import numpy as np
 
 from adamml.data.extract import limit_threads
 from adamml.inference import predict as local
-from adamml.inference.predict import load_predictor, predict_samples, prediction_dataset
+from adamml.inference.predict import load_predictor, planned, predict_samples, prediction_dataset
 from adamml.scale.batch import (
     error_record,
     expand_videos,
@@ -59,8 +59,7 @@ class _Predictor:
     """A Ray actor holding the model; called on batches of decoded rows."""
 
     def __init__(self, checkpoint: str, topk: int, device: str) -> None:
-        self.bundle = load_predictor(checkpoint)
-        self.bundle[0].to(device).eval()
+        self.bundle, self.plan = planned(load_predictor(checkpoint), device)  # the device's execution plan
         self.topk, self.device = topk, device
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -70,7 +69,7 @@ class _Predictor:
         good = [i for i, e in enumerate(batch["error"]) if not e]
         if good:
             samples = [pickle.loads(batch["sample"][i]) for i in good]
-            for i, prediction in zip(good, predict_samples(samples, self.bundle, topk=self.topk, device=self.device), strict=True):
+            for i, prediction in zip(good, predict_samples(samples, self.bundle, topk=self.topk, device=self.device, plan=self.plan), strict=True):
                 prediction.video = videos[i]
                 records[i] = prediction_record(prediction)
         seconds = (time.perf_counter() - t0) / max(len(videos), 1)
