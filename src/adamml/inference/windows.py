@@ -205,16 +205,18 @@ class Timeline:
 
 
 @torch.no_grad()
-def predict_windows(video: str | Path, bundle, *, window_s: float, topk: int = 5, device: str = "cpu") -> Timeline:
+def predict_windows(video: str | Path, bundle, *, window_s: float, topk: int = 5, device: str = "cpu",
+                    predictor=None) -> Timeline:
     """Classify each ``window_s`` window of ``video``; ``bundle`` is load_predictor's tuple.
 
     Each window goes through the staged pipeline of ``adamml predict`` (the execution plan,
     the policy, flow only for the segments whose flow network it selected, the selected
-    networks only); only decoding differs (one streaming pass for the whole file)."""
+    networks only); only decoding differs (one streaming pass for the whole file).
+    ``predictor``: one made from ``bundle`` already (the model prepared once for many videos)."""
     from adamml.inference.pipeline import Predictor, Prepared
 
     model, kind, model_cfg, cfg, class_names = bundle
-    predictor = Predictor(model, kind, model_cfg, cfg, class_names, device=device)
+    predictor = predictor or Predictor(model, kind, model_cfg, cfg, class_names, device=device)
     clip = cfg.data.clip
     segments = cfg.data.eval_segments or clip.num_segments
     modalities = list(model_cfg.modalities)
@@ -324,14 +326,18 @@ def run_windowed(args, bundle) -> int:
     if args.window <= 0:
         print(f"adamml predict: --window must be positive, got {args.window}", file=sys.stderr)
         return 2
+    from adamml.inference.pipeline import Predictor
+
     class_names = bundle[4]
+    predictor = Predictor(*bundle, device=args.device)  # the model prepared once for every video
     timelines, failures = [], []
     for video in args.videos:
         try:
             with warnings.catch_warnings():
                 if args.json:
                     warnings.simplefilter("ignore")
-                timeline = predict_windows(video, bundle, window_s=args.window, topk=args.topk, device=args.device)
+                timeline = predict_windows(video, bundle, window_s=args.window, topk=args.topk, device=args.device,
+                                           predictor=predictor)
         except VideoDecodeError as exc:
             failures.append({"video": video, "error": str(exc)})
             continue
