@@ -32,6 +32,22 @@ def _tensor(value: Any) -> torch.Tensor:
     return torch.as_tensor(np.ascontiguousarray(value) if isinstance(value, np.ndarray) else value).float()
 
 
+def cut_modalities(decoded: DecodedVideo, indices: np.ndarray, crop, clip: ClipSettings, start_s: float,
+                   modalities: list[str], frame_subsets: dict[str, list[int]] | None = None) -> dict[str, torch.Tensor]:
+    """Each modality's tensor of one sample (layouts.py) from a decoded video, its (K, T) frame
+    indices and crop, through the modality table; a modality in ``frame_subsets`` on those
+    frames of each segment only, with ``"<modality>_frames"`` saying which. ``start_s``: the
+    time of frame 0 in the audio track."""
+    out: dict[str, torch.Tensor] = {}
+    for m in modalities:
+        at = indices
+        if frame_subsets and m in frame_subsets:
+            at = indices[:, frame_subsets[m]]
+            out[f"{m}_frames"] = torch.tensor(frame_subsets[m], dtype=torch.int64)
+        out[m] = _tensor(MODALITIES[m].extract(decoded, at, crop, clip, start_s))
+    return out
+
+
 class VideoDataset(Dataset):
     """Samples of K segments per video, for the requested modalities only.
 
@@ -184,12 +200,7 @@ class VideoDataset(Dataset):
         # A frame folder listed from frame `start` shares its WAV with the whole video.
         start = entry.start if entry.start is not None and Path(entry.path).is_dir() else 1
         start_s = (start - 1) / decoded.fps
-        for m in self.modalities:
-            at = indices
-            if m in self.frame_subsets:
-                at = indices[:, self.frame_subsets[m]]
-                sample[f"{m}_frames"] = torch.tensor(self.frame_subsets[m], dtype=torch.int64)
-            sample[m] = _tensor(MODALITIES[m].extract(decoded, at, crop, self.clip, start_s))
+        sample.update(cut_modalities(decoded, indices, crop, self.clip, start_s, self.modalities, self.frame_subsets))
         multi_hot = torch.zeros(len(self.class_names), dtype=torch.float32)
         multi_hot[entry.labels] = 1.0
         sample["audio_missing"] = torch.tensor(bool(decoded.audio_missing))

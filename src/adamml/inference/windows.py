@@ -147,6 +147,7 @@ def window_sample(window: Window, modalities: list[str], clip: ClipSettings, num
     window's own audio, margin included). Every modality is cut by the modality table, as a
     dataset does (the same normalisation); ``frame_subsets`` as in VideoDataset; flow (when
     asked for) from ``flow_method``."""
+    from adamml.data.datasets import cut_modalities
     from adamml.data.sampling import sample_indices
     from adamml.data.types import DecodedVideo
     from adamml.modalities.flow import compute_flow
@@ -165,13 +166,7 @@ def window_sample(window: Window, modalities: list[str], clip: ClipSettings, num
                            audio_missing=window.audio_missing or window.audio.size == 0, flow=fields)
     crop = choose_crop(height, width, clip.crop_size, False)
     start_s = window.start_s - window.audio_start_s  # frame 0's time in the window's audio
-    sample: dict = {}
-    for m in modalities:
-        at = indices
-        if frame_subsets and m in frame_subsets:
-            at = indices[:, frame_subsets[m]]
-            sample[f"{m}_frames"] = torch.tensor(frame_subsets[m], dtype=torch.int64)
-        sample[m] = torch.as_tensor(np.ascontiguousarray(MODALITIES[m].extract(decoded, at, crop, clip, start_s))).float()
+    sample = cut_modalities(decoded, indices, crop, clip, start_s, modalities, frame_subsets)
     sample["audio_missing"] = torch.tensor(bool(decoded.audio_missing))
     return {k: v.unsqueeze(0) for k, v in sample.items()}, indices
 
