@@ -210,8 +210,8 @@ def predict_windows(video: str | Path, bundle, *, window_s: float, topk: int = 5
     ``predictor``: one made from ``bundle`` already (the model prepared once for many videos)."""
     from adamml.inference.pipeline import Predictor, Prepared
 
-    model, kind, model_cfg, cfg, class_names = bundle
-    predictor = predictor or Predictor(model, kind, model_cfg, cfg, class_names, device=device)
+    _, _, model_cfg, cfg, class_names = bundle
+    predictor = predictor or Predictor(*bundle, device=device)
     clip = cfg.data.clip
     segments = cfg.data.eval_segments or clip.num_segments
     modalities = list(model_cfg.modalities)
