@@ -10,6 +10,7 @@ import threading
 import pytest
 import torch
 import torchvision
+from numerics import assert_same_function
 from test_adamml import CLIP, calibrate_batch_norm, count_inputs, patterns, tiny_batch, tiny_cfg
 
 from adamml.models.adamml import AdaMML, build_adamml
@@ -110,13 +111,13 @@ def test_worker_threads_give_the_results_of_one_call(model: AdaMML, index: int) 
         b = whole(batch, mode="conditional", decisions=decisions)
         c = whole(batch, mode="masked", decisions=decisions)
         d = whole(batch, mode="conditional")
-    # `whole` leaves activations unfused: the same function, rounded differently (measured on
-    # an AVX-512 CPU: 1.5e-5 on a logit of 0.45), so relative 1e-4 as for the prepared model.
+    # `whole` leaves activations unfused and splits work differently: the same function,
+    # rounded differently, by an amount that depends on the host's kernels.
     for other in (b, c):
-        torch.testing.assert_close(a.logits, other.logits, rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(a.segment_logits, other.segment_logits, rtol=1e-4, atol=1e-5)
+        assert_same_function(a.logits, other.logits)
+        assert_same_function(a.segment_logits, other.segment_logits)
     assert torch.equal(own.decisions, d.decisions)
-    torch.testing.assert_close(own.logits, d.logits, rtol=1e-5, atol=1e-5)
+    assert_same_function(own.logits, d.logits)
 
 
 @pytest.mark.parametrize("selected", [1, 3, 5])
