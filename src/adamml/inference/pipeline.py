@@ -29,19 +29,7 @@ from adamml.data.types import VideoEntry
 from adamml.inference.budget import Thresholds, use_margins
 from adamml.models.execution import ExecutionPlan
 from adamml.models.flops import modality_costs
-
-STAGES = ("decode", "modalities", "policy", "flow", "networks")
-
-
-@dataclass
-class Prediction:
-    video: str
-    top: list[tuple[str, float]]  # (class name, probability), best first
-    segments: list[list[str]]  # modalities that ran in each segment
-    gflops: float
-    audio_missing: bool
-    seconds: dict[str, float] = field(default_factory=dict)  # per stage, STAGES
-    flow_fields: int = 0  # optical flow fields computed (only for segments whose flow net ran)
+from adamml.results import STAGES, Prediction
 
 
 class LazyFlow:
