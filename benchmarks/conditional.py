@@ -20,10 +20,10 @@ ratios of the two modes timed back to back, and the load average before and afte
 
     python benchmarks/conditional.py --config kinetics_sounds_rgb_audio --device cpu --threads 2
     python benchmarks/conditional.py --config kinetics_sounds_rgb_audio --device cpu --threads 2 \\
-        --reference /tmp/refadamml       # also time the reference code (IBM/AdaMML checkout)
+        --reference PATH/TO/AdaMML       # also time the reference code (IBM/AdaMML checkout)
 
 ``--reference CHECKOUT`` imports the reference's own model (RGB + audio configs only) from a
-checkout and times it in every round beside ours (see /work/shared/bench/).
+checkout (https://github.com/IBM/AdaMML) and times it in every round beside ours.
 """
 
 from __future__ import annotations

@@ -1,12 +1,11 @@
 #!/usr/bin/env bash
-# The GPU checks, in one run of about 8 minutes on one GPU, for a session that is lent a
-# device machine (this project's CI and development machines have none). Run from the
-# repository root:
+# The checks that need a GPU, in one run of about 8 minutes on one GPU (CI has none). Run
+# from the repository root:
 #
-#     bash benchmarks/device_checks.sh            # logs under $OUT (or /tmp/adamml_device)
+#     bash benchmarks/device_checks.sh            # logs under $OUT (or runs/device_checks)
 #
-# It needs python3 with torch, torchvision, torchaudio, einops, pyyaml, opencv, torchmetrics,
-# matplotlib, pytest and pytest-timeout (the device image has them; PyAV is not needed: the
+# It needs python3 with torch, torchvision, einops, pyyaml, opencv, matplotlib, pytest and
+# pytest-timeout (PyAV is not needed: the
 # tests run without the suite's conftest, which writes videos). Nothing is installed: the
 # package is imported from src/. Each step has its own time limit and the script goes on
 # after a failure; the summary at the end says which steps failed.
@@ -15,12 +14,12 @@
 #      with the global batch; the GPU plan's conditional execution against masked and the CPU
 #      model (tests/test_ddp.py, tests/test_execution.py; skipped on machines without CUDA)
 #   2. conditional vs masked inference at full size, 32 videos per call, fp32 and bf16
-#      (benchmarks/conditional.py; the README's GPU table)
+#      (benchmarks/conditional.py)
 #   3. stage-3 training throughput at full size, batch 9 (the paper's 72 over 8 GPUs) and 32
 #      (benchmarks/train_throughput.py): clips/s and peak memory
 set -uo pipefail
 cd "$(dirname "$0")/.."
-out=${OUT:-/tmp/adamml_device}
+out=${OUT:-runs/device_checks}
 mkdir -p "$out"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 failed=()

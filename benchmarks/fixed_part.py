@@ -55,7 +55,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="CPU threads = the plan's workers (torch default)")
     parser.add_argument("--rounds", type=int, default=7, help="timing rounds (medians reported)")
     parser.add_argument("--tolerance", type=float, default=1.1,
-                        help="allowed time ratio / GFLOPs ratio at 0 %% (the issue's 10 %%: 1.1)")
+                        help="allowed time ratio / GFLOPs ratio at 0 %% (within 10 %%: 1.1)")
     parser.add_argument("overrides", nargs="*", help="config key=value overrides")
     args = parser.parse_args()
     if args.threads:

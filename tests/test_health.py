@@ -16,8 +16,8 @@ def rows(adamml_acc: float, audio_rate: float, rgb_rate: float, rgb_acc: float =
     ]
 
 
-def test_the_issues_collapsed_run_is_reported_with_numbers_and_fixes():
-    # The run of issue 11: AdaMML 10.8 % at audio 0.4 % / RGB 14.0 %, RGB 18.3 %, 10 classes.
+def test_a_collapsed_run_is_reported_with_numbers_and_fixes():
+    # A collapsed own-data run: AdaMML 10.8 % at audio 0.4 % / RGB 14.0 %, RGB 18.3 %, 10 classes.
     lines = collapse_warnings(rows(10.8, 0.4, 14.0), num_classes=10)
     text = "\n".join(lines)
     assert "AdaMML 10.8% is below its best single modality (RGB 18.3%)" in text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ from media import textured_image, tone
 
 from adamml.config import ClipSettings
 from adamml.layouts import FLOW_BOUND, IMAGENET_MEAN, IMAGENET_STD
-from adamml.modalities.audio import audio_window, log_spectrogram, spectrogram_shape
+from adamml.modalities.audio import audio_window, log_spectrogram, mel_filterbank, spectrogram_shape
 from adamml.modalities.flow import compute_flow, dequantize_flow, flow_clip, quantize_flow
 from adamml.modalities.rgb import rgb_clip
 from adamml.modalities.rgbdiff import rgbdiff_clip
@@ -219,6 +220,46 @@ def test_mel_variant_shape() -> None:
     clip = dataclasses.replace(PAPER, spectrogram="mel", n_mels=64)
     spec = log_spectrogram(tone(2.0, SR), SR, [1.0], clip)
     assert spec.shape == (1, 1, 64, 256) and np.isfinite(spec).all()
+
+
+FIXTURE = Path(__file__).parent / "fixtures" / "torchaudio_spectrograms.npz"
+
+
+def _fixture_clip(kind: str) -> ClipSettings:
+    """The settings the fixture was made with: odd n_fft for linear, even for mel, Hann window
+    shorter than n_fft (zero-padded in the middle), 12 mel filters at 8 kHz."""
+    linear = ClipSettings(
+        audio_window_s=0.05, n_fft=63, win_ms=5.0, hop_ms=2.5, spectrogram="linear", audio_frames=None
+    )
+    return linear if kind == "linear" else dataclasses.replace(linear, n_fft=64, spectrogram="mel", n_mels=12)
+
+
+@pytest.mark.parametrize("kind", ["linear", "mel"])
+def test_spectrogram_equals_the_torchaudio_transforms(kind: str) -> None:
+    """Same values as torchaudio's Spectrogram / MelSpectrogram (HTK mel, no norm) gave, so
+    caches and checkpoints made with them stay valid; the fixture holds what they returned
+    for a seeded chirp plus noise (16-bit PCM), two windows per setting."""
+    stored = np.load(FIXTURE)
+    waveform = stored["pcm"].astype(np.float32) / 32768.0
+    ours = log_spectrogram(waveform, int(stored["sample_rate"]), stored["centres"].tolist(), _fixture_clip(kind))
+    expected = stored[kind]
+    assert ours.shape == expected.shape and ours.dtype == np.float32
+    np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-5)
+
+
+def test_mel_filterbank_is_htk_triangles() -> None:
+    """Each filter peaks at 1 on its HTK-mel centre and is zero outside its neighbours."""
+    fb = mel_filterbank(8000, 64, 12).numpy()  # (33 bins, 12 filters), 125 Hz per bin
+    assert fb.shape == (33, 12) and fb.min() >= 0.0 and fb.max() <= 1.0
+    mel = lambda hz: 2595.0 * np.log10(1.0 + hz / 700.0)  # noqa: E731
+    edges = 700.0 * (10.0 ** (np.linspace(0.0, mel(4000.0), 14) / 2595.0) - 1.0)
+    freqs = np.linspace(0.0, 4000.0, 33)
+    for m in range(12):
+        outside = (freqs <= edges[m]) | (freqs >= edges[m + 2])
+        assert not fb[outside, m].any()
+        inside = ~outside
+        expected = np.minimum((freqs - edges[m]) / (edges[m + 1] - edges[m]), (edges[m + 2] - freqs) / (edges[m + 2] - edges[m + 1]))
+        np.testing.assert_allclose(fb[inside, m], expected[inside], atol=1e-5)
 
 
 def test_train_flip_off_never_mirrors_and_keeps_the_other_draws() -> None:

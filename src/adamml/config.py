@@ -256,6 +256,9 @@ class TrainConfig:
     precision: str = "auto"  # PRECISIONS: auto | 32 | bf16 | 16 (mixed precision on GPU)
     eval_every: int = 1  # validate every N epochs (0: only at the end of each stage)
     progress: bool = True
+    # TensorBoard scalars beside log.csv: None when tensorboard is installed, true requires it
+    # (pip install 'adamml[tensorboard]'), false never
+    tensorboard: bool | None = None
     max_steps_per_epoch: int | None = None
     unimodal: UnimodalTrainConfig = field(default_factory=UnimodalTrainConfig)
     fusion: FusionTrainConfig = field(default_factory=FusionTrainConfig)

@@ -11,6 +11,7 @@ the "257 frames" sometimes quoted holds for an even n_fft of 512), value log(|X|
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from functools import lru_cache
 
@@ -19,7 +20,7 @@ import torch
 
 from adamml.config import ClipSettings
 
-__all__ = ["audio_window", "log_spectrogram", "spectrogram_shape", "LOG_EPS"]
+__all__ = ["audio_window", "log_spectrogram", "mel_filterbank", "power_spectrogram", "spectrogram_shape", "LOG_EPS"]
 
 LOG_EPS = 1e-6
 
@@ -58,21 +59,54 @@ def spectrogram_shape(sample_rate: int, clip: ClipSettings) -> tuple[int, int]:
     return bins, frames
 
 
-@lru_cache(maxsize=8)
-def _transform(sample_rate: int, kind: str, n_fft: int, win: int, hop: int, n_mels: int) -> torch.nn.Module:
-    # torchaudio only when a spectrogram is computed: every command imports this module, and
-    # `adamml --help` should not pay for it.
-    import torchaudio
+def _hz_to_mel(hz: float) -> float:
+    return 2595.0 * math.log10(1.0 + hz / 700.0)
 
-    common = dict(
-        n_fft=n_fft, win_length=win, hop_length=hop, window_fn=torch.hann_window,
-        power=2.0, center=True, pad_mode="constant",
+
+@lru_cache(maxsize=8)
+def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int) -> torch.Tensor:
+    """HTK-scale triangular filters, (n_fft // 2 + 1, n_mels), without area normalisation.
+
+    The filters torchaudio's ``MelSpectrogram`` applies by default (f_min 0, f_max the
+    Nyquist frequency, ``mel_scale="htk"``, ``norm=None``), computed the same way in float32 so
+    that caches and checkpoints made with it stay valid.
+    """
+    n_freqs = n_fft // 2 + 1
+    all_freqs = torch.linspace(0, sample_rate // 2, n_freqs)
+    mel_points = torch.linspace(_hz_to_mel(0.0), _hz_to_mel(float(sample_rate // 2)), n_mels + 2)
+    hz_points = 700.0 * (10.0 ** (mel_points / 2595.0) - 1.0)
+    widths = hz_points[1:] - hz_points[:-1]
+    slopes = hz_points.unsqueeze(0) - all_freqs.unsqueeze(1)  # (n_freqs, n_mels + 2)
+    rising = -slopes[:, :-2] / widths[:-1]
+    falling = slopes[:, 2:] / widths[1:]
+    return torch.clamp(torch.minimum(rising, falling), min=0.0)
+
+
+@lru_cache(maxsize=8)
+def _hann(win: int) -> torch.Tensor:
+    return torch.hann_window(win)
+
+
+def power_spectrogram(
+    windows: torch.Tensor, sample_rate: int, kind: str, n_fft: int, win: int, hop: int, n_mels: int
+) -> torch.Tensor:
+    """(K, samples) -> (K, bins, frames) power, |STFT|^2 with centred, zero-padded frames.
+
+    The Hann window of ``win`` samples sits in the middle of each ``n_fft`` frame (torch.stft
+    pads it), as the reference computes it; ``kind="mel"`` maps the bins through
+    :func:`mel_filterbank`.
+    """
+    if kind not in ("linear", "mel"):
+        raise ValueError(f"unknown spectrogram kind {kind!r}: expected 'linear' or 'mel'")
+    stft = torch.stft(
+        windows, n_fft=n_fft, hop_length=hop, win_length=win, window=_hann(win),
+        center=True, pad_mode="constant", normalized=False, onesided=True, return_complex=True,
     )
-    if kind == "linear":
-        return torchaudio.transforms.Spectrogram(**common)
+    power = stft.abs().pow(2.0)
     if kind == "mel":
-        return torchaudio.transforms.MelSpectrogram(sample_rate=sample_rate, n_mels=n_mels, **common)
-    raise ValueError(f"unknown spectrogram kind {kind!r}: expected 'linear' or 'mel'")
+        power = torch.matmul(power.transpose(-1, -2), mel_filterbank(sample_rate, n_fft, n_mels))
+        power = power.transpose(-1, -2)
+    return power
 
 
 def log_spectrogram(
@@ -101,9 +135,10 @@ def log_spectrogram(
             piece = np.tile(piece, -(-required // piece.size))[:required]
         windows[i] = piece
     hop, win = _hop_and_win(sample_rate, clip)
-    transform = _transform(sample_rate, clip.spectrogram, clip.n_fft, win, hop, clip.n_mels)
     with torch.no_grad():
-        power = transform(torch.from_numpy(windows))  # (K, F, frames)
+        power = power_spectrogram(
+            torch.from_numpy(windows), sample_rate, clip.spectrogram, clip.n_fft, win, hop, clip.n_mels
+        )  # (K, F, frames)
     spec = torch.log(power + LOG_EPS).numpy()
     if clip.audio_frames:
         have = spec.shape[-1]

@@ -2,34 +2,32 @@
 fused layers, precision.
 
 Training keeps its own settings (adamml.training); this is only for evaluation, ``adamml
-predict`` and the benchmarks. What was measured on a 2-core CPU (full-size Kinetics-Sounds
-RGB + audio, 10 segments, ``benchmarks/conditional.py``; docs/inference.md) decided the
-defaults:
+predict`` and the benchmarks. Each default has a reason; the measurements behind them are in
+docs/inference.md:
 
-- **Micro-batches.** A ResNet-50 on 80 frames at 224² in one call overflows the caches
-  (4.7 s); one segment (8 frames) per call takes half the time. So on a CPU each sub-network
+- **Micro-batches.** A ResNet-50 on 80 frames at 224² in one call overflows the CPU's caches
+  and page-faults; one segment (8 frames) per call stays in cache. So on a CPU each sub-network
   sees at most ``pixels_per_call`` frame pixels per call (default: one paper-size segment,
   8 x 224 x 224), i.e. one RGB segment, six 256² spectrograms, three policy segments of
   4 x 160²; with worker threads a call is also cut into at least as many micro-batches as
   there are workers. On a GPU large batches are what it is good at: no limit.
 - **Worker threads** (``workers``, CPU): the micro-batches of all the sub-networks that run
   at one point (the policy's extractors; the recognition networks) run concurrently on as
-  many worker threads as torch has intra-op threads, each worker single-threaded. On the
-  shared 2-core machine one call spread over 2 OpenMP threads waits at every layer's barrier
-  for a thread the scheduler has taken away (the fixed part of the model, policy + audio,
-  took 5.2 s instead of 0.32 s at load average 5); single-threaded workers never
-  synchronise inside a layer. Segments that do not divide among the workers (5 RGB
+  many worker threads as torch has intra-op threads, each worker single-threaded. On a busy
+  CPU one call spread over OpenMP threads waits at every layer's barrier for a thread the
+  scheduler has taken away, and small layers (the MobileNets) suffer most; single-threaded
+  workers never synchronise inside a layer. Segments that do not divide among the workers (5 RGB
   segments on 2) are spread stage by stage where the network can (``forward_split``).
-- **channels_last** memory format: another 1.9x on the CPU (oneDNN's preferred layout).
+- **channels_last** memory format: oneDNN's preferred layout.
 - **Batch norm folded into the preceding convolution** (eval mode only): in channels_last
-  the separate batch-norm pass took 40 % of the policy's time.
+  the separate batch-norm pass is a large share of the small networks' time.
 - **Pointwise ops fused into the convolutions** (``fuse_pointwise``, CPU, fp32): ReLU/ReLU6
   and the residual additions of torchvision's MobileNetV2 and ResNet blocks run as oneDNN
   post-ops of the convolution before them instead of as separate passes over the
-  activations (the MobileNets, small memory-bound layers, about 15 % faster).
+  activations (the MobileNets' small layers are memory-bound).
 - **bf16 autocast** (``precision="bf16"``), an option for CPUs with bf16 instructions and for
-  GPUs (no fusion then); its accuracy change is measured, see the README.
-- ``torch.compile``, an option; it did not pay on the 2-core CPU (docs/inference.md).
+  GPUs (no fusion then); its accuracy change on the demo is in docs/inference.md.
+- ``torch.compile``, an option; it did not pay on a CPU (docs/inference.md).
 """
 
 from __future__ import annotations

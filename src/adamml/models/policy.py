@@ -46,7 +46,7 @@ class PolicyOutput:
 def frame_selector(indices: list[int]) -> slice | list[int]:
     """Evenly spaced indices as a slice: indexing with it is a view, where a list of indices
     copies the frames (at paper size 24 MB per video, whose fresh pages cost more than the
-    resize that follows: 25 of 28 ms on the 2-core CPU)."""
+    resize that follows; docs/inference.md)."""
     steps = {b - a for a, b in zip(indices, indices[1:], strict=False)}
     if indices and len(steps) <= 1 and min(steps, default=1) > 0:
         step = steps.pop() if steps else 1

@@ -20,6 +20,7 @@ import torch
 
 from adamml.config import ExperimentConfig, save_config, to_dict
 from adamml.data.loader import make_loader, set_loader_epoch
+from adamml.errors import AdamMLError
 from adamml.runtime import runs
 from adamml.runtime.checkpoint import load_checkpoint, rng_state, save_checkpoint
 from adamml.runtime.distributed import (
@@ -43,19 +44,24 @@ from adamml.training.schedule import Phase, validates
 
 
 class EpochLogger:
-    """One CSV row per epoch, and TensorBoard scalars when tensorboard is installed."""
+    """One CSV row per epoch, and TensorBoard scalars (``train.tensorboard``: None when
+    tensorboard is installed, True requires it, False never)."""
 
-    def __init__(self, run_dir: Path, enabled: bool):
+    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool | None = None):
         self.path = run_dir / "log.csv"
         self.enabled = enabled
         self.writer = None
-        if enabled:
+        if enabled and tensorboard is not False:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-
+            except Exception as exc:  # tensorboard not installed: CSV only, unless asked for
+                if tensorboard:
+                    raise AdamMLError(
+                        "train.tensorboard is true but TensorBoard is not installed "
+                        f"({exc}): pip install 'adamml[tensorboard]'"
+                    ) from exc
+            else:
                 self.writer = SummaryWriter(str(run_dir / "tensorboard"))
-            except Exception:  # tensorboard not installed: CSV only
-                self.writer = None
 
     def log(self, row: dict, step: int) -> None:
         if not self.enabled:
@@ -236,7 +242,7 @@ def fit(
     if runtime.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
-    logger = EpochLogger(run_dir, runtime.is_main)
+    logger = EpochLogger(run_dir, runtime.is_main, tcfg.tensorboard)
     loader_args = {"runtime": runtime, "seed": tcfg.seed, "num_workers": cfg.data.num_workers}
     batch = per_process_batch(tcfg.batch_size, runtime.world_size)  # train.batch_size is global
     train_loader = make_loader(train_set, batch, train=True, **loader_args)

@@ -52,8 +52,8 @@ class PlateauStop(StageHooks):
 
     A plateau while a learning-rate step is still ahead takes that step now instead of
     stopping (and the count starts again): on small validation sets the score wanders by
-    several points, and a network stopped before its rate was lowered had not learned
-    (measured: audio stopped at 32 % where the lowered rate took it to 70 %). ``milestones``
+    several points, and a network stopped before its rate was lowered has often not learned
+    yet (docs/own-data.md). ``milestones``
     are the stage's lr steps (0-based epochs, as ``multistep_lr`` reads them), moved earlier
     as steps are taken; the task reads its rates from them."""
 
