@@ -13,13 +13,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from adamml.config import ClipSettings
+if TYPE_CHECKING:  # torch only where a spectrogram is computed: the window helpers run without it
+    import torch
 
-__all__ = ["audio_window", "log_spectrogram", "spectrogram_shape", "LOG_EPS"]
+    from adamml.config import ClipSettings
+
+__all__ = ["audio_window", "log_spectrogram", "spectrogram_shape", "segment_windows", "fit_frames", "LOG_EPS"]
 
 LOG_EPS = 1e-6
 
@@ -62,6 +65,7 @@ def spectrogram_shape(sample_rate: int, clip: ClipSettings) -> tuple[int, int]:
 def _transform(sample_rate: int, kind: str, n_fft: int, win: int, hop: int, n_mels: int) -> torch.nn.Module:
     # torchaudio only when a spectrogram is computed: every command imports this module, and
     # `adamml --help` should not pay for it.
+    import torch
     import torchaudio
 
     common = dict(
@@ -92,19 +96,33 @@ def log_spectrogram(
     waveform = np.asarray(waveform, np.float32).reshape(-1)
     if missing or waveform.size == 0:
         return np.zeros((k, 1, bins, out_frames), np.float32)
+    windows = segment_windows(waveform, sample_rate, centres_s, clip)
+    hop, win = _hop_and_win(sample_rate, clip)
+    transform = _transform(sample_rate, clip.spectrogram, clip.n_fft, win, hop, clip.n_mels)
+    import torch
+
+    with torch.no_grad():
+        power = transform(torch.from_numpy(windows))  # (K, F, frames)
+    return fit_frames(torch.log(power + LOG_EPS).numpy(), clip)
+
+
+def segment_windows(waveform: np.ndarray, sample_rate: int, centres_s: Sequence[float], clip: ClipSettings) -> np.ndarray:
+    """float32 (K, window samples): each segment's audio window (a short track repeated to
+    fill it); shared with the spectrogram of the runtimes without torch (adamml.runners)."""
     required = int(round(clip.audio_window_s * sample_rate))
-    windows = np.empty((k, required), np.float32)
+    windows = np.empty((len(centres_s), required), np.float32)
     for i, centre in enumerate(centres_s):
         start, stop = audio_window(waveform.size, sample_rate, float(centre), clip.audio_window_s)
         piece = waveform[start:stop]
         if piece.size < required:  # short track: repeat it to fill the window
             piece = np.tile(piece, -(-required // piece.size))[:required]
         windows[i] = piece
-    hop, win = _hop_and_win(sample_rate, clip)
-    transform = _transform(sample_rate, clip.spectrogram, clip.n_fft, win, hop, clip.n_mels)
-    with torch.no_grad():
-        power = transform(torch.from_numpy(windows))  # (K, F, frames)
-    spec = torch.log(power + LOG_EPS).numpy()
+    return windows
+
+
+def fit_frames(spec: np.ndarray, clip: ClipSettings) -> np.ndarray:
+    """(K, F, frames) log power -> float32 (K, 1, F, clip.audio_frames): the time axis cut or
+    zero-padded to the configured length."""
     if clip.audio_frames:
         have = spec.shape[-1]
         if have >= clip.audio_frames:
