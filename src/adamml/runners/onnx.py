@@ -236,10 +236,16 @@ class OnnxModel:
         if self.policy is None:
             return None
         start = time.perf_counter()
+        prepared["margins"] = self.policy_margins(prepared["inputs"])
+        prepared["seconds"]["policy"] = time.perf_counter() - start
+        return prepared["margins"]
+
+    def policy_margins(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        """(K, M) margins of one video's inputs (each (K, ...), as :meth:`prepare` cuts them)."""
         frames = self.policy["frame_indices"]
         jobs = []
         for source in self.policy["extractors"]:
-            x = prepared["inputs"][source]
+            x = inputs[source]
             if self.pipeline["visual"][source] and source not in self.pipeline["frame_subsets"]:
                 x = x[:, frames]
             jobs.append((f"policy_{source}", x))
@@ -257,9 +263,7 @@ class OnnxModel:
             steps.append(logits[0])
             previous = logits.reshape(1, -1)
         logits = np.stack(steps)  # (K, M, 2)
-        prepared["margins"] = logits[..., 1].astype(np.float64) - logits[..., 0].astype(np.float64)
-        prepared["seconds"]["policy"] = time.perf_counter() - start
-        return prepared["margins"]
+        return logits[..., 1].astype(np.float64) - logits[..., 0].astype(np.float64)
 
     def add_flow(self, prepared: dict[str, Any], segments: np.ndarray) -> None:
         """Flow for the given segments only (zeros elsewhere, never read)."""
@@ -295,13 +299,7 @@ class OnnxModel:
         if self.pipeline["defer_flow"]:
             self.add_flow(prepared, np.flatnonzero(decisions[:, self.modalities.index("flow")]))
         start = time.perf_counter()
-        selected = {m: np.flatnonzero(decisions[:, i]) for i, m in enumerate(self.modalities)}
-        todo = [m for m in self.modalities if len(selected[m])]
-        outputs = self.run_many([(f"recognition_{m}", prepared["inputs"][m][selected[m]]) for m in todo])
-        segment_logits = np.zeros((k, len(self.modalities), len(self.class_names)), np.float32)
-        for m, (logits, _features) in zip(todo, outputs, strict=True):
-            segment_logits[selected[m], self.modalities.index(m)] = logits
-        video_logits = late_fusion(segment_logits, decisions, self.fusion)
+        video_logits = self.networks(prepared["inputs"], decisions)
         prepared["seconds"]["networks"] = time.perf_counter() - start
         probs = _softmax(video_logits.astype(np.float64))
         order = np.argsort(-probs, kind="stable")[: min(topk, len(probs))]
@@ -317,6 +315,18 @@ class OnnxModel:
             flow_fields=prepared["flow_fields"],
         )
         return Outcome(prediction, video_logits, decisions, margins, prediction.seconds)
+
+    def networks(self, inputs: dict[str, np.ndarray], decisions: np.ndarray) -> np.ndarray:
+        """(C,) video logits: each recognition graph on its selected segments only (one
+        stage on the worker pool), zeros elsewhere, then the late fusion."""
+        k = decisions.shape[0]
+        selected = {m: np.flatnonzero(decisions[:, i]) for i, m in enumerate(self.modalities)}
+        todo = [m for m in self.modalities if len(selected[m])]
+        outputs = self.run_many([(f"recognition_{m}", inputs[m][selected[m]]) for m in todo])
+        segment_logits = np.zeros((k, len(self.modalities), len(self.class_names)), np.float32)
+        for m, (logits, _features) in zip(todo, outputs, strict=True):
+            segment_logits[selected[m], self.modalities.index(m)] = logits
+        return late_fusion(segment_logits, decisions, self.fusion)
 
     def run(self, video: str | Path, thresholds: Sequence[float] | None = None, topk: int = 5) -> Outcome:
         prepared = self.prepare(video)
