@@ -159,3 +159,9 @@ def test_bad_sources_are_one_line_errors(tmp_path: Path, checkpoint: Path, expor
     err = capsys.readouterr().err
     assert err.count("\n") == 3 and "no such checkpoint" in err and "an export folder already" in err
     assert "is not an export folder" in err and (tmp_path / "busy" / "notes.txt").read_text() == "mine"
+
+
+def test_int8_needs_onnx_and_calibration_videos(checkpoint: Path, tmp_path: Path, capsys) -> None:
+    assert main(["export", str(checkpoint), "--to", str(tmp_path / "q"), "--quantize", "int8"]) == 2
+    assert "give --format onnx and --calibrate VIDEOS" in capsys.readouterr().err
+    assert not (tmp_path / "q").exists()

@@ -197,3 +197,26 @@ def test_numpy_spectrogram_equals_torchaudios(kind: str) -> None:
     assert got.shape == expected.shape and got.dtype == np.float32
     assert_same_function(torch.from_numpy(got), torch.from_numpy(expected))
     assert not spectrogram.log_spectrogram(wave, 8000, centres, clip, missing=True).any()
+
+
+def test_int8_quantises_the_chosen_graphs_and_still_runs(exported: Path, video: Path, tmp_path: Path) -> None:
+    import onnx
+
+    from adamml.export.quantize import quantize_folder
+
+    copy = tmp_path / "int8"
+    shutil.copytree(exported, copy)
+    before = json.loads((copy / MANIFEST_FILE).read_text())["graphs"]
+    (tmp_path / "calibration.txt").write_text(f"{video}\n")
+    manifest = quantize_folder(copy, tmp_path / "calibration.txt", keep_fp32=["policy_step", "policy_rgb"])
+    assert set(manifest["quantization"]["graphs"]) == set(before) - {"policy_step", "policy_rgb"}
+    for name, graph in manifest["graphs"].items():
+        ops = {n.op_type for n in onnx.load(str(copy / graph["file"])).graph.node}
+        kept = name in ("policy_step", "policy_rgb")
+        assert ("QuantizeLinear" in ops) != kept, name
+        assert (graph["sha256"] == before[name]["sha256"]) == kept, name
+    runner = load_onnx(copy)  # the new SHA-256s check out
+    outcome = runner.run(video, thresholds=[-1e9, -1e9, -1e9])
+    assert np.isfinite(outcome.logits).all() and runner.calls["recognition_rgb"] == 2
+    with pytest.raises(PackageError, match="no graph nope"):
+        quantize_folder(copy, video, keep_fp32=["nope"])

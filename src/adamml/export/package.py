@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -112,16 +113,21 @@ def fusion_parameters(fusion: nn.Module, name: str) -> dict[str, Any] | None:
 
 
 def export_package(source: str | Path, to: str | Path, *, format: str = "safetensors",
-                   license: str = "apache-2.0", opset: int = 17) -> Path:
+                   license: str = "apache-2.0", opset: int = 17, quantize: str | None = None,
+                   calibrate: str | Path | None = None, keep_fp32: Sequence[str] | None = None) -> Path:
     """Write the folder ``to`` from a checkpoint or run folder; ``format`` "onnx" adds one
     graph per component (adamml.export.onnx). Returns the folder.
 
     ``license`` goes into the model card's metadata (the weights' licence is their owner's
-    choice; the default is the package's own)."""
+    choice; the default is the package's own). ``quantize`` "int8" (with ``format`` "onnx")
+    quantises the graphs, calibrated on the videos ``calibrate`` names, but for those in
+    ``keep_fp32`` (adamml.export.quantize)."""
     from safetensors.torch import save_file
 
     if format not in FORMATS:
         raise PackageError(f"unknown export format {format!r}: expected one of {', '.join(FORMATS)}")
+    if quantize is not None and (quantize != "int8" or format != "onnx" or calibrate is None):
+        raise PackageError("--quantize int8 quantises ONNX graphs: give --format onnx and --calibrate VIDEOS")
     checkpoint = resolve_checkpoint(source)
     state = load_checkpoint(checkpoint)
     config = package_config(state, checkpoint)
@@ -140,6 +146,10 @@ def export_package(source: str | Path, to: str | Path, *, format: str = "safeten
 
         model, *_ = model_from_package(state, where=checkpoint)
         export_graphs(model, config, tmp, opset=opset)
+        if quantize:
+            from adamml.export.quantize import DEFAULT_FP32, quantize_folder
+
+            quantize_folder(tmp, calibrate, DEFAULT_FP32 if keep_fp32 is None else keep_fp32)
     card = model_card(config, license=license)
     if format == "onnx":
         card += (f"\n## ONNX\n\nOne graph per component, listed with their inputs and SHA-256 in {MANIFEST_FILE}; "
