@@ -43,6 +43,8 @@ import statistics
 import sys
 import time
 
+import numpy as np
+
 from adamml.runtime.allocator import request_huge_pages
 
 request_huge_pages()  # before torch starts (see adamml.runtime.allocator)
@@ -173,6 +175,33 @@ def onnx_runner(model: AdaMML, cfg: ExperimentConfig, workers: int):
     return OnnxModel(folder / "onnx", workers=workers)
 
 
+def int8_runner(runner, inputs: dict, decisions, workers: int):
+    """A copy of ``runner``'s folder quantised to INT8 (the policy's step kept fp32),
+    calibrated on the benchmark's own inputs, every network on every segment."""
+    import shutil
+
+    from adamml.export.quantize import quantize_graphs
+    from adamml.runners.onnx import OnnxModel
+
+    feeds: dict = {name: [] for name in runner.sessions}
+    run = runner._run
+
+    def recording(name, feed):
+        feeds[name].append(feed)
+        return run(name, feed)
+
+    runner._run = recording
+    runner.policy_margins(inputs)
+    runner.networks(inputs, decisions)
+    runner._run = run
+    folder = runner.folder.with_name("int8")
+    shutil.copytree(runner.folder, folder)
+    start = time.perf_counter()
+    quantize_graphs(folder, feeds)
+    print(f"quantised to INT8 in {time.perf_counter() - start:.1f} s")
+    return OnnxModel(folder, workers=workers)
+
+
 def run_device(model: AdaMML, cfg: ExperimentConfig, args, costs: dict[str, float], device: torch.device,
                reference=None) -> None:
     overrides = {"precision": args.precision, "compile": args.compile}
@@ -206,13 +235,17 @@ def run_device(model: AdaMML, cfg: ExperimentConfig, args, costs: dict[str, floa
             raise SystemExit("--runtime onnx times one video per call: use --batch 1")
         runner = onnx_runner(unprepared, cfg, plan.worker_count())
         inputs = {name: x[0].cpu().numpy() for name, x in batch.items()}
+    int8 = None
+    if runner is not None and args.int8:
+        int8 = int8_runner(runner, inputs, np.ones((k, len(model.modalities)), np.float32), plan.worker_count())
 
-    def infer_onnx(decisions: torch.Tensor):
+    def infer_onnx(decisions: torch.Tensor, runtime=None):
         numpy_decisions = decisions[0].cpu().numpy()
+        runtime = runtime or runner
 
         def fn():
-            runner.policy_margins(inputs)
-            return runner.networks(inputs, numpy_decisions)
+            runtime.policy_margins(inputs)
+            return runtime.networks(inputs, numpy_decisions)
 
         return fn
 
@@ -226,6 +259,8 @@ def run_device(model: AdaMML, cfg: ExperimentConfig, args, costs: dict[str, floa
                         "masked": infer(decisions[rate], "masked")}
         if runner is not None:
             groups[rate]["onnx"] = infer_onnx(decisions[rate])
+        if int8 is not None:
+            groups[rate]["int8"] = infer_onnx(decisions[rate], int8)
     if reference is not None:
         groups["reference"] = {"reference": reference}
     threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
@@ -245,6 +280,7 @@ def run_device(model: AdaMML, cfg: ExperimentConfig, args, costs: dict[str, floa
         f"{'masked s/video':>14} {'GFLOPs':>8} | {'time ratio':>10} {'GFLOPs ratio':>12} {'time/GFLOPs':>11}"
         + (f" | {'vs reference':>12}" if ref_s is not None else "")
         + (f" | {'onnx s/video':>12} {'onnx speed-up':>13}" if runner is not None else "")
+        + (f" | {'int8 s/video':>12} {'int8 speed-up':>13}" if int8 is not None else "")
     )
     print(header)
     print("-" * len(header))
@@ -261,6 +297,8 @@ def run_device(model: AdaMML, cfg: ExperimentConfig, args, costs: dict[str, floa
             + (f" | {cond_s / ref_s:>11.2f}x" if ref_s is not None else "")
             + (f" | {med(times[rate, 'onnx']):>12.4f} "
                f"{med([c / o for c, o in zip(cond, times[rate, 'onnx'], strict=True)]):>12.2f}x" if runner is not None else "")
+            + (f" | {med(times[rate, 'int8']):>12.4f} "
+               f"{med([c / o for c, o in zip(cond, times[rate, 'int8'], strict=True)]):>12.2f}x" if int8 is not None else "")
         )
     every_masked = [t for rate in RATES for t in times[rate, "masked"]]
     print(f"masked, all {len(every_masked)} runs: median {med(every_masked) / b:.4f} s/video, "
@@ -286,6 +324,8 @@ def main() -> None:
     parser.add_argument("--reference", default=None, help="an IBM/AdaMML checkout to time beside ours")
     parser.add_argument("--runtime", dest="runtimes", default="torch", type=lambda s: s.split(","),
                         help="torch, or torch,onnx: also time the ONNX export under the torch-free orchestrator (CPU)")
+    parser.add_argument("--int8", action="store_true",
+                        help="with --runtime torch,onnx: also the graphs quantised to INT8 (calibrated on the benchmark's inputs)")
     parser.add_argument("overrides", nargs="*", help="config key=value overrides")
     args = parser.parse_args()
     if args.threads:

@@ -75,16 +75,29 @@ class _Feeds:
 
 
 def quantize_folder(folder: str | Path, calibrate: str | Path, keep_fp32: Sequence[str] = DEFAULT_FP32) -> dict[str, Any]:
-    """Quantise the graphs of an ONNX export folder to INT8 in place; returns the manifest."""
+    """Quantise the graphs of an ONNX export folder to INT8 in place, calibrated on the
+    videos ``calibrate`` names; returns the manifest."""
+    folder = Path(folder)
+    _check_names(folder, keep_fp32)
+    videos = calibration_videos(calibrate)
+    return quantize_graphs(folder, record_inputs(folder, videos), keep_fp32, len(videos))
+
+
+def _check_names(folder: Path, keep_fp32: Sequence[str]) -> None:
+    graphs = json.loads((folder / MANIFEST_FILE).read_text())["graphs"]
+    unknown = sorted(set(keep_fp32) - set(graphs))
+    if unknown:
+        raise PackageError(f"--keep-fp32: no graph {', '.join(unknown)} (the graphs: {', '.join(graphs)})")
+
+
+def quantize_graphs(folder: str | Path, feeds: dict[str, list[dict[str, Any]]], keep_fp32: Sequence[str] = DEFAULT_FP32,
+                    videos: int = 0) -> dict[str, Any]:
+    """Quantise each graph but ``keep_fp32`` in place, calibrated on its recorded ``feeds``."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     folder = Path(folder)
+    _check_names(folder, keep_fp32)
     manifest = json.loads((folder / MANIFEST_FILE).read_text())
-    unknown = sorted(set(keep_fp32) - set(manifest["graphs"]))
-    if unknown:
-        raise PackageError(f"--keep-fp32: no graph {', '.join(unknown)} (the graphs: {', '.join(manifest['graphs'])})")
-    videos = calibration_videos(calibrate)
-    feeds = record_inputs(folder, videos)
     quantized = []
     for name, graph in manifest["graphs"].items():
         if name in keep_fp32:
@@ -100,6 +113,6 @@ def quantize_folder(folder: str | Path, calibrate: str | Path, keep_fp32: Sequen
         quantized.append(name)
     manifest["quantization"] = {"graphs": quantized, "fp32": list(keep_fp32), "format": "QDQ",
                                 "weights": "int8 per channel", "activations": "int8 per tensor, min-max",
-                                "calibration_videos": len(videos)}
+                                "calibration_videos": videos}
     (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
