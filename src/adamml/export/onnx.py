@@ -99,14 +99,15 @@ def pipeline_settings(kind: str, model_cfg: Any, clip: Any) -> dict[str, Any]:
     }
 
 
-def export_graphs(model: nn.Module, config: dict[str, Any], folder: str | Path, *, opset: int = 17) -> dict[str, Any]:
-    """Write one graph per component of ``model`` into ``folder`` and manifest.json."""
-    from adamml.export.package import _configs
+def export_graphs(model: nn.Module, config: dict[str, Any], folder: str | Path, *, model_cfg: Any, cfg: Any,
+                  opset: int = 17) -> dict[str, Any]:
+    """Write one graph per component of ``model`` (built from ``model_cfg``, of the run
+    ``cfg``; ``config``: config.json's content) into ``folder`` and manifest.json."""
     from adamml.modalities.table import MODALITIES
     from adamml.models.adamml import AdaMML
 
     folder = Path(folder)
-    kind, model_cfg, cfg = _configs(config["checkpoint"] | {"kind": config["kind"]}, folder)
+    kind = config["kind"]
     clip = cfg.data.clip
     fusion = config["fusion"]
     if fusion is None:

@@ -144,8 +144,8 @@ def export_package(source: str | Path, to: str | Path, *, format: str = "safeten
     if format == "onnx":
         from adamml.export.onnx import export_graphs
 
-        model, *_ = model_from_package(state, where=checkpoint)
-        export_graphs(model, config, tmp, opset=opset)
+        model, _, model_cfg, cfg, _ = model_from_package(state, where=checkpoint)
+        export_graphs(model, config, tmp, model_cfg=model_cfg, cfg=cfg, opset=opset)
         if quantize:
             from adamml.export.quantize import DEFAULT_FP32, quantize_folder
 
