@@ -93,8 +93,10 @@ def _check_names(folder: Path, keep_fp32: Sequence[str]) -> None:
 def quantize_graphs(folder: str | Path, feeds: dict[str, list[dict[str, Any]]], keep_fp32: Sequence[str] = DEFAULT_FP32,
                     videos: int = 0) -> dict[str, Any]:
     """Quantise each graph but ``keep_fp32`` in place, calibrated on its recorded ``feeds``."""
+    import onnxruntime
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
+    onnxruntime.set_default_logger_severity(3)  # not one warning per unused initialiser
     folder = Path(folder)
     _check_names(folder, keep_fp32)
     manifest = json.loads((folder / MANIFEST_FILE).read_text())
