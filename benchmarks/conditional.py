@@ -166,7 +166,11 @@ def onnx_runner(model: AdaMML, cfg: ExperimentConfig, workers: int):
     from adamml.runners.onnx import OnnxModel
     from adamml.runtime.checkpoint import save_checkpoint
 
+    import atexit
+    import shutil
+
     folder = Path(tempfile.mkdtemp(prefix="adamml-bench-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)  # checkpoint and graphs: hundreds of MB
     checkpoint = save_checkpoint({"kind": "adamml", "model": model.state_dict(), "config": to_dict(cfg),
                                   "model_config": to_dict(cfg.model)}, folder / "best.pt")
     start = time.perf_counter()
