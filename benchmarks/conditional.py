@@ -158,6 +158,8 @@ def reference_model(checkout: str, cfg: ExperimentConfig, segments: int):
 def onnx_runner(model: AdaMML, cfg: ExperimentConfig, workers: int):
     """The model exported with ``--format onnx`` (into a temporary folder) and loaded by the
     torch-free orchestrator."""
+    import atexit
+    import shutil
     import tempfile
     from pathlib import Path
 
@@ -165,9 +167,6 @@ def onnx_runner(model: AdaMML, cfg: ExperimentConfig, workers: int):
     from adamml.export.package import export_package
     from adamml.runners.onnx import OnnxModel
     from adamml.runtime.checkpoint import save_checkpoint
-
-    import atexit
-    import shutil
 
     folder = Path(tempfile.mkdtemp(prefix="adamml-bench-"))
     atexit.register(shutil.rmtree, folder, ignore_errors=True)  # checkpoint and graphs: hundreds of MB
