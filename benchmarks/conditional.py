@@ -22,6 +22,14 @@ ratios of the two modes timed back to back, and the load average before and afte
     python benchmarks/conditional.py --config kinetics_sounds_rgb_audio --device cpu --threads 2 \\
         --reference PATH/TO/AdaMML       # also time the reference code (IBM/AdaMML checkout)
 
+``--runtime torch,onnx`` also exports the same model (adamml.export, ``--format onnx``) and
+times its graphs under the torch-free orchestrator (adamml.runners.onnx: single-threaded
+onnxruntime sessions on the same number of workers) in the same rounds, the policy and the
+selected networks, beside the torch plan's conditional mode; its columns are its s/video
+and its speed-up over the torch plan (the median of the per-round ratios).
+
+    python benchmarks/conditional.py --config kinetics_sounds_rgb_audio --device cpu --threads 2 --runtime torch,onnx
+
 ``--reference CHECKOUT`` imports the reference's own model (RGB + audio configs only) from a
 checkout (https://github.com/IBM/AdaMML) and times it in every round beside ours.
 """
@@ -34,6 +42,8 @@ import random
 import statistics
 import sys
 import time
+
+import numpy as np
 
 from adamml.runtime.allocator import request_huge_pages
 
@@ -145,6 +155,56 @@ def reference_model(checkout: str, cfg: ExperimentConfig, segments: int):
     return fn
 
 
+def onnx_runner(model: AdaMML, cfg: ExperimentConfig, workers: int):
+    """The model exported with ``--format onnx`` (into a temporary folder) and loaded by the
+    torch-free orchestrator."""
+    import atexit
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from adamml.config import to_dict
+    from adamml.export.package import export_package
+    from adamml.runners.onnx import OnnxModel
+    from adamml.runtime.checkpoint import save_checkpoint
+
+    folder = Path(tempfile.mkdtemp(prefix="adamml-bench-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)  # checkpoint and graphs: hundreds of MB
+    checkpoint = save_checkpoint({"kind": "adamml", "model": model.state_dict(), "config": to_dict(cfg),
+                                  "model_config": to_dict(cfg.model)}, folder / "best.pt")
+    start = time.perf_counter()
+    export_package(checkpoint, folder / "onnx", format="onnx")
+    print(f"exported to ONNX in {time.perf_counter() - start:.1f} s")
+    return OnnxModel(folder / "onnx", workers=workers)
+
+
+def int8_runner(runner, inputs: dict, decisions, workers: int):
+    """A copy of ``runner``'s folder quantised to INT8 (the policy's step kept fp32),
+    calibrated on the benchmark's own inputs, every network on every segment."""
+    import shutil
+
+    from adamml.export.quantize import quantize_graphs
+    from adamml.runners.onnx import OnnxModel
+
+    feeds: dict = {name: [] for name in runner.sessions}
+    run = runner._run
+
+    def recording(name, feed):
+        feeds[name].append(feed)
+        return run(name, feed)
+
+    runner._run = recording
+    runner.policy_margins(inputs)
+    runner.networks(inputs, decisions)
+    runner._run = run
+    folder = runner.folder.with_name("int8")
+    shutil.copytree(runner.folder, folder)
+    start = time.perf_counter()
+    quantize_graphs(folder, feeds)
+    print(f"quantised to INT8 in {time.perf_counter() - start:.1f} s")
+    return OnnxModel(folder, workers=workers)
+
+
 def run_device(model: AdaMML, cfg: ExperimentConfig, args, costs: dict[str, float], device: torch.device,
                reference=None) -> None:
     overrides = {"precision": args.precision, "compile": args.compile}
@@ -156,6 +216,7 @@ def run_device(model: AdaMML, cfg: ExperimentConfig, args, costs: dict[str, floa
     if args.plain:
         plan = ExecutionPlan(device=str(device), pixels_per_call=None, channels_last=False,
                              fold_batchnorm=False, fuse_pointwise=False, workers=1, precision=args.precision)
+    unprepared = model  # what training saves (the export folds it itself)
     model = plan.prepare(model)
     b, k = args.batch, args.segments
     batch = make_batch(model, cfg, b, k, device)
@@ -171,6 +232,26 @@ def run_device(model: AdaMML, cfg: ExperimentConfig, args, costs: dict[str, floa
 
         return fn
 
+    runner = None
+    if "onnx" in args.runtimes and device.type == "cpu":
+        if b != 1:
+            raise SystemExit("--runtime onnx times one video per call: use --batch 1")
+        runner = onnx_runner(unprepared, cfg, plan.worker_count())
+        inputs = {name: x[0].cpu().numpy() for name, x in batch.items()}
+    int8 = None
+    if runner is not None and args.int8:
+        int8 = int8_runner(runner, inputs, np.ones((k, len(model.modalities)), np.float32), plan.worker_count())
+
+    def infer_onnx(decisions: torch.Tensor, runtime=None):
+        numpy_decisions = decisions[0].cpu().numpy()
+        runtime = runtime or runner
+
+        def fn():
+            runtime.policy_margins(inputs)
+            return runtime.networks(inputs, numpy_decisions)
+
+        return fn
+
     full = torch.ones(b, k, len(model.modalities), device=device)
     masked_gf = statistics.fmean(gflops_per_video(full, per_seg, costs["policy"]))
     decisions = {rate: forced_decisions(rate, b, k, model.modalities, costly).to(device) for rate in RATES}
@@ -179,6 +260,10 @@ def run_device(model: AdaMML, cfg: ExperimentConfig, args, costs: dict[str, floa
         # Masked runs everything whatever the decisions: the reference's cost at every rate.
         groups[rate] = {"conditional": infer(decisions[rate], "conditional"),
                         "masked": infer(decisions[rate], "masked")}
+        if runner is not None:
+            groups[rate]["onnx"] = infer_onnx(decisions[rate])
+        if int8 is not None:
+            groups[rate]["int8"] = infer_onnx(decisions[rate], int8)
     if reference is not None:
         groups["reference"] = {"reference": reference}
     threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
@@ -197,6 +282,8 @@ def run_device(model: AdaMML, cfg: ExperimentConfig, args, costs: dict[str, floa
         f"{costly.upper() + ' rate':>8} | {'conditional s/video':>19} {'GFLOPs':>8} | "
         f"{'masked s/video':>14} {'GFLOPs':>8} | {'time ratio':>10} {'GFLOPs ratio':>12} {'time/GFLOPs':>11}"
         + (f" | {'vs reference':>12}" if ref_s is not None else "")
+        + (f" | {'onnx s/video':>12} {'onnx speed-up':>13}" if runner is not None else "")
+        + (f" | {'int8 s/video':>12} {'int8 speed-up':>13}" if int8 is not None else "")
     )
     print(header)
     print("-" * len(header))
@@ -211,6 +298,10 @@ def run_device(model: AdaMML, cfg: ExperimentConfig, args, costs: dict[str, floa
             f"{masked_s:>14.4f} {masked_gf:>8.2f} | {time_ratio:>10.3f} "
             f"{gf_ratio:>12.3f} {time_ratio / gf_ratio:>11.2f}"
             + (f" | {cond_s / ref_s:>11.2f}x" if ref_s is not None else "")
+            + (f" | {med(times[rate, 'onnx']):>12.4f} "
+               f"{med([c / o for c, o in zip(cond, times[rate, 'onnx'], strict=True)]):>12.2f}x" if runner is not None else "")
+            + (f" | {med(times[rate, 'int8']):>12.4f} "
+               f"{med([c / o for c, o in zip(cond, times[rate, 'int8'], strict=True)]):>12.2f}x" if int8 is not None else "")
         )
     every_masked = [t for rate in RATES for t in times[rate, "masked"]]
     print(f"masked, all {len(every_masked)} runs: median {med(every_masked) / b:.4f} s/video, "
@@ -234,6 +325,10 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the sub-networks")
     parser.add_argument("--plain", action="store_true", help="no execution plan: one call per network, NCHW")
     parser.add_argument("--reference", default=None, help="an IBM/AdaMML checkout to time beside ours")
+    parser.add_argument("--runtime", dest="runtimes", default="torch", type=lambda s: s.split(","),
+                        help="torch, or torch,onnx: also time the ONNX export under the torch-free orchestrator (CPU)")
+    parser.add_argument("--int8", action="store_true",
+                        help="with --runtime torch,onnx: also the graphs quantised to INT8 (calibrated on the benchmark's inputs)")
     parser.add_argument("overrides", nargs="*", help="config key=value overrides")
     args = parser.parse_args()
     if args.threads:

@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("adamml.training.run", "train a stage of the recipe from a YAML config"),
     "evaluate": ("adamml.evaluation.evaluate", "evaluate checkpoints: accuracy, mAP, GFLOPs"),
     "predict": ("adamml.scale.predict", "classify video files with a trained model"),
+    "export": ("adamml.commands.export", "a trained model as a portable folder (safetensors, model card, ONNX graphs)"),
 }
 
 

@@ -17,9 +17,12 @@ so frames repeat rather than fall out of range.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from adamml.config import ClipSettings
+if TYPE_CHECKING:  # annotations only: sampling runs without torch (adamml.runners)
+    from adamml.config import ClipSettings
 
 
 def segment_starts(

@@ -14,13 +14,19 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from adamml.config import ClipSettings
+if TYPE_CHECKING:  # torch only where a spectrogram is computed: the window helpers run without it
+    import torch
 
-__all__ = ["audio_window", "log_spectrogram", "mel_filterbank", "power_spectrogram", "spectrogram_shape", "LOG_EPS"]
+    from adamml.config import ClipSettings
+
+__all__ = [
+    "audio_window", "fit_frames", "log_spectrogram", "mel_filterbank", "power_spectrogram",
+    "segment_windows", "spectrogram_shape", "LOG_EPS",
+]
 
 LOG_EPS = 1e-6
 
@@ -71,6 +77,8 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int) -> torch.Tensor:
     Nyquist frequency, ``mel_scale="htk"``, ``norm=None``), computed the same way in float32 so
     that caches and checkpoints made with it stay valid.
     """
+    import torch  # lazily: the torch-free runtimes import this module's window helpers
+
     n_freqs = n_fft // 2 + 1
     all_freqs = torch.linspace(0, sample_rate // 2, n_freqs)
     mel_points = torch.linspace(_hz_to_mel(0.0), _hz_to_mel(float(sample_rate // 2)), n_mels + 2)
@@ -84,6 +92,8 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int) -> torch.Tensor:
 
 @lru_cache(maxsize=8)
 def _hann(win: int) -> torch.Tensor:
+    import torch  # lazily, as in mel_filterbank
+
     return torch.hann_window(win)
 
 
@@ -96,6 +106,8 @@ def power_spectrogram(
     pads it), as the reference computes it; ``kind="mel"`` maps the bins through
     :func:`mel_filterbank`.
     """
+    import torch  # lazily, as in mel_filterbank
+
     if kind not in ("linear", "mel"):
         raise ValueError(f"unknown spectrogram kind {kind!r}: expected 'linear' or 'mel'")
     stft = torch.stft(
@@ -126,20 +138,34 @@ def log_spectrogram(
     waveform = np.asarray(waveform, np.float32).reshape(-1)
     if missing or waveform.size == 0:
         return np.zeros((k, 1, bins, out_frames), np.float32)
+    windows = segment_windows(waveform, sample_rate, centres_s, clip)
+    hop, win = _hop_and_win(sample_rate, clip)
+    import torch  # lazily, as in mel_filterbank
+
+    with torch.no_grad():
+        power = power_spectrogram(
+            torch.from_numpy(windows), sample_rate, clip.spectrogram, clip.n_fft, win, hop, clip.n_mels
+        )  # (K, F, frames)
+    return fit_frames(torch.log(power + LOG_EPS).numpy(), clip)
+
+
+def segment_windows(waveform: np.ndarray, sample_rate: int, centres_s: Sequence[float], clip: ClipSettings) -> np.ndarray:
+    """float32 (K, window samples): each segment's audio window (a short track repeated to
+    fill it); shared with the spectrogram of the runtimes without torch (adamml.runners)."""
     required = int(round(clip.audio_window_s * sample_rate))
-    windows = np.empty((k, required), np.float32)
+    windows = np.empty((len(centres_s), required), np.float32)
     for i, centre in enumerate(centres_s):
         start, stop = audio_window(waveform.size, sample_rate, float(centre), clip.audio_window_s)
         piece = waveform[start:stop]
         if piece.size < required:  # short track: repeat it to fill the window
             piece = np.tile(piece, -(-required // piece.size))[:required]
         windows[i] = piece
-    hop, win = _hop_and_win(sample_rate, clip)
-    with torch.no_grad():
-        power = power_spectrogram(
-            torch.from_numpy(windows), sample_rate, clip.spectrogram, clip.n_fft, win, hop, clip.n_mels
-        )  # (K, F, frames)
-    spec = torch.log(power + LOG_EPS).numpy()
+    return windows
+
+
+def fit_frames(spec: np.ndarray, clip: ClipSettings) -> np.ndarray:
+    """(K, F, frames) log power -> float32 (K, 1, F, clip.audio_frames): the time axis cut or
+    zero-padded to the configured length."""
     if clip.audio_frames:
         have = spec.shape[-1]
         if have >= clip.audio_frames:

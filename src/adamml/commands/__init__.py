@@ -1,0 +1,1 @@
+"""The ``adamml`` sub-commands that are not next to one module they run."""
