@@ -68,3 +68,66 @@ def test_policy_stepped_on_one_segment_at_a_time_matches_forward_up_to_rounding(
             out, state = policy.step(policy.joint_features({s: x[:, k : k + 1] for s, x in inputs.items()})[:, 0], state)
             logits.append(out.logits)
     assert_same_function(torch.cat(logits, dim=1), whole.logits)
+
+
+# ---- the segment clock against predict --window ------------------------------------------
+
+FPS, RATE = 8, 8000
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    """An untrained tiny RGB + audio AdaMML, batch norm set from data so its outputs differ."""
+    from adamml.config import load_config
+    from adamml.models.adamml import build_adamml
+
+    # An audio window of 0.8 s and 4 frames at stride 2: a live segment is the clip's 7 frames.
+    cfg = load_config("tiny", [f"data.decode.fps={FPS}", "data.decode.short_side=32", f"data.decode.sample_rate={RATE}",
+                               "data.clip.audio_window_s=0.8", "model.modalities=[rgb,audio]"])
+    torch.manual_seed(0)
+    model = build_adamml(cfg.model, cfg.data.clip)
+    g = torch.Generator().manual_seed(3)
+    batch = {"rgb": torch.rand(4, 4, 4, 3, 32, 32, generator=g) * 4 - 2,
+             "audio": torch.randn(4, 4, 1, 64, 64, generator=g) * 3 - 6}
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None
+    model.train()
+    with torch.no_grad():
+        model(batch, mode="masked")
+    model.eval()
+    return model, "adamml", cfg.model, cfg, ["low", "mid", "high", "none"]
+
+
+@pytest.fixture(scope="module")
+def clip_file(tmp_path_factory):
+    from media import make_video
+
+    return make_video(tmp_path_factory.mktemp("live") / "clip.mp4", num_frames=56, fps=FPS, height=48, width=64,
+                      sample_rate=RATE, freq=700.0)
+
+
+def test_window_mode_on_a_paced_clip_equals_predict_window(bundle, clip_file) -> None:
+    """4 segments of 7 frames = one 3.5 s window of predict --window, whose evaluation clips
+    start at frames 0, 7, 14, 21 (linspace over the window): the same frames, the same audio
+    windows, so the same decisions, and the window's score equals the live window's running
+    score after its 4th segment."""
+    from numerics import assert_same_function
+
+    from adamml.inference.live import run_live
+    from adamml.inference.windows import predict_windows
+
+    timeline = predict_windows(clip_file, bundle, window_s=3.5)
+    run = run_live(bundle, str(clip_file), mode="window", window=4, pace=8.0, on_full="block", follow_idle_s=0.2)
+    events = list(run)
+    assert [e.index for e in events] == list(range(8))
+    assert [(e.start_s, e.end_s) for e in events[:2]] == [(0.0, 0.875), (0.875, 1.75)]
+    live_segments = [[m for m, d in e.decisions.items() if d] for e in events]
+    assert live_segments == [s for w in timeline.windows for s in w.segments]
+    assert len({tuple(s) for s in live_segments}) > 1  # the policy does not say the same everywhere
+    for w, last in enumerate((events[3], events[7])):
+        assert_same_function(torch.from_numpy(last.running_scores), torch.from_numpy(timeline.scores[w]).float())
+    assert run.summary.segments == 8 and run.summary.dropped_frames == 0
+    gflops = [sum(e.gflops for e in events[4 * w : 4 * w + 4]) for w in range(2)]
+    assert gflops == pytest.approx([w.gflops for w in timeline.windows], rel=1e-6)
