@@ -3,6 +3,9 @@ the budget held over time."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
@@ -131,3 +134,95 @@ def test_window_mode_on_a_paced_clip_equals_predict_window(bundle, clip_file) ->
     assert run.summary.segments == 8 and run.summary.dropped_frames == 0
     gflops = [sum(e.gflops for e in events[4 * w : 4 * w + 4]) for w in range(2)]
     assert gflops == pytest.approx([w.gflops for w in timeline.windows], rel=1e-6)
+
+
+# ---- back-pressure, lag, source errors ---------------------------------------------------
+
+
+def test_when_compute_falls_behind_segments_are_dropped_counted_and_nothing_queues(bundle, clip_file) -> None:
+    """Each segment's compute is made 3x slower than the stream: the lag rises, whole
+    segments are dropped (their frames counted) and at most 2 ever wait, so the lag stays
+    bounded."""
+    from adamml.inference.live import run_live
+
+    run = run_live(bundle, str(clip_file), pace=4.0, simulate_compute_s=0.6, queue_segments=2, follow_idle_s=0.2)
+    events = list(run)
+    summary = run.summary
+    assert summary.dropped_segments > 0
+    assert summary.dropped_frames == 7 * summary.dropped_segments
+    assert len(events) + summary.dropped_segments == 8  # every segment scored or counted as dropped
+    assert summary.queue_peak <= 2
+    lags = [e.lag_s for e in events]
+    assert max(lags) > 0.5  # behind the stream (unthrottled, this model keeps up) ...
+    assert max(lags) <= 3 * max(e.compute_s for e in events) + 0.5  # ... by a bounded amount: two queued + one computing
+    assert summary.realtime_fraction > 1.0  # it could not keep up, and says so
+    assert [e.dropped_frames for e in events] == sorted(e.dropped_frames for e in events)
+
+
+def test_max_lag_drops_what_would_be_scored_too_late(bundle, clip_file) -> None:
+    from adamml.inference.live import run_live
+
+    run = run_live(bundle, str(clip_file), pace=4.0, simulate_compute_s=0.6, queue_segments=8, max_lag_s=0.3,
+                   follow_idle_s=0.2)
+    events = list(run)
+    assert run.summary.dropped_segments > 0
+    # A segment is taken only while it is at most 0.3 s behind; then it computes (~0.6 s).
+    assert all(e.lag_s - e.compute_s <= 0.3 + 0.05 for e in events)
+
+
+def test_a_stream_that_breaks_off_keeps_the_events_before_the_error(bundle, tmp_path: Path, clip_file) -> None:
+    """A source cut mid-stream: the events so far come out, then one StreamError line, and
+    the summary holds the error."""
+    from test_stream import cut_inside_a_video_packet, write_ts
+
+    from adamml.data.stream import StreamError
+    from adamml.inference.live import run_live
+
+    whole = tmp_path / "whole.ts"
+    assert write_ts(whole, 4.0).wait(timeout=30) == 0
+    cut = cut_inside_a_video_packet(whole, tmp_path / "cut.ts", 2.5)
+    run = run_live(bundle, str(cut), follow_idle_s=0.2)
+    events = []
+    with pytest.raises(StreamError, match=r"cut\.ts: the stream broke off"):
+        for event in run:
+            events.append(event)
+    assert len(events) >= 1 and run.summary.segments == len(events)
+    assert run.summary.error is not None and "\n" not in run.summary.error
+
+
+# ---- the budget held over time -----------------------------------------------------------
+
+
+def test_budget_controller_holds_the_running_mean_cost_after_a_minute() -> None:
+    """A synthetic stream of margins whose scene changes twice (the policy wants more, then
+    less): the cost over the sliding minute stays within 10 % of B after the first minute."""
+    from adamml.inference.live import BudgetController
+
+    costs, policy = [2.0, 0.5], 0.1
+    span_s = 0.5
+    target = 0.5 * sum(costs)
+    controller = BudgetController(target, costs, policy, ["rgb", "audio"], horizon=int(60 / span_s))
+    rng = np.random.default_rng(0)
+    means = []
+    for i in range(1200):  # 10 minutes of 0.5 s segments
+        shift = (0.0, 2.0, -1.5)[i // 400]
+        margins = torch.tensor(rng.normal([0.5 + shift, 1.0 + shift], 1.5))
+        decisions = controller.thresholds.decide(margins[None, None])[0, 0]
+        cost = policy + float((decisions.double() * torch.tensor(costs)).sum())
+        controller.update(margins, cost)
+        means.append(controller.mean)
+    after_first_minute = np.array(means[120:])
+    assert np.abs(after_first_minute / target - 1).max() < 0.10
+    # It met the target by moving the thresholds, not by chance: the trained policy (0) overspends.
+    assert controller.report()["gap"] == pytest.approx(controller.mean / target - 1, abs=1e-6)
+
+
+def test_budget_on_a_live_run_reports_its_distance_from_b(bundle, clip_file) -> None:
+    from adamml.inference.budget import parse_budget
+    from adamml.inference.live import run_live
+
+    events = list(run_live(bundle, str(clip_file), budget=parse_budget("0.5"), on_full="block", follow_idle_s=0.2))
+    fusion = events[0].budget["target_gflops"] / 0.5
+    assert all(e.budget is not None for e in events)
+    assert events[-1].budget["mean_gflops"] == pytest.approx(np.mean([e.gflops for e in events]), rel=1e-5)
+    assert events[-1].budget["mean_gflops"] <= 1.25 * 0.5 * fusion  # held near B even over 8 segments

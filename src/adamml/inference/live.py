@@ -299,8 +299,8 @@ class BudgetController:
 
     def report(self) -> dict[str, float]:
         mean = self.mean
-        return {"target_gflops": round(self.target, 6), "mean_gflops": round(mean, 6),
-                "gap": round(mean / self.target - 1.0, 6) if self.target else 0.0}
+        return {"target_gflops": self.target, "mean_gflops": mean,
+                "gap": mean / self.target - 1.0 if self.target else 0.0}
 
 
 class LiveRun:
@@ -425,6 +425,7 @@ def _live_events(run: LiveRun, predictor, source: str, *, mode, window, running,
     stacked = any(MODALITIES[m].stacked for m in needed) or flow_needed
     sampling = clip if stacked else dataclasses.replace(clip, stack_length=0)
     queue = SegmentQueue(queue_segments, on_full)
+    speed = pace or 1.0  # stream seconds per wall second (a replay may run faster than real time)
     started = threading.Event()
     info: dict = {}
 
@@ -497,7 +498,7 @@ def _live_events(run: LiveRun, predictor, source: str, *, mode, window, running,
                                               per_seg, costs["policy"], modalities, horizon=horizon, initial=initial)
             start_s, end_s = item.index * span / seg_fps, (item.index * span + len(item.frames)) / seg_fps
             picked = time.perf_counter()
-            if max_lag_s is not None and picked - info["wall0"] - end_s > max_lag_s:
+            if max_lag_s is not None and picked - info["wall0"] - end_s / speed > max_lag_s:
                 dropped_segments += 1
                 dropped_frames += len(item.frames)
                 continue
@@ -557,7 +558,7 @@ def _live_events(run: LiveRun, predictor, source: str, *, mode, window, running,
                 gflops=gflops, top=_top(scores, names, topk), running=_top(running_scores, names, topk),
                 latency_s=round(latency, 4), wait_s=round(item.ready_at - item.last_frame_at, 4),
                 queue_s=round(picked - item.ready_at, 4), compute_s=round(done - picked, 4),
-                lag_s=round(done - info["wall0"] - end_s, 4), dropped_frames=dropped_frames,
+                lag_s=round(done - info["wall0"] - end_s / speed, 4), dropped_frames=dropped_frames,
                 dropped_segments=dropped_segments, budget=controller.report() if controller is not None else None,
                 scores=scores, running_scores=running_scores,
             )
@@ -585,7 +586,7 @@ def _live_events(run: LiveRun, predictor, source: str, *, mode, window, running,
             summary.latency_p95_s = float(np.percentile(latencies, 95))
             summary.wait_median_s = float(np.median(waits))
         if summary.duration_s:
-            summary.realtime_fraction = summary.compute_s / summary.duration_s
+            summary.realtime_fraction = summary.compute_s / (summary.duration_s / speed)
         if controller is not None:
             summary.budget = controller.report()
     if end is not None and end.error is not None:
