@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from adamml.config import ClipSettings, ModelConfig, PolicyConfig
+from adamml.errors import AdamMLError
 from adamml.models.policy import build_policy
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -226,3 +227,80 @@ def test_budget_on_a_live_run_reports_its_distance_from_b(bundle, clip_file) -> 
     assert all(e.budget is not None for e in events)
     assert events[-1].budget["mean_gflops"] == pytest.approx(np.mean([e.gflops for e in events]), rel=1e-5)
     assert events[-1].budget["mean_gflops"] <= 1.25 * 0.5 * fusion  # held near B even over 8 segments
+
+
+# ---- the command ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def checkpoint(bundle, tmp_path_factory) -> Path:
+    from adamml.config import to_dict
+    from adamml.runtime.checkpoint import save_checkpoint
+
+    model, _, model_cfg, cfg, names = bundle
+    path = tmp_path_factory.mktemp("ckpt") / "best.pt"
+    save_checkpoint({"kind": "adamml", "model": model.state_dict(), "config": to_dict(cfg),
+                     "model_config": to_dict(model_cfg), "class_names": names}, path)
+    return path
+
+
+def _live_command(*words: str) -> int:
+    import argparse
+
+    from adamml.commands import live
+
+    parser = argparse.ArgumentParser()
+    live.add_arguments(parser)
+    return live.run(parser.parse_args(list(words)))
+
+
+def test_live_command_prints_one_json_object_per_segment_and_records_the_timeline(
+        checkpoint, clip_file, tmp_path: Path, capsys) -> None:
+    import json
+
+    png = tmp_path / "timeline.png"
+    code = _live_command(str(clip_file), "--checkpoint", str(checkpoint), "--json", "--mode", "window", "4",
+                         "--follow-idle", "0.2", "--record", str(png))
+    assert code == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    segments, summary = lines[:-1], lines[-1]["summary"]
+    assert [s["index"] for s in segments] == list(range(8))
+    assert set(segments[0]) >= {"start_s", "end_s", "decisions", "gflops", "top", "running", "latency_s", "lag_s"}
+    assert summary["segments"] == 8 and summary["error"] is None
+    assert png.stat().st_size > 1000
+
+
+def test_live_command_on_a_broken_stream_prints_the_events_then_one_line(checkpoint, tmp_path: Path, capsys) -> None:
+    from test_stream import cut_inside_a_video_packet, write_ts
+
+    whole = tmp_path / "whole.ts"
+    assert write_ts(whole, 4.0).wait(timeout=30) == 0
+    cut = cut_inside_a_video_packet(whole, tmp_path / "cut.ts", 2.5)
+    code = _live_command(str(cut), "--checkpoint", str(checkpoint), "--follow-idle", "0.2")
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert out.count(" GFLOPs ") >= 2  # the segments before the break, then the summary
+    assert err.strip().count("\n") == 0 and "cut.ts: the stream broke off" in err
+    with pytest.raises(AdamMLError, match="--mode sideways"):
+        _live_command(str(cut), "--checkpoint", str(checkpoint), "--mode", "sideways")
+
+
+def test_ctrl_c_ends_the_live_command_with_its_summary(checkpoint, clip_file) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    script = ("import argparse, sys\nfrom adamml.commands import live\np = argparse.ArgumentParser()\n"
+              "live.add_arguments(p)\nsys.exit(live.run(p.parse_args(sys.argv[1:])))\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-c", script, str(clip_file), "--checkpoint", str(checkpoint),
+                             "--pace", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    first = proc.stdout.readline()  # a segment came out: the run is under way
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert " GFLOPs " in first
+    assert proc.returncode == 0, err
+    summary = out.strip().splitlines()[-1]
+    assert "segments of" in summary and summary.endswith("interrupted")
+    assert "Traceback" not in err

@@ -353,7 +353,7 @@ def run_live(
     follow_idle_s: float = 3.0,
     timeout_s: float = 10.0,
     queue_segments: int = 2,
-    on_full: str = "drop",
+    on_full: str = "auto",
     span_frames: int | None = None,
     format: str | None = None,
     simulate_compute_s: float = 0.0,
@@ -366,8 +366,10 @@ def run_live(
     by default the model's evaluation segment count). ``running``: segments in carry mode's
     running score. ``max_lag_s``: drop segments the model would reach further behind the
     stream. ``budget``: hold the mean cost over the last minute at B. ``pace``: replay a
-    finished file at that multiple of real time. ``on_full``: "drop" (live) or "block"
-    (lossless, for files). ``span_frames``: frames per segment (default :func:`segment_span`;
+    finished file at that multiple of real time. ``on_full``: "drop" (the oldest waiting
+    segment), "block" (the reader waits: nothing lost) or "auto": drop for URLs, cameras and
+    paced replays, block for files and pipes (what waits there stays on disk or in the
+    writer; ``max_lag_s`` then bounds the lag). ``span_frames``: frames per segment (default :func:`segment_span`;
     longer spans place the clip at the segment's centre). ``simulate_compute_s``: extra
     seconds of work per segment, to see how a slower machine would keep up.
     Source errors end the iteration with :class:`~adamml.data.stream.StreamError` after the
@@ -424,6 +426,10 @@ def _live_events(run: LiveRun, predictor, source: str, *, mode, window, running,
     source_obj = LiveSource(source, settings, pace=pace, follow_idle_s=follow_idle_s, timeout_s=timeout_s, format=format)
     stacked = any(MODALITIES[m].stacked for m in needed) or flow_needed
     sampling = clip if stacked else dataclasses.replace(clip, stack_length=0)
+    if on_full == "auto":
+        from adamml.data.stream import describe
+
+        on_full = "drop" if pace is not None or describe(source) in ("network", "camera") else "block"
     queue = SegmentQueue(queue_segments, on_full)
     speed = pace or 1.0  # stream seconds per wall second (a replay may run faster than real time)
     started = threading.Event()
