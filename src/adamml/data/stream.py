@@ -271,7 +271,9 @@ class LiveSource:
                 kinds = ", ".join(s.type for s in container.streams) or "none"
                 raise StreamError(f"{self.source}: has no video stream (streams found: {kinds})")
             vstream = container.streams.video[0]
-            vstream.thread_type = "AUTO"
+            # Slice threads only: frame threads hold frames back (one per thread) until later
+            # ones arrive, which is latency on a stream.
+            vstream.thread_type = "SLICE"
             astream = container.streams.audio[0] if container.streams.audio else None
             self.has_audio = astream is not None
             self.source_fps = rate = _frame_rate(vstream)

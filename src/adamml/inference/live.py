@@ -59,7 +59,8 @@ class LiveEvent:
     of the wall clock: ``latency_s`` from the arrival of the segment's last frame to its
     decision and score, of which ``wait_s`` waiting for its audio look-ahead, ``queue_s`` in
     the queue and ``compute_s`` computing; ``lag_s``: how far the result is behind the
-    stream (wall time since the first frame minus ``end_s``)."""
+    stream: the wall time since the stream's t = 0 minus the time stamp of the segment's last
+    frame (the stream's clock is anchored on the frame that arrived soonest after its time)."""
 
     index: int
     start_s: float
@@ -447,13 +448,14 @@ def _live_events(run: LiveRun, predictor, source: str, *, mode, window, running,
                     span = span_frames or segment_span(clip, rate, modalities)
                     offset = max(0, (span - sampling.segment_span) // 2)
                     local = clip_indices(np.array([offset]), sampling, span)[0]
-                    info.update(fps=rate, span=span, local=local, wall0=time.perf_counter(),
+                    info.update(fps=rate, span=span, local=local, wall0=float("inf"),
                                 has_audio=bool(source_obj.has_audio))
                     assembler = _Assembler(span, rate, clip, local, int(settings.sample_rate), bool(source_obj.has_audio))
                     started.set()
                 if isinstance(item, StreamFrame):
-                    if frames == 0:
-                        info["wall0"] = item.arrival
+                    # The stream's clock: the wall time of its t = 0, from the frame that came
+                    # soonest after its time stamp (the first frames may come late, in a burst).
+                    info["wall0"] = min(info["wall0"], item.arrival - item.index / info["fps"] / speed)
                     frames += 1
                 assembler.push(item)
                 while assembler.ready(final=False):
@@ -504,7 +506,8 @@ def _live_events(run: LiveRun, predictor, source: str, *, mode, window, running,
                                               per_seg, costs["policy"], modalities, horizon=horizon, initial=initial)
             start_s, end_s = item.index * span / seg_fps, (item.index * span + len(item.frames)) / seg_fps
             picked = time.perf_counter()
-            if max_lag_s is not None and picked - info["wall0"] - end_s / speed > max_lag_s:
+            last_frame_s = end_s - 1.0 / seg_fps  # the time stamp of its last frame
+            if max_lag_s is not None and picked - info["wall0"] - last_frame_s / speed > max_lag_s:
                 dropped_segments += 1
                 dropped_frames += len(item.frames)
                 continue
@@ -564,7 +567,7 @@ def _live_events(run: LiveRun, predictor, source: str, *, mode, window, running,
                 gflops=gflops, top=_top(scores, names, topk), running=_top(running_scores, names, topk),
                 latency_s=round(latency, 4), wait_s=round(item.ready_at - item.last_frame_at, 4),
                 queue_s=round(picked - item.ready_at, 4), compute_s=round(done - picked, 4),
-                lag_s=round(done - info["wall0"] - end_s / speed, 4), dropped_frames=dropped_frames,
+                lag_s=round(done - info["wall0"] - last_frame_s / speed, 4), dropped_frames=dropped_frames,
                 dropped_segments=dropped_segments, budget=controller.report() if controller is not None else None,
                 scores=scores, running_scores=running_scores,
             )
