@@ -1,1 +1,1 @@
-"""The ``adamml`` sub-commands that are not next to one module they run."""
+"""The ``adamml`` sub-commands: one module each (argparse, printing, exit codes) over the library."""

@@ -286,6 +286,58 @@ class PolicyNetwork(nn.Module):
         )
         return PolicyOutput(decisions=decisions, logits=logits, probs=logits.softmax(-1)[..., 1])
 
+    def joint_features(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """What the LSTM reads per segment: inputs from :meth:`policy_inputs`, each (B, K, ...)
+        -> (B, K, joint_dim). :meth:`forward` computes the same before its loop; a stream
+        calls it on one segment (K = 1) and hands the result to :meth:`step`."""
+        b, k = next(iter(inputs.values())).shape[:2]
+        extracted = run_many(
+            [(extractor, rearrange(inputs[source], "b k ... -> (b k) ...")) for source, extractor in self.extractors.items()],
+            self.execution,
+        )
+        feats = [self.joint_inputs[s](rearrange(self.feature_norms[s](y), "(b k) d -> b k d", b=b, k=k))
+                 for s, y in zip(self.extractors, extracted, strict=True)]
+        return self.joint(torch.stack(feats).sum(dim=0))
+
+    def step(
+        self,
+        features: torch.Tensor,
+        state: PolicyState | None = None,
+        *,
+        temperature: float = 1.0,
+        sample: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> tuple[PolicyOutput, PolicyState]:
+        """One segment of a stream: ``features`` (B, joint_dim) from :meth:`joint_features`,
+        ``state`` what the previous segment's call returned (None at the first). Returns the
+        segment's PolicyOutput (K = 1; deterministic decisions apply ``use_thresholds``) and
+        the state for the next segment. K steps give what :meth:`forward` gives on the K
+        segments at once (without noise)."""
+        b = features.shape[0]
+        if state is None:
+            prev, hidden = features.new_zeros(b, 2 * len(self.modalities)), None
+        else:
+            prev, hidden = state.prev, (state.h, state.c)
+        h, c = self.lstm(torch.cat([features, prev], dim=-1), hidden)
+        logits = torch.stack([self.heads[m](h) for m in self.modalities], dim=1)  # (B, M, 2)
+        scores = logits
+        if not sample:  # as forward: use iff logit(p_use) > threshold
+            shift = torch.stack([torch.zeros_like(self.use_thresholds), self.use_thresholds], dim=-1)
+            scores = logits - shift.to(logits)
+        decisions = gumbel_decisions(scores, temperature=temperature, sample=sample, generator=generator)
+        out = PolicyOutput(decisions=decisions[:, None], logits=logits[:, None], probs=logits.softmax(-1)[:, None, :, 1])
+        return out, PolicyState(h=h, c=c, prev=logits.flatten(1))
+
+
+@dataclass
+class PolicyState:
+    """What the policy carries from one segment to the next: the LSTM cell's (h, c), each
+    (B, hidden), and the segment's decision logits flattened, (B, 2M), its next input."""
+
+    h: torch.Tensor
+    c: torch.Tensor
+    prev: torch.Tensor
+
 
 def _policy_backbone(
     name: str, width_mult: float, in_channels: int, blocks: int | None = None
