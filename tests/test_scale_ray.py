@@ -266,6 +266,7 @@ def test_local_batch_engine_runs_the_model_under_the_execution_plan_and_predicts
     """The folder engine prepares the model once under the device's plan (fused, channels_last)
     and gives the file-by-file pipeline's predictions."""
     from adamml.inference.predict import load_predictor, planned, predict_videos
+
     from adamml.models.execution import FusedConv2d
     from adamml.scale.batch import local_records
 

@@ -476,3 +476,38 @@ def decode_frame_folder(
         source=str(folder),
         meta={"start": start, "end": end, "audio_file": str(found) if found else None},
     )
+
+
+class _ArrayFrame:
+    """A decoded RGB array where the resampler expects a PyAV frame."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+
+    def to_ndarray(self, format: str = "rgb24") -> np.ndarray:  # noqa: A002 - PyAV's name
+        return self.array
+
+
+def resample_frames(frames: np.ndarray, fps: float, settings: DecodeSettings) -> np.ndarray:
+    """Decoded RGB frames uint8 (N, H, W, 3) at ``fps`` -> what :func:`decode_video` gives for a
+    file holding them: the frame nearest each time k/``settings.fps`` (ties: the earlier),
+    resized to ``settings.short_side``."""
+    target = float(settings.fps or fps)
+    resampler = _FrameResampler(target, settings.short_side)
+    for i, frame in enumerate(frames):
+        resampler.push(i / fps, _ArrayFrame(frame))
+    resampler.finish((len(frames) - 1) / fps + 1.0 / fps)
+    return np.stack(resampler.out)
+
+
+def resample_audio(samples: np.ndarray, sample_rate: int, target_rate: int) -> np.ndarray:
+    """Mono float32 samples at ``sample_rate`` -> float32 at ``target_rate``, with the resampler
+    decoding a file uses (FFmpeg's swresample), clipped to [-1, 1] as decoding clips."""
+    collector = _AudioCollector(int(target_rate))
+    if len(samples):
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples, np.float32).reshape(1, -1),
+                                           format="flt", layout="mono")
+        frame.sample_rate = int(sample_rate)
+        frame.pts = None
+        collector.push(frame)
+    return collector.finish()

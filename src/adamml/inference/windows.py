@@ -1,4 +1,4 @@
-"""Long videos in ``adamml predict --window SECONDS``: class scores and modality decisions per
+"""Long videos (``Model.predict_windows``, ``adamml predict --window SECONDS``): class scores and modality decisions per
 window, a timeline in the JSON and as a PNG.
 
 The file is read once, front to back (:func:`stream_windows`): frames are resampled and resized
@@ -22,6 +22,11 @@ import torch
 
 from adamml.config import ClipSettings, DecodeSettings
 from adamml.data.types import VideoDecodeError
+from adamml.errors import AdamMLError
+
+
+class WindowError(AdamMLError, ValueError):
+    """A window length that is not a positive number of seconds."""
 
 
 @dataclass
@@ -58,8 +63,8 @@ def stream_windows(
     )
 
     path = Path(path)
-    if window_s <= 0:
-        raise ValueError(f"window must be positive, got {window_s} s")
+    if not (window_s > 0 and np.isfinite(window_s)):
+        raise WindowError(f"window must be a positive number of seconds, got {window_s}")
     fps, rate_out = float(settings.fps), int(settings.sample_rate)
     per_window = max(1, round(window_s * fps))
     container = _open(path)
@@ -200,35 +205,29 @@ class Timeline:
 
 
 @torch.no_grad()
-def predict_windows(video: str | Path, bundle, *, window_s: float, topk: int = 5, device: str = "cpu",
-                    predictor=None) -> Timeline:
-    """Classify each ``window_s`` window of ``video``; ``bundle`` is load_predictor's tuple.
+def predict_windows(video: str | Path, predictor, *, window_s: float, topk: int = 5) -> Timeline:
+    """Classify each ``window_s`` window of ``video`` with a
+    :class:`~adamml.inference.pipeline.Predictor` (the model prepared once for many videos).
 
     Each window goes through the staged pipeline of ``adamml predict`` (the execution plan,
     the policy, flow only for the segments whose flow network it selected, the selected
-    networks only); only decoding differs (one streaming pass for the whole file).
-    ``predictor``: one made from ``bundle`` already (the model prepared once for many videos)."""
-    from adamml.inference.pipeline import Predictor, Prepared
+    networks only); only decoding differs (one streaming pass for the whole file)."""
+    import warnings
 
-    _, _, model_cfg, cfg, class_names = bundle
-    predictor = predictor or Predictor(*bundle, device=device)
-    clip = cfg.data.clip
-    segments = cfg.data.eval_segments or clip.num_segments
-    modalities = list(model_cfg.modalities)
+    from adamml.data.video import MissingAudioWarning
+
+    if not (window_s > 0 and np.isfinite(window_s)):
+        raise WindowError(f"window must be a positive number of seconds, got {window_s}")
+    class_names = predictor.class_names
+    clip = predictor.cfg.data.clip
+    modalities = list(predictor.modalities)
     timeline = Timeline(video=str(video), window_s=window_s, duration_s=0.0, modalities=modalities)
     all_scores, all_decisions = [], []
-    for window in stream_windows(video, cfg.data.decode, window_s, audio_margin_s=clip.audio_window_s / 2):
+    for window in stream_windows(video, predictor.cfg.data.decode, window_s, audio_margin_s=clip.audio_window_s / 2):
         if window.audio_missing and not timeline.audio_missing and "audio" in predictor.needed:
-            import warnings
-
-            from adamml.data.video import MissingAudioWarning
-
             warnings.warn(f"{video}: has no audio track; its spectrograms are all zeros", MissingAudioWarning, stacklevel=2)
         timeline.audio_missing = window.audio_missing
-        batch, indices = window_sample(window, predictor.needed, clip, segments, predictor.flow_method, predictor.frame_subsets)
-        prepared = Prepared(video=str(video), batch={k: v.to(predictor.device) for k, v in batch.items()},
-                            decoded=window, indices=indices)
-        prediction = predictor.finish(prepared, topk=len(class_names))  # every class, best first
+        prediction = predictor.finish(predictor.prepare_window(window, str(video)), topk=len(class_names))  # every class
         score_of = dict(prediction.top)
         probs = np.array([score_of[c] for c in class_names])
         decisions = np.array([[float(m in ran) for m in modalities] for ran in prediction.segments])
@@ -312,52 +311,10 @@ def format_timeline(timeline: Timeline) -> list[str]:
     return lines
 
 
-def run_windowed(args, bundle) -> int:
-    """``adamml predict --window``: a timeline per video, as text or JSON, and PNGs."""
-    import json
-    import sys
-    import warnings
-
-    if args.window <= 0:
-        print(f"adamml predict: --window must be positive, got {args.window}", file=sys.stderr)
-        return 2
-    from adamml.inference.pipeline import Predictor
-
-    class_names = bundle[4]
-    predictor = Predictor(*bundle, device=args.device)  # the model prepared once for every video
-    timelines, failures = [], []
-    for video in args.videos:
-        try:
-            with warnings.catch_warnings():
-                if args.json:
-                    warnings.simplefilter("ignore")
-                timeline = predict_windows(video, bundle, window_s=args.window, topk=args.topk, device=args.device,
-                                           predictor=predictor)
-        except VideoDecodeError as exc:
-            failures.append({"video": video, "error": str(exc)})
-            continue
-        timelines.append(timeline)
-        if args.timeline:
-            target = Path(args.timeline)
-            if not (target.suffix.lower() == ".png" and len(args.videos) == 1):
-                target = target / f"{Path(video).stem}.timeline.png"
-            plot_timeline(timeline, class_names, target)
-            if not args.json:
-                print(f"timeline plot: {target}")
-    if args.json:
-        print(json.dumps({"timelines": [t.to_json() for t in timelines], "failures": failures}, indent=2))
-    else:
-        for t in timelines:
-            print("\n".join(format_timeline(t)))
-        for f in failures:
-            print(f"{f['video']}: FAILED: {f['error']}", file=sys.stderr)
-    return 1 if failures else 0
-
-
 def _clock(seconds: float) -> str:
     minutes, s = divmod(seconds, 60)
     return f"{int(minutes)}:{s:04.1f}" if minutes < 60 else f"{int(minutes // 60)}:{int(minutes % 60):02d}:{s:04.1f}"
 
 
-__all__ = ["Window", "Timeline", "stream_windows", "window_sample", "predict_windows", "plot_timeline",
-           "format_timeline", "run_windowed"]
+__all__ = ["Window", "Timeline", "WindowError", "stream_windows", "window_sample", "predict_windows",
+           "plot_timeline", "format_timeline"]
