@@ -57,14 +57,16 @@ def option_problems(args: argparse.Namespace) -> list[str]:
     """Every option that is wrong or cannot be honoured with the others, one line each."""
     from adamml.inference.budget import BudgetError, parse_budget
 
-    problems = []
+    problems, wrong = [], set()  # an option already said to be wrong gets no second line
     if args.budget is not None:
         try:
             parse_budget(args.budget)
         except BudgetError as exc:
             problems.append(f"--budget: {exc}")
+            wrong.add("budget")
     if args.window is not None and not (math.isfinite(args.window) and args.window > 0):
         problems.append(f"--window must be a positive number of seconds, got {args.window}")
+        wrong.add("window")
     if args.topk < 1:
         problems.append(f"--topk must be at least 1, got {args.topk}")
     if args.timeline is not None and args.window is None:
@@ -74,10 +76,10 @@ def option_problems(args: argparse.Namespace) -> list[str]:
             problems.append(f"--engine {args.engine} writes JSON lines: give --out predictions.jsonl")
         return problems
     # --out streams one line per video, resumably: nothing that needs every video at once.
-    if args.budget is not None:
+    if args.budget is not None and "budget" not in wrong:
         problems.append("--budget fits the thresholds over all the videos of one call, which --out (resumable, "
                         "one video at a time) cannot do: run without --out, or train to a budget")
-    if args.window is not None:
+    if args.window is not None and "window" not in wrong:
         problems.append("--window gives a timeline per video, which --out's JSON lines do not hold: run without --out")
     if args.profile:
         problems.append("--profile prints per-video timings, which --out does not: run without --out")

@@ -97,7 +97,7 @@ def prediction_record(prediction) -> dict[str, Any]:
         "classes": [name for name, _ in prediction.top],
         "scores": [round(score, 6) for _, score in prediction.top],
         "decisions": prediction.segments,
-        "gflops": round(prediction.gflops, 6),
+        "gflops": float(f"{prediction.gflops:.9g}"),  # significant digits: tiny models cost 1e-2 GFLOPs
         "audio_missing": prediction.audio_missing,
     }
 
