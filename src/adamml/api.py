@@ -9,6 +9,7 @@ place and returns :class:`~adamml.results.Prediction` objects.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import math
 import warnings
 from collections.abc import Sequence
@@ -78,12 +79,12 @@ def checkpoint_digest(path: str | Path) -> str:
 def _read_state(path: Path) -> dict[str, Any]:
     """The checkpoint dict of a training checkpoint or of an exported model folder."""
     if path.is_dir():
-        try:
-            from adamml.export.package import read_package  # optional: the export feature
+        try:  # optional: the export feature, where it is installed
+            package = importlib.import_module("adamml.export.package")
         except ImportError:
             raise AdamMLError(f"{path}: an exported model folder, but this installation cannot read it "
                               "(adamml.export is not available)") from None
-        return read_package(path)
+        return package.read_package(path)
     from adamml.runtime.checkpoint import load_checkpoint  # torch: on first use, not on import
 
     return load_checkpoint(path)

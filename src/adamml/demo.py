@@ -23,7 +23,6 @@ from adamml.evaluation.evaluate import evaluate_run
 from adamml.runtime import runs
 from adamml.runtime.checkpoint import load_checkpoint
 from adamml.runtime.distributed import Runtime
-from adamml.stages import STAGES
 from adamml.training.schedule import adamml_schedule
 from adamml.training.stages import run_recipe
 
@@ -88,8 +87,8 @@ def run(args: argparse.Namespace) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "demo_config.yaml")
     runtime = Runtime()
-    for number, stage in enumerate(STAGES, 1):
-        label = f"{number + 2}/5 stage {number}: {STAGES[stage].title}"
+    for number, stage in enumerate(runs.STAGES, 1):
+        label = f"{number + 2}/5 stage {number}: {runs.STAGE_TABLE[stage].title}"
         t = time.time()
         _say(label)
         done = _stage_done(run_dir, stage, cfg)
@@ -117,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _stage_done(run_dir: Path, stage: str, cfg) -> bool:
-    folders = [run_dir / name for name in STAGES[stage].folder_names(cfg.model.modalities, cfg.model.fusion)]
+    folders = [run_dir / name for name in runs.STAGE_TABLE[stage].folder_names(cfg.model.modalities, cfg.model.fusion)]
     return all((folder / runs.BEST).exists() and _finished(folder) for folder in folders)
 
 
@@ -128,7 +127,7 @@ def _finished(stage_path: Path) -> bool:
         return False
     state = load_checkpoint(last)
     cfg = config_from_dict(state["config"], "config")
-    row = STAGES[state["kind"]]
+    row = runs.STAGE_TABLE[state["kind"]]
     schedule = getattr(cfg.train, row.schedule)
     total = len(adamml_schedule(schedule)) if row.adaptive else schedule.epochs
     return state["epoch"] >= total

@@ -42,8 +42,7 @@ from adamml.models.execution import PRECISIONS, ExecutionPlan
 from adamml.models.flops import modality_costs
 from adamml.runtime.distributed import Runtime, setup, teardown
 from adamml.runtime.files import atomic_write_text
-from adamml.runtime.runs import find_stage_checkpoints
-from adamml.stages import stage
+from adamml.runtime.runs import find_stage_checkpoints, stage
 
 
 @dataclass

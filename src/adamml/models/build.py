@@ -18,7 +18,7 @@ from adamml.errors import AdamMLError
 from adamml.modalities.table import input_modalities as modality_inputs
 from adamml.models.backbones import PretrainedWeightsError, read_state_dict
 from adamml.runtime.checkpoint import CheckpointError, load_checkpoint
-from adamml.stages import Stage, stage
+from adamml.runtime.runs import Stage, stage
 
 
 def build_model(kind: str, model_cfg: ModelConfig, clip: ClipSettings) -> nn.Module:
