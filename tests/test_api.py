@@ -65,16 +65,28 @@ def _scores(top) -> dict[str, float]:
     return {name: float(score) for name, score in top}
 
 
-def test_the_readme_example_runs(checkpoint: Path, video: Path) -> None:
-    import adamml
+def test_the_documented_example_runs_as_written(checkpoint: Path, video: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    """docs/api.md's first Python block, run verbatim in a folder holding a run and two videos."""
+    import shutil
 
-    model = adamml.load(checkpoint, device="cpu")
-    result = model.predict(str(video))
-    print(result.top[0], result.gflops)
-    assert isinstance(result, adamml.Prediction)
-    assert result.top[0][0] in model.class_names and len(result.segments) == model.segments == 4
+    text = (Path(__file__).resolve().parents[1] / "docs" / "api.md").read_text()
+    example = text.split("```python\n", 1)[1].split("```", 1)[0]
+    assert len(example.strip().splitlines()) == 10
+    (tmp_path / "runs" / "default" / "adamml").mkdir(parents=True)
+    shutil.copy(checkpoint, tmp_path / "runs" / "default" / "adamml" / "best.pt")
+    shutil.copy(video, tmp_path / "video.mp4")
+    make_video(tmp_path / "other.mp4", num_frames=40, fps=10.0, seed=3)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(example, "docs/api.md", "exec"), {})
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith(str(CLASSES)) and "GFLOPs" in printed[1] and printed[2].startswith("2 ")
+
+
+def test_a_model_says_what_it_is(model) -> None:
+    assert model.class_names == CLASSES and model.modalities == ["rgb", "audio"] and model.kind == "adamml"
+    assert model.segments == 4 and model.adaptive
     assert set(model.gflops) == {"rgb", "audio", "policy"} and model.gflops["policy"] > 0
-    assert model.plan.device == "cpu" and model.modalities == ["rgb", "audio"]
+    assert model.plan.device == "cpu"
     assert model.thresholds.probabilities() == {"rgb": 0.5, "audio": 0.5}  # the trained argmax
 
 

@@ -15,7 +15,8 @@ The public names are loaded on first use, so ``import adamml`` imports neither t
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (a third of the import time)
 
 __version__ = "0.1.0"
 
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
     from adamml.results import Prediction
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     if name in _PUBLIC:
         value = getattr(importlib.import_module(_PUBLIC[name]), name)
         globals()[name] = value  # once: later look-ups skip this function
