@@ -16,12 +16,10 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import av
 import numpy as np
 import torch
 
 from adamml.config import ClipSettings, DecodeSettings
-from adamml.data.types import VideoDecodeError
 from adamml.errors import AdamMLError
 
 
@@ -53,94 +51,52 @@ def stream_windows(
 ) -> Iterator[Window]:
     """Yield consecutive windows of ``window_s`` seconds (the last may be shorter), decoding the
     file once and holding only the current window (and ``audio_margin_s`` of audio around it)."""
-    from adamml.data.video import (
-        _AudioCollector,
-        _frame_rate,
-        _frame_times,
-        _FrameResampler,
-        _open,
-        _video_frames,
-    )
+    from adamml.data.video import stream_media  # PyAV: only when a file is read
 
-    path = Path(path)
     if not (window_s > 0 and np.isfinite(window_s)):
         raise WindowError(f"window must be a positive number of seconds, got {window_s}")
     fps, rate_out = float(settings.fps), int(settings.sample_rate)
     per_window = max(1, round(window_s * fps))
-    container = _open(path)
-    with container:
-        if not container.streams.video:
-            raise VideoDecodeError(f"{path}: has no video stream")
-        vstream = container.streams.video[0]
-        vstream.thread_type = "AUTO"
-        astream = container.streams.audio[0] if container.streams.audio else None
-        streams = [vstream] + ([astream] if astream is not None else [])
-        resampler = _FrameResampler(fps, settings.short_side)
-        audio = _AudioCollector(rate_out) if astream is not None else None
-        frames: list[np.ndarray] = []  # output frames from frame index `first`
-        first = 0
-        samples: list[np.ndarray] = []  # audio from sample index `audio_first`
-        audio_first = 0
-        audio_count = 0
-        audio_done = audio is None
-        index = 0
-        margin = int(round(audio_margin_s * rate_out))
+    frames: list[np.ndarray] = []  # output frames from frame index `first`
+    first = 0
+    samples: list[np.ndarray] = []  # audio from sample index `audio_first`
+    audio_first = 0
+    audio_count = 0
+    has_audio = True
+    index = 0
+    margin = int(round(audio_margin_s * rate_out))
 
-        def drain_audio() -> None:
-            nonlocal audio_count
-            if audio is not None and audio.chunks:
-                samples.extend(audio.chunks)
-                audio_count += sum(len(c) for c in audio.chunks)
-                audio.chunks.clear()
+    def ready(final: bool) -> bool:
+        have_frames = len(frames) >= per_window or (final and frames)
+        end = int(round((first + per_window) / fps * rate_out)) + margin
+        return bool(have_frames) and (not has_audio or final or audio_count >= end)
 
-        def ready(final: bool) -> bool:
-            have_frames = len(frames) >= per_window or (final and frames)
-            end = int(round((first + per_window) / fps * rate_out)) + margin
-            return bool(have_frames) and (audio_done or final or audio_count >= end)
+    def emit() -> Window:
+        nonlocal frames, first, samples, audio_first, index
+        take = frames[:per_window]
+        start_s = first / fps
+        lo = max(0, int(round(start_s * rate_out)) - margin)
+        hi = int(round((first + len(take)) / fps * rate_out)) + margin
+        joined = np.concatenate(samples) if samples else np.zeros(0, np.float32)
+        piece = joined[max(0, lo - audio_first) : max(0, hi - audio_first)]
+        window = Window(index, start_s, np.stack(take), fps, np.clip(piece, -1, 1).astype(np.float32),
+                        max(lo, audio_first) / rate_out, rate_out, not has_audio)
+        # Drop what no later window needs: its frames, and audio before the next margin.
+        frames = frames[per_window:]
+        first += len(take)
+        keep_from = max(0, int(round(first / fps * rate_out)) - margin)
+        rest = joined[max(0, keep_from - audio_first) :]
+        samples = [rest] if rest.size else []
+        audio_first = max(audio_first, keep_from)
+        index += 1
+        return window
 
-        def emit() -> Window:
-            nonlocal frames, first, samples, audio_first, index
-            take = frames[:per_window]
-            start_s = first / fps
-            lo = max(0, int(round(start_s * rate_out)) - margin)
-            hi = int(round((first + len(take)) / fps * rate_out)) + margin
-            joined = np.concatenate(samples) if samples else np.zeros(0, np.float32)
-            piece = joined[max(0, lo - audio_first) : max(0, hi - audio_first)]
-            window = Window(index, start_s, np.stack(take), fps, np.clip(piece, -1, 1).astype(np.float32),
-                            max(lo, audio_first) / rate_out, rate_out, audio is None)
-            # Drop what no later window needs: its frames, and audio before the next margin.
-            frames = frames[per_window:]
-            first += len(take)
-            keep_from = max(0, int(round(first / fps * rate_out)) - margin)
-            rest = joined[max(0, keep_from - audio_first) :]
-            samples = [rest] if rest.size else []
-            audio_first = max(audio_first, keep_from)
-            index += 1
-            return window
-
-        last_t = None
-        try:
-            for t, frame in _frame_times(_video_frames(container, streams, audio, path), _frame_rate(vstream)):
-                resampler.push(t, frame)
-                last_t = t
-                frames.extend(resampler.out)
-                resampler.out.clear()
-                drain_audio()
-                while ready(final=False):
-                    yield emit()
-        except (av.error.FFmpegError, OSError) as exc:
-            raise VideoDecodeError(f"{path}: decoding failed ({exc}); the file may be truncated") from None
-        if last_t is None:
-            raise VideoDecodeError(f"{path}: no video frame could be decoded")
-        resampler.finish(last_t + 1.0 / _frame_rate(vstream))
-        frames.extend(resampler.out)
-        resampler.out.clear()
-        if audio is not None:
-            samples.append(audio.finish())
-            audio_count += len(samples[-1])
-            audio.chunks.clear()
-        audio_done = True
-        while ready(final=True):
+    for chunk in stream_media(Path(path), settings):
+        has_audio = chunk.has_audio
+        frames.extend(chunk.frames)
+        samples.extend(chunk.audio)
+        audio_count += sum(len(piece) for piece in chunk.audio)
+        while ready(final=chunk.final):
             yield emit()
 
 
