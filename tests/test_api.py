@@ -244,6 +244,8 @@ def test_predict_out_refuses_what_it_cannot_honour_one_line_each(checkpoint: Pat
         assert main([*common, *option]) == 2, option
         (line,) = capsys.readouterr().err.strip().splitlines()
         assert option[0] in line
+    assert main([*common, "--engine", "ray", "--budget", "0.1"]) == 2  # refused before Ray starts
+    assert "--budget" in capsys.readouterr().err
     assert not out.exists()  # refused before anything was written
     assert main(["predict", str(video), "--checkpoint", str(checkpoint), "--window", "nan"]) == 2
 
