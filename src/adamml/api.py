@@ -49,7 +49,7 @@ class Embedding:
 def resolve_checkpoint(path: str | Path) -> Path:
     """A checkpoint file, a stage folder or a run folder -> the file (a run: its last stage's
     best.pt) or, for an exported model folder, the folder."""
-    from adamml.runtime.runs import best_checkpoint
+    from adamml.runtime.runs import best_checkpoint  # on first use: `import adamml` stays light
 
     path = Path(path)
     if path.is_file():
@@ -91,7 +91,7 @@ def _read_state(path: Path) -> dict[str, Any]:
 
 
 def _parse_budget(budget):
-    from adamml.inference.budget import Budget, parse_budget
+    from adamml.inference.budget import Budget, parse_budget  # torch: on first use
 
     if budget is None or isinstance(budget, Budget):
         return budget
@@ -115,7 +115,7 @@ def load(path: str | Path, device: str = "cpu", budget: str | float | None = Non
     source = resolve_checkpoint(path)
     parsed = _parse_budget(budget)  # before reading the file: a typo fails at once
     from adamml.models.build import model_from_state  # torch and the networks, on first use
-    from adamml.models.execution import PRECISIONS, ExecutionPlan
+    from adamml.models.execution import PRECISIONS, ExecutionPlan  # torch: on first use
 
     if precision not in PRECISIONS:
         raise AdamMLError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
@@ -128,7 +128,7 @@ class Model:
     """A trained model: its classes, modalities, costs and device plan, and the ways to predict."""
 
     def __init__(self, loaded, *, plan, budget=None, source: str | Path = "") -> None:
-        from adamml.inference.pipeline import Predictor
+        from adamml.inference.pipeline import Predictor  # torch: on first use
 
         self.predictor = Predictor(loaded, plan=plan)
         self.loaded = loaded
@@ -176,7 +176,7 @@ class Model:
         network); a budget replaces them per call."""
         if not self.adaptive:
             return None
-        from adamml.inference.budget import Thresholds
+        from adamml.inference.budget import Thresholds  # torch: on first use
 
         margins = tuple(float(t) for t in self.predictor.model.policy.use_thresholds.tolist())
         return Thresholds(tuple(self.modalities), margins, 0.0)
@@ -210,7 +210,7 @@ class Model:
             raise ArrayError("give a video path (or a list of them) or frames=... with fps=...")
         if isinstance(videos, str | Path):
             return self._finish([self.predictor.prepare(videos)], budget, topk)[0]
-        from adamml.data.types import VideoDecodeError
+        from adamml.data.types import VideoDecodeError  # on first use: `import adamml` stays light
 
         prepared = []
         for video in videos:
@@ -234,7 +234,7 @@ class Model:
     def predict_windows(self, path: str | Path, seconds: float, *, topk: int = 5):
         """A :class:`~adamml.inference.windows.Timeline`: the video read once, front to back,
         and classified per window of ``seconds`` (K segments each), with bounded memory."""
-        from adamml.inference.windows import predict_windows
+        from adamml.inference.windows import predict_windows  # torch: on first use
 
         return predict_windows(path, self.predictor, window_s=float(seconds), topk=topk)
 
@@ -257,8 +257,12 @@ class Model:
     def _prepare_arrays(self, frames, fps, audio, sample_rate):
         """Decoded arrays -> the sample a file holding them gives: frames and audio resampled and
         resized as decoding does, then cut as one whole-clip window."""
-        from adamml.data.video import MissingAudioWarning, resample_audio, resample_frames
-        from adamml.inference.windows import Window
+        from adamml.data.video import (  # PyAV: on first use
+            MissingAudioWarning,
+            resample_audio,
+            resample_frames,
+        )
+        from adamml.inference.windows import Window  # torch: on first use
 
         settings = self.loaded.cfg.data.decode
         frames = _check_frames(frames, fps)

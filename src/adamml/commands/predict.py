@@ -3,7 +3,9 @@
 Files one by one (text or ``--json``), the windows of long videos (``--window``), or a corpus
 into JSON lines with a resumable manifest (``--out``, in this process or on Ray). Every path
 goes through :func:`adamml.load` and its :class:`~adamml.api.Model`; this module only parses,
-checks the options against each other, prints and picks the exit code.
+checks the options against each other, prints and picks the exit code. The library is
+imported inside the functions that use it, so building the parser (``adamml --help``) imports
+neither torch nor PyAV.
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from einops import rearrange
 from torch.utils.data import default_collate
 
 from adamml.data.datasets import VideoDataset, policy_frame_subsets
@@ -34,6 +35,8 @@ from adamml.data.sampling import sample_indices
 from adamml.data.types import VideoEntry
 from adamml.evaluation.metrics import gflops_per_video
 from adamml.inference.budget import Budget, Thresholds, fit_thresholds, use_margins
+from adamml.modalities.spatial import choose_crop
+from adamml.modalities.table import MODALITIES
 from adamml.models.build import LoadedModel, ModelSpec
 from adamml.models.execution import ExecutionPlan
 from adamml.models.flops import modality_costs
@@ -113,8 +116,6 @@ def prediction_dataset(videos: Sequence[str | Path], spec: ModelSpec, flow: str 
     computed with ``flow``, by default the method it was trained with). Needs no network, so
     decoding can run elsewhere (a Ray task) than the model; :meth:`Predictor.prepare_samples`
     takes its samples."""
-    from adamml.modalities.table import MODALITIES
-
     cfg = spec.cfg
     decode = cfg.data.decode
     needed = spec.input_modalities()
@@ -244,7 +245,6 @@ class Predictor:
     def add_flow(self, prepared: Prepared, segments: np.ndarray) -> None:
         """Flow tensors for the given segments only (zeros elsewhere, never read); B = 1."""
         from adamml.modalities.flow import flow_clip  # OpenCV's flow only when a flow net runs
-        from adamml.modalities.spatial import choose_crop
 
         start = time.perf_counter()
         clip = self.cfg.data.clip
@@ -311,8 +311,6 @@ class Predictor:
 
     def features(self, prepared: Prepared) -> dict[str, torch.Tensor]:
         """Each sub-network's (B, K, D) features on every segment (flow computed everywhere)."""
-        from einops import rearrange
-
         if self.defer_flow and "flow" not in prepared.batch:
             self.add_flow(prepared, np.arange(self._segments(prepared)))
         out = {}

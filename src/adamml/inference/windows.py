@@ -12,6 +12,7 @@ modalities run, and only those run.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,7 +21,12 @@ import numpy as np
 import torch
 
 from adamml.config import ClipSettings, DecodeSettings
+from adamml.data.datasets import cut_modalities
+from adamml.data.sampling import sample_indices
+from adamml.data.types import DecodedVideo
 from adamml.errors import AdamMLError
+from adamml.modalities.spatial import choose_crop
+from adamml.modalities.table import MODALITIES
 
 
 class WindowError(AdamMLError, ValueError):
@@ -108,12 +114,7 @@ def window_sample(window: Window, modalities: list[str], clip: ClipSettings, num
     window's own audio, margin included). Every modality is cut by the modality table, as a
     dataset does (the same normalisation); ``frame_subsets`` as in VideoDataset; flow (when
     asked for) from ``flow_method``."""
-    from adamml.data.datasets import cut_modalities
-    from adamml.data.sampling import sample_indices
-    from adamml.data.types import DecodedVideo
-    from adamml.modalities.flow import compute_flow
-    from adamml.modalities.spatial import choose_crop
-    from adamml.modalities.table import MODALITIES
+    from adamml.modalities.flow import compute_flow  # OpenCV: only for a model that reads flow
 
     needs_stack = any(MODALITIES[m].stacked for m in modalities)
     sampling = clip if needs_stack else ClipSettings(**{**asdict(clip), "stack_length": 0})
@@ -168,9 +169,7 @@ def predict_windows(video: str | Path, predictor, *, window_s: float, topk: int 
     Each window goes through the staged pipeline of ``adamml predict`` (the execution plan,
     the policy, flow only for the segments whose flow network it selected, the selected
     networks only); only decoding differs (one streaming pass for the whole file)."""
-    import warnings
-
-    from adamml.data.video import MissingAudioWarning
+    from adamml.data.video import MissingAudioWarning  # PyAV: only when a file is read
 
     if not (window_s > 0 and np.isfinite(window_s)):
         raise WindowError(f"window must be a positive number of seconds, got {window_s}")
@@ -209,7 +208,8 @@ def predict_windows(video: str | Path, predictor, *, window_s: float, topk: int 
 
 def plot_timeline(timeline: Timeline, class_names: list[str], path: str | Path, *, classes: int = 5) -> Path:
     """Top classes' scores over time (above) and, per modality, the segments it ran on (below)."""
-    import matplotlib
+    import matplotlib  # only to plot: a second of imports
+
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

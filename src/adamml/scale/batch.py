@@ -19,6 +19,7 @@ import json
 import os
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,8 +114,6 @@ def error_record(video: str, exc: BaseException) -> dict[str, Any]:
 def local_records(videos: list[str], model, *, topk: int = 5) -> Iterator[dict[str, Any]]:
     """``--engine local``: each video through ``model.predict`` (an :class:`adamml.Model`), one
     after the other in this process: the predictions ``adamml predict`` gives file by file."""
-    import warnings
-
     for video in videos:
         try:
             with warnings.catch_warnings():

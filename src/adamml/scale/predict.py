@@ -107,7 +107,7 @@ def ray_records(
     """
     ray = connect(address)
     quiet_ray_data(ray)
-    from adamml.api import resolve_checkpoint
+    from adamml.api import resolve_checkpoint  # the layer above: its checkpoint resolution, once
     from adamml.models.build import model_from_checkpoint
 
     checkpoint = resolve_checkpoint(checkpoint)
