@@ -39,6 +39,7 @@ from adamml.inference.budget import parse_budget, use_margins
 from adamml.inference.live import run_live
 from adamml.inference.pipeline import Predictor
 from adamml.models.adamml import build_adamml
+from adamml.models.build import LoadedModel
 
 MODELS = {
     "default": ("default", ["model.pretrained={}", "model.policy.pretrained={}"]),
@@ -139,8 +140,8 @@ def build(name: str):
     cfg = load_config(config, overrides)
     torch.manual_seed(0)
     model = build_adamml(cfg.model, cfg.data.clip).eval()
-    bundle = (model, "adamml", cfg.model, cfg, [str(i) for i in range(cfg.model.num_classes)])
-    return bundle, Predictor(*bundle)
+    bundle = LoadedModel("adamml", cfg.model, cfg, [str(i) for i in range(cfg.model.num_classes)], network=model)
+    return bundle, Predictor(bundle)
 
 
 def rss_mib() -> float:
@@ -170,7 +171,7 @@ def median_rgb_margin(predictor, path: Path) -> float:
 
 
 def predictor_bundle(predictor):
-    return predictor.model, predictor.kind, predictor.model_cfg, predictor.cfg, predictor.class_names
+    return predictor.loaded
 
 
 def one_row(label: str, predictor, folder: Path, kind: str, seconds: float, clip, *, budget=None) -> str:
@@ -245,7 +246,7 @@ def main() -> None:
         for name in args.models:
             bundle, predictor = build(name)
             policy = predictor.model.policy
-            modalities = list(bundle[2].modalities)
+            modalities = list(bundle.modalities)
             rgb, audio = modalities.index("rgb"), modalities.index("audio")
             for stream in streams:
                 # The RGB threshold of the 50 % row: the median margin on a fast copy of this stream.

@@ -27,6 +27,7 @@ from adamml.config import load_config
 from adamml.inference.budget import Thresholds, fit_thresholds
 from adamml.inference.pipeline import STAGES, Predictor
 from adamml.models.adamml import build_adamml
+from adamml.models.build import LoadedModel
 
 MODELS = (("RGB+Flow", "kinetics_sounds_rgb_rgbdiff", []), ("RGB+Audio", "kinetics_sounds_rgb_audio", []))
 TINY = (("RGB+Flow", "tiny", ["model.modalities=[rgb,flow]"]), ("RGB+Audio", "tiny", []))
@@ -69,7 +70,7 @@ def main() -> None:
         torch.manual_seed(0)
         model = build_adamml(cfg.model, cfg.data.clip).eval()
         classes = [str(i) for i in range(cfg.model.num_classes)]
-        predictor = Predictor(model, "adamml", cfg.model, cfg, classes, device="cpu")
+        predictor = Predictor(LoadedModel("adamml", cfg.model, cfg, classes, network=model), device="cpu")
         modalities = list(cfg.model.modalities)
         per_seg = [predictor.costs[m] for m in modalities]
         for video in videos:

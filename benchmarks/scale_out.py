@@ -122,7 +122,6 @@ def main(argv: list[str] | None = None) -> int:
     from adamml.config import DecodeSettings
     from adamml.data.cache import VideoCache
     from adamml.data.extract import extract_videos
-    from adamml.inference.predict import load_predictor
     from adamml.scale.batch import local_records, predict_to_jsonl
     from adamml.scale.extract import extract_videos_ray
     from adamml.scale.manifest import Manifest
@@ -157,12 +156,14 @@ def main(argv: list[str] | None = None) -> int:
 
     # --- prediction
     checkpoint = make_checkpoint(args.config, work)
-    bundle = load_predictor(checkpoint)
+    import adamml
+
+    model = adamml.load(checkpoint)
     import torch
 
     torch.set_num_threads(args.local_threads)
     t0 = time.perf_counter()
-    local_p = predict_to_jsonl(videos, work / "local.jsonl", lambda todo: local_records(todo, bundle), progress=False)
+    local_p = predict_to_jsonl(videos, work / "local.jsonl", lambda todo: local_records(todo, model), progress=False)
     local_p_s = time.perf_counter() - t0
     list(ray_records(warm, checkpoint, batch_size=args.batch_size, actors=args.actors))  # start the actors' workers
     timings: list[tuple[float, float, float]] = []

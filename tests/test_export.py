@@ -89,8 +89,9 @@ def test_loading_never_unpickles(exported: Path, checkpoint: Path, monkeypatch) 
     monkeypatch.setattr(pickle, "loads", refuse)
     monkeypatch.setattr(pickle, "Unpickler", refuse)
     state = read_package(exported)
-    model, kind, model_cfg, cfg, _ = model_from_package(state)
+    loaded = model_from_package(state)
     monkeypatch.undo()
+    kind, model_cfg = loaded.kind, loaded.model_cfg
     reference = load_checkpoint(checkpoint)
     assert kind == "adamml" and model_cfg.modalities == ["rgb", "audio"] and state["class_names"] == CLASSES
     assert set(state) >= {"kind", "model", "config", "model_config", "class_names", "metrics", "best_record"}
@@ -104,9 +105,8 @@ def test_the_exported_model_predicts_as_the_checkpoint(exported: Path, checkpoin
 
     video = make_video(tmp_path / "clip.mp4", num_frames=100, fps=25.0)
     results = []
-    for bundle in (model_from_checkpoint(checkpoint), model_from_package(exported)):
-        model, kind, model_cfg, cfg, state = bundle
-        predictor = Predictor(model, kind, model_cfg, cfg, state["class_names"], device="cpu")
+    for loaded in (model_from_checkpoint(checkpoint), model_from_package(exported)):
+        predictor = Predictor(loaded, device="cpu")
         prepared = predictor.prepare(video)
         margins = predictor.decide(prepared)
         results.append((margins, predictor.finish(prepared, topk=4)))

@@ -98,9 +98,9 @@ def test_predict_computes_flow_with_the_method_the_model_was_trained_with(
 ):
     from media import make_video
 
+    import adamml
     import adamml.data.video as video_module
     from adamml.config import to_dict
-    from adamml.inference.predict import predict_videos
     from adamml.models.build import build_model
     from adamml.runtime.checkpoint import save_checkpoint
 
@@ -122,7 +122,7 @@ def test_predict_computes_flow_with_the_method_the_model_was_trained_with(
     monkeypatch.setattr(video_module, "compute_flow", spy)  # decoding for datasets
     monkeypatch.setattr(flow_module, "compute_flow", spy)  # the prediction pipeline
     video = make_video(tmp_path / "v.mp4", num_frames=24, fps=8.0, height=40, width=48)
-    (prediction,) = predict_videos([video], path, topk=2)
+    prediction = adamml.load(path).predict(video, topk=2)
     assert methods and set(methods) == {expected}
     assert len(prediction.top) == 2
 

@@ -101,7 +101,9 @@ def bundle():
     with torch.no_grad():
         model(batch, mode="masked")
     model.eval()
-    return model, "adamml", cfg.model, cfg, ["low", "mid", "high", "none"]
+    from adamml.models.build import LoadedModel
+
+    return LoadedModel("adamml", cfg.model, cfg, ["low", "mid", "high", "none"], network=model)
 
 
 @pytest.fixture(scope="module")
@@ -120,9 +122,10 @@ def test_window_mode_on_a_paced_clip_equals_predict_window(bundle, clip_file) ->
     from numerics import assert_same_function
 
     from adamml.inference.live import run_live
+    from adamml.inference.pipeline import Predictor
     from adamml.inference.windows import predict_windows
 
-    timeline = predict_windows(clip_file, bundle, window_s=3.5)
+    timeline = predict_windows(clip_file, Predictor(bundle), window_s=3.5)
     run = run_live(bundle, str(clip_file), mode="window", window=4, pace=8.0, on_full="block", follow_idle_s=0.2)
     events = list(run)
     assert [e.index for e in events] == list(range(8))
@@ -237,7 +240,7 @@ def checkpoint(bundle, tmp_path_factory) -> Path:
     from adamml.config import to_dict
     from adamml.runtime.checkpoint import save_checkpoint
 
-    model, _, model_cfg, cfg, names = bundle
+    model, model_cfg, cfg, names = bundle.network, bundle.model_cfg, bundle.cfg, bundle.class_names
     path = tmp_path_factory.mktemp("ckpt") / "best.pt"
     save_checkpoint({"kind": "adamml", "model": model.state_dict(), "config": to_dict(cfg),
                      "model_config": to_dict(model_cfg), "class_names": names}, path)

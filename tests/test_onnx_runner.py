@@ -37,8 +37,7 @@ def video(tmp_path_factory) -> Path:
 
 
 def _predictor(bundle) -> Predictor:
-    model, kind, model_cfg, cfg, state = bundle
-    return Predictor(model, kind, model_cfg, cfg, state["class_names"], device="cpu")
+    return Predictor(bundle, device="cpu")
 
 
 @pytest.fixture(scope="module")

@@ -258,7 +258,8 @@ def test_the_argmax_figures_read_from_the_margins_equal_an_evaluation_of_the_arg
     out, _ = budget_run
     path = out / "adamml" / "best.pt"
     metrics = torch.load(path, weights_only=False)["metrics"]
-    model, kind, model_cfg, cfg, _ = model_from_checkpoint(path)
+    loaded = model_from_checkpoint(path)
+    model, kind, model_cfg, cfg = loaded.network, loaded.kind, loaded.model_cfg, loaded.cfg
     model.policy.use_thresholds.zero_()
     _, val_set, _ = build_datasets(cfg, modalities=list(input_modalities(kind, model_cfg)), with_train=False)
     loader = make_loader(val_set, 4, Runtime(), train=False, seed=0, num_workers=0)

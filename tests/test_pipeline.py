@@ -15,6 +15,7 @@ from adamml.data.types import VideoEntry
 from adamml.inference.budget import Thresholds, use_margins
 from adamml.inference.pipeline import STAGES, Predictor
 from adamml.models.adamml import build_adamml
+from adamml.models.build import LoadedModel
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -37,7 +38,7 @@ def flow_setup():
 
 def predictor(flow_setup) -> Predictor:
     model, cfg = flow_setup
-    return Predictor(model, "adamml", cfg.model, cfg, ["a", "b", "c", "d"], device="cpu")
+    return Predictor(LoadedModel("adamml", cfg.model, cfg, ["a", "b", "c", "d"], network=model), device="cpu")
 
 
 def forced(rgb: bool, flow: bool) -> Thresholds:
@@ -108,7 +109,7 @@ def test_predict_without_a_budget_uses_the_thresholds_the_policy_carries(tiny_vi
     cfg = load_config("tiny")
     torch.manual_seed(0)
     model = build_adamml(cfg.model, cfg.data.clip).eval()
-    p = Predictor(model, "adamml", cfg.model, cfg, ["a", "b", "c", "d"], device="cpu")
+    p = Predictor(LoadedModel("adamml", cfg.model, cfg, ["a", "b", "c", "d"], network=model), device="cpu")
     plain = p.run(tiny_video)
     margins = p.decide(p.prepare(tiny_video))[0]  # (K, M)
     try:

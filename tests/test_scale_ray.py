@@ -263,18 +263,18 @@ def test_predict_killed_midway_reruns_only_the_pending_videos(ray_cluster, tiny_
 
 
 def test_local_batch_engine_runs_the_model_under_the_execution_plan_and_predicts_as_predict_does(tiny_checkpoint, tmp_path: Path) -> None:
-    """The folder engine prepares the model once under the device's plan (fused, channels_last)
-    and gives the file-by-file pipeline's predictions."""
-    from adamml.inference.predict import load_predictor, planned, predict_videos
+    """The folder engine runs the model prepared once under the device's plan (fused,
+    channels_last) and gives the file-by-file predictions of the same Model."""
+    import adamml
     from adamml.models.execution import FusedConv2d
     from adamml.scale.batch import local_records
 
     videos = [str(v) for v in _videos(tmp_path, 2)]
-    bundle = load_predictor(tiny_checkpoint)
-    prepared, plan = planned(bundle, "cpu")
-    assert plan.device == "cpu" and any(isinstance(m, FusedConv2d) for m in prepared[0].modules()) == plan.fuse_pointwise
-    records = list(local_records(videos, bundle, topk=4))
-    files = predict_videos(videos, tiny_checkpoint, topk=4, model_bundle=bundle)
+    model = adamml.load(tiny_checkpoint)
+    plan = model.plan
+    assert plan.device == "cpu" and any(isinstance(m, FusedConv2d) for m in model.predictor.model.modules()) == plan.fuse_pointwise
+    records = list(local_records(videos, model, topk=4))
+    files = model.predict(videos, topk=4)
     for record, prediction in zip(records, files, strict=True):
         assert record["decisions"] == prediction.segments
         assert dict(zip(record["classes"], record["scores"], strict=True)) == pytest.approx(dict(prediction.top), abs=1e-5)

@@ -267,13 +267,13 @@ def test_frozen_side_is_in_eval_mode_while_the_other_trains():
 def test_predict_runs_on_generated_videos_with_and_without_audio(trained_run, tiny_data, tmp_path):
     import numpy as np
 
+    import adamml
     from adamml.data.writer import write_video
-    from adamml.inference.predict import predict_videos
 
     video = next((tiny_data / "val").glob("*/*.mp4"))
     silent = write_video(tmp_path / "silent.mp4", np.full((30, 48, 80, 3), 90, np.uint8), fps=12.0)
     with pytest.warns(UserWarning, match="silent.mp4"):
-        preds = predict_videos([video, silent], trained_run / "adamml" / "best.pt")
+        preds = adamml.load(trained_run / "adamml" / "best.pt").predict([video, silent])
     assert len(preds) == 2
     for p in preds:
         assert len(p.top) == 5 and p.top[0][1] >= p.top[-1][1]
@@ -287,12 +287,12 @@ def test_predict_runs_on_generated_videos_with_and_without_audio(trained_run, ti
 def test_predict_runs_on_real_clips_that_packages_ship(trained_run, finder):
     import media
 
-    from adamml.inference.predict import predict_videos
+    import adamml
 
     clip = getattr(media, finder)()
     if clip is None:
         pytest.skip(f"{finder}: sample clip not installed")
-    (pred,) = predict_videos([clip], trained_run / "adamml" / "best.pt")
+    pred = adamml.load(trained_run / "adamml" / "best.pt").predict(clip)
     assert not pred.audio_missing  # 5.1 / mono AAC tracks, downmixed
     assert len(pred.segments) == 4 and pred.gflops > 0
     assert pred.top[0][1] >= pred.top[1][1]
@@ -407,7 +407,8 @@ def test_budget_calibration_under_torchrun_fits_the_thresholds_on_every_validati
     path = tmp_path / "adamml" / "best.pt"
     state = torch.load(path, weights_only=False)
     assert state["metrics"]["num_videos"] == 12.0 and "argmax_gflops" in state["metrics"]
-    model, kind, model_cfg, cfg, _ = model_from_checkpoint(path)
+    loaded = model_from_checkpoint(path)
+    model, kind, model_cfg, cfg = loaded.network, loaded.kind, loaded.model_cfg, loaded.cfg
     kept = model.policy.use_thresholds.clone()
     _, val_set, _ = build_datasets(cfg, modalities=list(input_modalities(kind, model_cfg)), with_train=False)
     loader = make_loader(val_set, 6, Runtime(), train=False, seed=0, num_workers=0)

@@ -96,16 +96,16 @@ def test_predict_window_prints_one_line_per_window(long_videos, checkpoint, caps
     assert "whole video:" in out
 
 
-def _flow_bundle(**policy_overrides):
-    """A tiny RGB + flow AdaMML with the reference's stack normalisation, as load_predictor
-    returns it."""
+def _flow_model():
+    """A tiny RGB + flow AdaMML with the reference's stack normalisation, as a checkpoint loads."""
     from adamml.models.adamml import build_adamml
+    from adamml.models.build import LoadedModel
 
     cfg = load_config("tiny", ["data.decode.fps=4", "data.decode.short_side=32", "model.modalities=[rgb,flow]",
                                "data.decode.flow=dis", "data.clip.stack_norm=reference"])
     torch.manual_seed(0)
     model = build_adamml(cfg.model, cfg.data.clip).eval()
-    return model, "adamml", cfg.model, cfg, ["low", "mid", "high", "none"]
+    return LoadedModel("adamml", cfg.model, cfg, ["low", "mid", "high", "none"], network=model)
 
 
 def test_a_window_is_cut_as_a_dataset_cuts_the_video(long_videos):
@@ -115,7 +115,8 @@ def test_a_window_is_cut_as_a_dataset_cuts_the_video(long_videos):
     from adamml.data.types import VideoEntry
     from adamml.inference.windows import window_sample
 
-    _, _, _, cfg, names = _flow_bundle()
+    loaded = _flow_model()
+    cfg, names = loaded.cfg, loaded.class_names
     path = long_videos[30]
     (window,) = list(stream_windows(path, cfg.data.decode, 30.0, audio_margin_s=0.0))
     modalities = ["rgb", "rgbdiff", "audio"]
@@ -130,18 +131,20 @@ def test_a_window_is_cut_as_a_dataset_cuts_the_video(long_videos):
 
 def test_windowed_flow_model_computes_flow_only_where_its_policy_selects_it(long_videos, monkeypatch):
     import adamml.modalities.flow as flow_module
+    from adamml.inference.pipeline import Predictor
     from adamml.inference.windows import predict_windows
 
     calls = []
     real = flow_module.compute_flow
     monkeypatch.setattr(flow_module, "compute_flow", lambda frames, method: calls.append(len(frames)) or real(frames, method))
-    bundle = _flow_bundle()
-    model = bundle[0]
-    model.policy.use_thresholds[1] = 1e9  # flow: never
-    never = predict_windows(long_videos[30], bundle, window_s=10.0, device="cpu")
+    loaded = _flow_model()
+    predictor = Predictor(loaded, device="cpu")
+    thresholds = predictor.model.policy.use_thresholds  # the prepared copy's
+    thresholds[1] = 1e9  # flow: never
+    never = predict_windows(long_videos[30], predictor, window_s=10.0)
     assert not calls and all(s == ["rgb"] for w in never.windows for s in w.segments)
-    model.policy.use_thresholds[:] = -1e9  # everything everywhere
-    always = predict_windows(long_videos[30], bundle, window_s=10.0, device="cpu")
+    thresholds[:] = -1e9  # everything everywhere
+    always = predict_windows(long_videos[30], predictor, window_s=10.0)
     assert calls and all(s == ["rgb", "flow"] for w in always.windows for s in w.segments)
-    assert sum(calls) <= 3 * 4 * bundle[3].data.clip.frames_per_segment * bundle[3].data.clip.stack_length * 2
+    assert sum(calls) <= 3 * 4 * loaded.cfg.data.clip.frames_per_segment * loaded.cfg.data.clip.stack_length * 2
     assert always.gflops > never.gflops

@@ -21,7 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "weights": ("adamml.models.weights", "check that a weights file is the ImageNet network it claims"),
     "train": ("adamml.training.run", "train a stage of the recipe from a YAML config"),
     "evaluate": ("adamml.evaluation.evaluate", "evaluate checkpoints: accuracy, mAP, GFLOPs"),
-    "predict": ("adamml.scale.predict", "classify video files with a trained model"),
+    "predict": ("adamml.commands.predict", "classify video files with a trained model"),
     "export": ("adamml.commands.export", "a trained model as a portable folder (safetensors, model card, ONNX graphs)"),
 }
 

@@ -87,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "demo_config.yaml")
     runtime = Runtime()
-    for stage, label in (("unimodal", "3/5 stage 1: unimodal networks"), ("fusion", "4/5 stage 2: weighted fusion"), ("adamml", "5/5 stage 3: AdaMML")):
+    for number, stage in enumerate(runs.STAGES, 1):
+        label = f"{number + 2}/5 stage {number}: {runs.STAGE_TABLE[stage].title}"
         t = time.time()
         _say(label)
         done = _stage_done(run_dir, stage, cfg)
@@ -115,10 +116,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _stage_done(run_dir: Path, stage: str, cfg) -> bool:
-    if stage == "unimodal":
-        folders = [runs.stage_dir(run_dir, "unimodal", m) for m in cfg.model.modalities]
-    else:
-        folders = [runs.stage_dir(run_dir, stage, cfg.model.fusion if stage == "fusion" else None)]
+    folders = [run_dir / name for name in runs.STAGE_TABLE[stage].folder_names(cfg.model.modalities, cfg.model.fusion)]
     return all((folder / runs.BEST).exists() and _finished(folder) for folder in folders)
 
 
@@ -129,12 +127,9 @@ def _finished(stage_path: Path) -> bool:
         return False
     state = load_checkpoint(last)
     cfg = config_from_dict(state["config"], "config")
-    kind = state["kind"]
-    total = {
-        "unimodal": cfg.train.unimodal.epochs,
-        "fusion": cfg.train.fusion.epochs,
-        "adamml": len(adamml_schedule(cfg.train.adamml)),
-    }[kind]
+    row = runs.STAGE_TABLE[state["kind"]]
+    schedule = getattr(cfg.train, row.schedule)
+    total = len(adamml_schedule(schedule)) if row.adaptive else schedule.epochs
     return state["epoch"] >= total
 
 

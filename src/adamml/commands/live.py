@@ -79,11 +79,11 @@ def run(args: argparse.Namespace) -> int:
     from adamml.data.stream import StreamError
     from adamml.inference.budget import parse_budget
     from adamml.inference.live import events_timeline, run_live
-    from adamml.inference.predict import load_predictor
+    from adamml.models.build import model_from_checkpoint
 
     mode, window = _mode(args.mode)
     budget = parse_budget(args.budget) if args.budget else None
-    bundle = load_predictor(args.checkpoint)
+    bundle = model_from_checkpoint(args.checkpoint)
     live = run_live(bundle, args.source, mode=mode, window=window, running=args.running, max_lag_s=args.max_lag,
                     budget=budget, topk=args.topk, device=args.device, pace=args.pace,
                     follow_idle_s=args.follow_idle, format=args.format)
@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     if args.record and recorded:
         from adamml.inference.windows import plot_timeline
 
-        path = plot_timeline(events_timeline(recorded, args.source, bundle[2].modalities), bundle[4], args.record)
+        path = plot_timeline(events_timeline(recorded, args.source, bundle.modalities), bundle.class_names, args.record)
         if not args.json:
             print(f"timeline plot: {path}")
     if error:

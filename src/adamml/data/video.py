@@ -479,3 +479,91 @@ def decode_frame_folder(
         source=str(folder),
         meta={"start": start, "end": end, "audio_file": str(found) if found else None},
     )
+
+
+class _ArrayFrame:
+    """A decoded RGB array where the resampler expects a PyAV frame."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self.array = array
+
+    def to_ndarray(self, format: str = "rgb24") -> np.ndarray:  # noqa: A002 - PyAV's name
+        return self.array
+
+
+def resample_frames(frames: np.ndarray, fps: float, settings: DecodeSettings) -> np.ndarray:
+    """Decoded RGB frames uint8 (N, H, W, 3) at ``fps`` -> what :func:`decode_video` gives for a
+    file holding them: the frame nearest each time k/``settings.fps`` (ties: the earlier),
+    resized to ``settings.short_side``."""
+    target = float(settings.fps or fps)
+    resampler = _FrameResampler(target, settings.short_side)
+    for i, frame in enumerate(frames):
+        resampler.push(i / fps, _ArrayFrame(frame))
+    resampler.finish((len(frames) - 1) / fps + 1.0 / fps)
+    return np.stack(resampler.out)
+
+
+def resample_audio(samples: np.ndarray, sample_rate: int, target_rate: int) -> np.ndarray:
+    """Mono float32 samples at ``sample_rate`` -> float32 at ``target_rate``, with the resampler
+    decoding a file uses (FFmpeg's swresample), clipped to [-1, 1] as decoding clips."""
+    collector = _AudioCollector(int(target_rate))
+    if len(samples):
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples, np.float32).reshape(1, -1),
+                                           format="flt", layout="mono")
+        frame.sample_rate = int(sample_rate)
+        frame.pts = None
+        collector.push(frame)
+    return collector.finish()
+
+
+@dataclasses.dataclass
+class MediaChunk:
+    """What one step of :func:`stream_media` decoded: output frames uint8 (H, W, 3) at the
+    settings' rate and mono float32 audio pieces at its sample rate (not yet clipped), since
+    the previous chunk; ``final`` on the last one (the file is done, the resampler flushed)."""
+
+    frames: list[np.ndarray]
+    audio: list[np.ndarray]
+    has_audio: bool
+    final: bool = False
+
+
+def stream_media(path: str | Path, settings: DecodeSettings) -> Iterator[MediaChunk]:
+    """Decode a file front to back as :func:`decode_video` does (the same frames and audio),
+    handing them on as they come, so a caller holds only what it still needs (long videos)."""
+    path = Path(path)
+    fps, rate_out = float(settings.fps), int(settings.sample_rate)
+    container = _open(path)
+    with container:
+        if not container.streams.video:
+            raise VideoDecodeError(f"{path}: has no video stream")
+        vstream = container.streams.video[0]
+        vstream.thread_type = "AUTO"
+        astream = container.streams.audio[0] if container.streams.audio else None
+        streams = [vstream] + ([astream] if astream is not None else [])
+        resampler = _FrameResampler(fps, settings.short_side)
+        audio = _AudioCollector(rate_out) if astream is not None else None
+
+        def chunk(final: bool = False) -> MediaChunk:
+            out = MediaChunk(list(resampler.out), list(audio.chunks) if audio is not None else [],
+                             audio is not None, final)
+            resampler.out.clear()
+            if audio is not None:
+                audio.chunks.clear()
+            return out
+
+        last_t = None
+        try:
+            for t, frame in _frame_times(_video_frames(container, streams, audio, path), _frame_rate(vstream)):
+                resampler.push(t, frame)
+                last_t = t
+                yield chunk()
+        except (av.error.FFmpegError, OSError) as exc:
+            raise VideoDecodeError(f"{path}: decoding failed ({exc}); the file may be truncated") from None
+        if last_t is None:
+            raise VideoDecodeError(f"{path}: no video frame could be decoded")
+        resampler.finish(last_t + 1.0 / _frame_rate(vstream))
+        rest = audio.finish() if audio is not None else None  # the resampler's flush, clipped
+        final = MediaChunk(list(resampler.out), [rest] if rest is not None else [], audio is not None, True)
+        resampler.out.clear()
+        yield final

@@ -42,7 +42,7 @@ from adamml.models.execution import PRECISIONS, ExecutionPlan
 from adamml.models.flops import modality_costs
 from adamml.runtime.distributed import Runtime, setup, teardown
 from adamml.runtime.files import atomic_write_text
-from adamml.runtime.runs import find_stage_checkpoints
+from adamml.runtime.runs import find_stage_checkpoints, stage
 
 
 @dataclass
@@ -126,7 +126,7 @@ def _evaluate_pass(model, loader, kind, model_cfg, cfg, runtime, *, decisions_fn
         if bar is not None:
             bar.update()
         batch = {k: (v.to(runtime.device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
-        if kind == "adamml":
+        if stage(kind).adaptive:
             forced = None
             if decisions_fn is not None:
                 x = batch[modalities[0]]
@@ -209,7 +209,8 @@ def evaluate_run(
     adamml_outputs = None
     loaders: dict = {}
     for path in checkpoints:
-        model, kind, model_cfg, cfg, _ = model_from_checkpoint(path)
+        loaded = model_from_checkpoint(path)
+        model, kind, model_cfg, cfg = loaded.network, loaded.kind, loaded.model_cfg, loaded.cfg
         # Inference settings (micro-batches, channels_last, folded batch norm, precision).
         plan = ExecutionPlan.for_device(runtime.device, precision=precision)
         model = plan.prepare(model, inplace=True)
@@ -227,9 +228,10 @@ def evaluate_run(
                 all_modalities.append(m)
         metric_name = headline_metric(cfg.data.dataset, cfg.data.multi_label, cfg.data.metric)
         protocols = []
-        if kind != "adamml" or protocol in ("deterministic", "both"):
+        adaptive = loaded.stage.adaptive
+        if not adaptive or protocol in ("deterministic", "both"):
             protocols.append((False, method_name(kind, model_cfg), "AdaMML's rates"))
-        if kind == "adamml" and protocol in ("paper", "both"):
+        if adaptive and protocol in ("paper", "both"):
             protocols.append((True, f"{method_name(kind, model_cfg)}, sampled", "sampled AdaMML's rates"))
         for sampled, name, rates_name in protocols:
             with plan.context():
@@ -241,7 +243,7 @@ def evaluate_run(
                 selection={m: 100 * r for m, r in rates.items()}, gflops=res.metrics["gflops"],
                 extra={k: v for k, v in res.metrics.items() if k not in ("score",)} | {"checkpoint": str(path)},
             ))
-            if kind != "adamml":
+            if not adaptive:
                 continue
             if adamml_outputs is None:
                 adamml_outputs = (model, model_cfg, cfg, res, loader, class_names)

@@ -31,6 +31,7 @@ from adamml.export.format import (
     read_config,
     sha256_file,
 )
+from adamml.models.build import LoadedModel, model_from_state
 from adamml.runtime.checkpoint import load_checkpoint
 from adamml.runtime.runs import BEST, find_stage_checkpoints
 
@@ -77,7 +78,8 @@ def package_config(state: dict[str, Any], checkpoint: Path) -> dict[str, Any]:
     a runtime needs stated outright (decode and clip settings, GFLOPs, thresholds)."""
     from adamml.models.flops import modality_costs
 
-    model, kind, model_cfg, cfg, _ = model_from_package(state, where=checkpoint)
+    loaded = model_from_package(state, where=checkpoint)
+    model, kind, model_cfg, cfg = loaded.network, loaded.kind, loaded.model_cfg, loaded.cfg
     thresholds = state["model"].get("policy.use_thresholds")
     return {
         "format": FORMAT,
@@ -144,8 +146,8 @@ def export_package(source: str | Path, to: str | Path, *, format: str = "safeten
     if format == "onnx":
         from adamml.export.onnx import export_graphs
 
-        model, _, model_cfg, cfg, _ = model_from_package(state, where=checkpoint)
-        export_graphs(model, config, tmp, model_cfg=model_cfg, cfg=cfg, opset=opset)
+        loaded = model_from_package(state, where=checkpoint)
+        export_graphs(loaded.network, config, tmp, model_cfg=loaded.model_cfg, cfg=loaded.cfg, opset=opset)
         if quantize:
             from adamml.export.quantize import DEFAULT_FP32, quantize_folder
 
@@ -181,32 +183,13 @@ def read_package(folder: str | Path) -> dict[str, Any]:
     return {**config["checkpoint"], "kind": config["kind"], "model": model, "class_names": config["class_names"]}
 
 
-def model_from_package(source: str | Path | dict[str, Any], *, where: str | Path = "export") -> tuple[nn.Module, str, Any, Any, dict]:
-    """(model in eval mode, kind, model config, run config, state) from an export folder or
-    :func:`read_package`'s dict, as ``model_from_checkpoint`` gives for a checkpoint."""
-    from adamml.models.build import build_model
+def model_from_package(source: str | Path | dict[str, Any], *, where: str | Path = "export") -> LoadedModel:
+    """The trained network of an export folder or of :func:`read_package`'s dict, rebuilt as
+    ``model_from_checkpoint`` rebuilds a checkpoint's."""
 
     state = source if isinstance(source, dict) else read_package(source)
     where = source if not isinstance(source, dict) else where
-    if "model" not in state:
-        raise PackageError(f"{where}: not an adamml training checkpoint (no 'model' entry)")
-    kind, model_cfg, cfg = _configs(state, where)
-    model = build_model(kind, model_cfg, cfg.data.clip)
-    model.load_state_dict(state["model"])
-    model.eval()
-    return model, kind, model_cfg, cfg, state
-
-
-def _configs(state: dict[str, Any], where: str | Path) -> tuple[str, Any, Any]:
-    """(kind, model config, run config) of a checkpoint's state, as models.build reads them."""
-    from adamml.config import ModelConfig, _from_dict, config_from_dict
-
-    for key in ("kind", "config"):
-        if key not in state:
-            raise PackageError(f"{where}: not an adamml training checkpoint (no {key!r} entry)")
-    cfg = config_from_dict(state["config"], f"{where}: config")
-    model_cfg = _from_dict(ModelConfig, state.get("model_config") or state["config"]["model"], "model")
-    return state["kind"], model_cfg, cfg
+    return model_from_state(state, where)
 
 
 def _metric_rows(config: dict[str, Any]) -> list[tuple[str, float]]:

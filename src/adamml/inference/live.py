@@ -360,8 +360,8 @@ def run_live(
     simulate_compute_s: float = 0.0,
     predictor=None,
 ) -> LiveRun:
-    """Decide and score each segment of ``source`` as it arrives; ``bundle`` is what
-    ``adamml.inference.predict.load_predictor`` returns (or a checkpoint path).
+    """Decide and score each segment of ``source`` as it arrives; ``bundle`` is a
+    :class:`~adamml.models.build.LoadedModel` (or a checkpoint path).
 
     ``mode``: "carry" or "window" (the policy's state restarts every ``window`` segments,
     by default the model's evaluation segment count). ``running``: segments in carry mode's
@@ -377,19 +377,19 @@ def run_live(
     events so far; ``LiveRun.summary`` then holds the error too.
     """
     if isinstance(bundle, str | Path):
-        from adamml.inference.predict import load_predictor
+        from adamml.models.build import model_from_checkpoint  # torch: only when a path is given
 
-        bundle = load_predictor(bundle)
-    model, kind, model_cfg, cfg, class_names = bundle
-    if kind != "adamml":
-        raise AdamMLError(f"live prediction needs an AdaMML checkpoint (a policy to step), got a {kind!r} model")
+        bundle = model_from_checkpoint(bundle)
+    cfg = bundle.cfg
+    if not bundle.stage.adaptive:
+        raise AdamMLError(f"live prediction needs an AdaMML checkpoint (a policy to step), got a {bundle.kind!r} model")
     if mode not in MODES:
         raise AdamMLError(f"live mode must be one of {', '.join(MODES)}, got {mode!r}")
     if running < 1:
         raise AdamMLError(f"the running score needs at least 1 segment, got {running}")
     from adamml.inference.pipeline import Predictor
 
-    predictor = predictor or Predictor(model, kind, model_cfg, cfg, class_names, device=device)
+    predictor = predictor or Predictor(bundle, device=device)
     clip = cfg.data.clip
     settings = cfg.data.decode
     window = int(window or cfg.data.eval_segments or clip.num_segments) if mode == "window" else None

@@ -1,4 +1,10 @@
-"""``adamml predict`` as stages, each timed: decode, cheap modalities, policy, flow, networks.
+"""Prediction as stages, each timed: decode, cheap modalities, policy, flow, networks.
+
+Every way in -- a file, decoded arrays, a window of a long video, a batch of samples decoded
+elsewhere (the Ray engine) -- becomes a :class:`Prepared` batch, and :meth:`Predictor.finish_all`
+turns it into :class:`~adamml.results.Prediction` objects: decisions, GFLOPs and top-k are
+computed there and nowhere else. A fixed network (unimodal, fusion) decides "every modality
+on every segment" with no policy cost, so no caller branches on the kind of model.
 
 A video is decoded once (only the frames the sample reads, at the config's short side); RGB,
 RGB difference and the spectrogram are cut from it; the policy decides from those; then
@@ -21,12 +27,17 @@ from typing import Any
 
 import numpy as np
 import torch
+from einops import rearrange
 from torch.utils.data import default_collate
 
 from adamml.data.datasets import VideoDataset, policy_frame_subsets
 from adamml.data.sampling import sample_indices
 from adamml.data.types import VideoEntry
-from adamml.inference.budget import Thresholds, use_margins
+from adamml.evaluation.metrics import gflops_per_video
+from adamml.inference.budget import Budget, Thresholds, fit_thresholds, use_margins
+from adamml.modalities.spatial import choose_crop
+from adamml.modalities.table import MODALITIES
+from adamml.models.build import LoadedModel, ModelSpec
 from adamml.models.execution import ExecutionPlan
 from adamml.models.flops import modality_costs
 from adamml.results import STAGES, Prediction
@@ -53,7 +64,7 @@ class LazyFlow:
         return self.shape[0]
 
     def _get(self, i: int) -> np.ndarray:
-        from adamml.modalities.flow import compute_flow
+        from adamml.modalities.flow import compute_flow  # OpenCV's flow only when a flow net runs
 
         if i not in self.fields:
             pair = np.stack([self.frames[i], self.frames[i + 1]])
@@ -83,39 +94,70 @@ class _SampleDataset(VideoDataset):
 
 @dataclass
 class Prepared:
-    """One video after decoding and the cheap modalities: the batch (B=1) and what flow needs."""
+    """Videos after decoding and the cheap modalities: the batch (B rows) and what deferred
+    flow needs (B = 1: the decoded frames and the sample's frame indices)."""
 
-    video: str
+    videos: list[str]
     batch: dict[str, Any]
-    decoded: Any
-    indices: np.ndarray  # (K, T) frame indices of the sample
+    decoded: Any = None
+    indices: np.ndarray | None = None  # (K, T) frame indices of the sample
     seconds: dict[str, float] = field(default_factory=dict)
-    margins: torch.Tensor | None = None  # (1, K, M) the policy's logit(p_use)
+    margins: torch.Tensor | None = None  # (B, K, M) the policy's logit(p_use)
     flow_fields: int = 0  # optical flow fields computed
+
+    @property
+    def video(self) -> str:
+        return self.videos[0]
+
+
+def prediction_dataset(videos: Sequence[str | Path], spec: ModelSpec, flow: str | None = None) -> VideoDataset:
+    """The evaluation samples of ``videos`` for a model: decoded straight from the files,
+    keeping only the frames a sample reads, with every input the model reads (flow included,
+    computed with ``flow``, by default the method it was trained with). Needs no network, so
+    decoding can run elsewhere (a Ray task) than the model; :meth:`Predictor.prepare_samples`
+    takes its samples."""
+    cfg = spec.cfg
+    decode = cfg.data.decode
+    needed = spec.input_modalities()
+    if any(MODALITIES[m].reads == "flow" for m in needed):
+        decode = dataclasses.replace(decode, flow=flow or training_flow_method(cfg))
+    entries = [VideoEntry(path=Path(v), labels=[0], source=str(v)) for v in videos]
+    return VideoDataset(entries, spec.class_names, modalities=needed, clip=cfg.data.clip, decode=decode,
+                        train=False, cache=None, num_segments=cfg.data.eval_segments, stream=True)
+
+
+def training_flow_method(cfg) -> str:
+    """The optical flow a model was trained on: ``data.decode.flow`` of its config; a model
+    trained from precomputed flow images (the official frame-folder layout, no method in the
+    config) saw the reference's TV-L1."""
+    return cfg.data.decode.flow or "tvl1"
 
 
 class Predictor:
-    """A trained model ready for files: ``prepare`` -> ``decide`` -> ``finish`` (or ``run``)."""
+    """A trained model ready to predict: ``prepare*`` -> ``decide`` -> ``finish_all`` (or ``run``)."""
 
-    def __init__(self, model, kind: str, model_cfg, cfg, class_names: Sequence[str], *,
-                 device: str = "cpu", plan: ExecutionPlan | None = None) -> None:
-        self.kind = kind
-        self.model_cfg = model_cfg
-        self.cfg = cfg
-        self.class_names = list(class_names)
+    def __init__(self, loaded: LoadedModel, *, device: str = "cpu", plan: ExecutionPlan | None = None) -> None:
+        self.loaded = loaded
+        self.kind = loaded.kind
+        self.adaptive = loaded.stage.adaptive
+        self.model_cfg = loaded.model_cfg
+        self.cfg = loaded.cfg
+        self.class_names = list(loaded.class_names)
+        self.modalities = list(loaded.model_cfg.modalities)
         self.plan = plan or ExecutionPlan.for_device(device)
-        self.model = self.plan.prepare(model)
+        self.model = self.plan.prepare(loaded.network)
         self.device = torch.device(self.plan.device)
-        self.costs = modality_costs(model_cfg, cfg.data.clip)
-        decode = dataclasses.replace(cfg.data.decode)
-        needed = _input_modalities(kind, model_cfg)
-        self.flow_method = decode.flow or "tvl1"  # the method the model was trained with (TV-L1: precomputed flow)
+        self.costs = modality_costs(self.model_cfg, self.cfg.data.clip)
+        self.policy_cost = self.costs["policy"] if self.adaptive else 0.0
+        decode = dataclasses.replace(self.cfg.data.decode)
+        needed = loaded.input_modalities()
+        self.flow_method = training_flow_method(self.cfg)
         # Flow is deferred when the policy does not look at it: it is cut per selected segment.
-        self.defer_flow = "flow" in needed and not (kind == "adamml" and model_cfg.policy.flow_proxy == "flow")
+        self.defer_flow = "flow" in needed and not (self.adaptive and self.model_cfg.policy.flow_proxy == "flow")
         # Inputs only the policy reads are computed on the frames it reads (every other frame
         # of a segment), not on all T: at paper size the policy's RGB difference was the
         # costliest thing `prepare` did (10 x 8 x 15 x 224² floats per video).
-        self.frame_subsets = policy_frame_subsets(model_cfg, cfg.data.clip, needed)
+        self.frame_subsets = policy_frame_subsets(self.model_cfg, self.cfg.data.clip, needed)
         if self.defer_flow:
             needed = [m for m in needed if m != "flow"]
             if "rgbdiff" not in needed:  # keep the flow stacks' frames in what is decoded
@@ -127,30 +169,51 @@ class Predictor:
         self.needed = needed
         self.decode = decode
 
-    def _dataset(self, video: str | Path) -> _SampleDataset:
-        entry = VideoEntry(path=Path(video), labels=[0], source=str(video))
-        return _SampleDataset([entry], self.class_names, modalities=self.needed, clip=self.cfg.data.clip,
-                              decode=self.decode, train=False, cache=None,
-                              num_segments=self.cfg.data.eval_segments, stream=True,
-                              frame_subsets=self.frame_subsets)
+    # ------------------------------------------------------------------ the ways in
+
+    def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
     def prepare(self, video: str | Path) -> Prepared:
         """Decode once and cut RGB / RGB difference / spectrogram (and flow if the policy needs it)."""
-        dataset = self._dataset(video)
+        entry = VideoEntry(path=Path(video), labels=[0], source=str(video))
+        dataset = _SampleDataset([entry], self.class_names, modalities=self.needed, clip=self.cfg.data.clip,
+                                 decode=self.decode, train=False, cache=None,
+                                 num_segments=self.cfg.data.eval_segments, stream=True,
+                                 frame_subsets=self.frame_subsets)
         start = time.perf_counter()
         sample = dataset[0]
         total = time.perf_counter() - start
         decoded = dataset.last
         indices = sample_indices(decoded.num_frames, dataset._sampling_clip, False, None,
                                  num_segments=dataset.num_segments)
-        batch = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v
-                 for k, v in default_collate([sample]).items()}
         seconds = {"decode": dataset.decode_seconds, "modalities": total - dataset.decode_seconds}
-        return Prepared(video=str(video), batch=batch, decoded=decoded, indices=indices, seconds=seconds)
+        return Prepared([str(video)], self._to_device(default_collate([sample])), decoded, indices, seconds)
+
+    def prepare_window(self, window, video: str) -> Prepared:
+        """One window of decoded media (:class:`~adamml.inference.windows.Window`: a window of
+        a long file, or arrays given as a whole clip), cut as a dataset cuts a file."""
+        from adamml.inference.windows import window_sample  # windows imports this module
+
+        start = time.perf_counter()
+        batch, indices = window_sample(window, self.needed, self.cfg.data.clip, self.cfg.data.eval_segments
+                                       or self.cfg.data.clip.num_segments, self.flow_method, self.frame_subsets)
+        seconds = {"modalities": time.perf_counter() - start}
+        return Prepared([video], self._to_device(batch), window, indices, seconds)
+
+    def prepare_samples(self, samples: list[dict[str, Any]]) -> Prepared:
+        """A batch of :func:`prediction_dataset` samples (every input already computed)."""
+        batch = self._to_device(default_collate(samples))
+        return Prepared([str(s["video"]) for s in samples], batch)
+
+    # ------------------------------------------------------------------ deciding
+
+    def _segments(self, prepared: Prepared) -> int:
+        return int(next(prepared.batch[m] for m in self.needed if m in prepared.batch).shape[1])
 
     def decide(self, prepared: Prepared) -> torch.Tensor | None:
-        """Run the policy: (1, K, M) margins (logit of "use"); None for fixed networks."""
-        if self.kind != "adamml":
+        """Run the policy: (B, K, M) margins (logit of "use"); None for fixed networks."""
+        if not self.adaptive:
             return None
         start = time.perf_counter()
         with self.plan.context():
@@ -159,10 +222,29 @@ class Predictor:
         prepared.seconds["policy"] = time.perf_counter() - start
         return prepared.margins
 
+    def decisions(self, prepared: Prepared, thresholds: Thresholds | None = None) -> torch.Tensor:
+        """(B, K, M) decisions in {0, 1}: the thresholds on the margins, without them the ones
+        the policy carries (0: its argmax); all ones for a fixed network."""
+        if not self.adaptive:
+            return torch.ones(len(prepared.videos), self._segments(prepared), len(self.modalities))
+        if prepared.margins is None:
+            self.decide(prepared)
+        margins = prepared.margins
+        return thresholds.decide(margins) if thresholds is not None else self.model.policy.decide(margins)
+
+    def fit_budget(self, prepared: Sequence[Prepared], budget: Budget) -> Thresholds | None:
+        """Thresholds meeting ``budget`` on average over ``prepared`` (None for a fixed network:
+        it has no policy to move)."""
+        if not self.adaptive or not prepared:
+            return None
+        margins = torch.cat([p.margins if p.margins is not None else self.decide(p) for p in prepared])
+        per_seg = [self.costs[m] for m in self.modalities]
+        fusion = sum(per_seg) * margins.shape[1]
+        return fit_thresholds(margins, per_seg, self.costs["policy"], budget.gflops(fusion), self.modalities)
+
     def add_flow(self, prepared: Prepared, segments: np.ndarray) -> None:
-        """Flow tensors for the given segments only (zeros elsewhere, never read)."""
-        from adamml.modalities.flow import flow_clip
-        from adamml.modalities.spatial import choose_crop
+        """Flow tensors for the given segments only (zeros elsewhere, never read); B = 1."""
+        from adamml.modalities.flow import flow_clip  # OpenCV's flow only when a flow net runs
 
         start = time.perf_counter()
         clip = self.cfg.data.clip
@@ -178,52 +260,63 @@ class Predictor:
         prepared.flow_fields = lazy.computed
         prepared.seconds["flow"] = time.perf_counter() - start
 
-    def finish(self, prepared: Prepared, thresholds: Thresholds | None = None, topk: int = 5):
-        """Decisions (thresholds on the margins; argmax without), flow where selected, the
-        selected networks, fusion: a Prediction."""
-        modalities = list(self.model_cfg.modalities)
-        k = prepared.indices.shape[0]
-        if self.kind == "adamml":
-            if prepared.margins is None:
-                self.decide(prepared)
-            margins = prepared.margins
-            # Without a budget: the thresholds the policy was trained to (0: its argmax).
-            decisions = thresholds.decide(margins) if thresholds is not None else self.model.policy.decide(margins)
-        else:
-            decisions = torch.ones(1, k, len(modalities))
-        if self.defer_flow:
-            self.add_flow(prepared, decisions[0, :, modalities.index("flow")].nonzero().flatten().numpy())
+    # ------------------------------------------------------------------ the way out
+
+    def forward(self, prepared: Prepared, decisions: torch.Tensor):
+        """Flow where selected (when deferred), then the selected networks and fusion."""
+        if self.defer_flow and "flow" not in prepared.batch:
+            self.add_flow(prepared, decisions[0, :, self.modalities.index("flow")].nonzero().flatten().numpy())
         start = time.perf_counter()
         with self.plan.context():
-            if self.kind == "adamml":
+            if self.adaptive:
                 out = self.model(prepared.batch, mode="conditional", decisions=decisions.to(self.device))
             else:
                 out = self.model(prepared.batch)
-        logits = out.logits[0].float().cpu()
         prepared.seconds["networks"] = time.perf_counter() - start
-        per_seg = torch.tensor([self.costs[m] for m in modalities], dtype=torch.float64)
-        policy = self.costs["policy"] if self.kind == "adamml" else 0.0
-        gflops = float((decisions[0].double() * per_seg).sum()) + policy * k
-        probs = torch.softmax(logits, dim=-1)
-        scores, idx = probs.topk(min(topk, probs.numel()))
-        return Prediction(
-            video=prepared.video,
-            top=[(self.class_names[j], float(s)) for s, j in zip(scores.tolist(), idx.tolist(), strict=True)],
-            segments=[[m for m, d in zip(modalities, row, strict=True) if d > 0.5] for row in decisions[0].tolist()],
-            gflops=gflops,
-            audio_missing=bool(prepared.batch.get("audio_missing", torch.tensor(False)).any()),
-            seconds={s: prepared.seconds.get(s, 0.0) for s in STAGES},
-            flow_fields=prepared.flow_fields,
-        )
+        return out
 
-    def run(self, video: str | Path, thresholds: Thresholds | None = None, topk: int = 5):
+    def finish_all(self, prepared: Prepared, thresholds: Thresholds | None = None, topk: int = 5) -> list[Prediction]:
+        """Decisions, flow where selected, the selected networks, fusion: one Prediction per row."""
+        decisions = self.decisions(prepared, thresholds)
+        logits = self.forward(prepared, decisions).logits.float().cpu()
+        gflops = gflops_per_video(decisions.double().numpy(), [self.costs[m] for m in self.modalities],
+                                  self.policy_cost)
+        probs = torch.softmax(logits, dim=-1)
+        scores, idx = probs.topk(min(topk, probs.shape[-1]), dim=-1)
+        missing = prepared.batch.get("audio_missing")
+        missing = torch.zeros(len(prepared.videos), dtype=torch.bool) if missing is None else torch.as_tensor(missing)
+        return [
+            Prediction(
+                video=video,
+                top=[(self.class_names[j], float(s)) for s, j in zip(scores[b].tolist(), idx[b].tolist(), strict=True)],
+                segments=[[m for m, d in zip(self.modalities, row, strict=True) if d > 0.5] for row in decisions[b].tolist()],
+                gflops=gflops[b],
+                audio_missing=bool(missing.reshape(len(prepared.videos), -1)[b].any()),
+                seconds={s: prepared.seconds.get(s, 0.0) for s in STAGES},
+                flow_fields=prepared.flow_fields,
+            )
+            for b, video in enumerate(prepared.videos)
+        ]
+
+    def finish(self, prepared: Prepared, thresholds: Thresholds | None = None, topk: int = 5) -> Prediction:
+        """:meth:`finish_all` of one video."""
+        (prediction,) = self.finish_all(prepared, thresholds, topk)
+        return prediction
+
+    def run(self, video: str | Path, thresholds: Thresholds | None = None, topk: int = 5) -> Prediction:
         """The whole of one video (what ``adamml predict`` does per file)."""
         prepared = self.prepare(video)
         self.decide(prepared)
         return self.finish(prepared, thresholds, topk)
 
-
-def _input_modalities(kind: str, model_cfg) -> list[str]:
-    from adamml.models.build import input_modalities
-
-    return input_modalities(kind, model_cfg)
+    def features(self, prepared: Prepared) -> dict[str, torch.Tensor]:
+        """Each sub-network's (B, K, D) features on every segment (flow computed everywhere)."""
+        if self.defer_flow and "flow" not in prepared.batch:
+            self.add_flow(prepared, np.arange(self._segments(prepared)))
+        out = {}
+        with self.plan.context():
+            for m in self.modalities:
+                x = prepared.batch[m]
+                _, feats = self.model.recognition[m](rearrange(x, "b k ... -> (b k) ..."))
+                out[m] = rearrange(feats.float().cpu(), "(b k) d -> b k d", b=x.shape[0])
+        return out

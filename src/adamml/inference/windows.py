@@ -1,4 +1,4 @@
-"""Long videos in ``adamml predict --window SECONDS``: class scores and modality decisions per
+"""Long videos (``Model.predict_windows``, ``adamml predict --window SECONDS``): class scores and modality decisions per
 window, a timeline in the JSON and as a PNG.
 
 The file is read once, front to back (:func:`stream_windows`): frames are resampled and resized
@@ -12,16 +12,25 @@ modalities run, and only those run.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import av
 import numpy as np
 import torch
 
 from adamml.config import ClipSettings, DecodeSettings
-from adamml.data.types import VideoDecodeError
+from adamml.data.datasets import cut_modalities
+from adamml.data.sampling import sample_indices
+from adamml.data.types import DecodedVideo
+from adamml.errors import AdamMLError
+from adamml.modalities.spatial import choose_crop
+from adamml.modalities.table import MODALITIES
+
+
+class WindowError(AdamMLError, ValueError):
+    """A window length that is not a positive number of seconds."""
 
 
 @dataclass
@@ -48,94 +57,52 @@ def stream_windows(
 ) -> Iterator[Window]:
     """Yield consecutive windows of ``window_s`` seconds (the last may be shorter), decoding the
     file once and holding only the current window (and ``audio_margin_s`` of audio around it)."""
-    from adamml.data.video import (
-        _AudioCollector,
-        _frame_rate,
-        _frame_times,
-        _FrameResampler,
-        _open,
-        _video_frames,
-    )
+    from adamml.data.video import stream_media  # PyAV: only when a file is read
 
-    path = Path(path)
-    if window_s <= 0:
-        raise ValueError(f"window must be positive, got {window_s} s")
+    if not (window_s > 0 and np.isfinite(window_s)):
+        raise WindowError(f"window must be a positive number of seconds, got {window_s}")
     fps, rate_out = float(settings.fps), int(settings.sample_rate)
     per_window = max(1, round(window_s * fps))
-    container = _open(path)
-    with container:
-        if not container.streams.video:
-            raise VideoDecodeError(f"{path}: has no video stream")
-        vstream = container.streams.video[0]
-        vstream.thread_type = "AUTO"
-        astream = container.streams.audio[0] if container.streams.audio else None
-        streams = [vstream] + ([astream] if astream is not None else [])
-        resampler = _FrameResampler(fps, settings.short_side)
-        audio = _AudioCollector(rate_out) if astream is not None else None
-        frames: list[np.ndarray] = []  # output frames from frame index `first`
-        first = 0
-        samples: list[np.ndarray] = []  # audio from sample index `audio_first`
-        audio_first = 0
-        audio_count = 0
-        audio_done = audio is None
-        index = 0
-        margin = int(round(audio_margin_s * rate_out))
+    frames: list[np.ndarray] = []  # output frames from frame index `first`
+    first = 0
+    samples: list[np.ndarray] = []  # audio from sample index `audio_first`
+    audio_first = 0
+    audio_count = 0
+    has_audio = True
+    index = 0
+    margin = int(round(audio_margin_s * rate_out))
 
-        def drain_audio() -> None:
-            nonlocal audio_count
-            if audio is not None and audio.chunks:
-                samples.extend(audio.chunks)
-                audio_count += sum(len(c) for c in audio.chunks)
-                audio.chunks.clear()
+    def ready(final: bool) -> bool:
+        have_frames = len(frames) >= per_window or (final and frames)
+        end = int(round((first + per_window) / fps * rate_out)) + margin
+        return bool(have_frames) and (not has_audio or final or audio_count >= end)
 
-        def ready(final: bool) -> bool:
-            have_frames = len(frames) >= per_window or (final and frames)
-            end = int(round((first + per_window) / fps * rate_out)) + margin
-            return bool(have_frames) and (audio_done or final or audio_count >= end)
+    def emit() -> Window:
+        nonlocal frames, first, samples, audio_first, index
+        take = frames[:per_window]
+        start_s = first / fps
+        lo = max(0, int(round(start_s * rate_out)) - margin)
+        hi = int(round((first + len(take)) / fps * rate_out)) + margin
+        joined = np.concatenate(samples) if samples else np.zeros(0, np.float32)
+        piece = joined[max(0, lo - audio_first) : max(0, hi - audio_first)]
+        window = Window(index, start_s, np.stack(take), fps, np.clip(piece, -1, 1).astype(np.float32),
+                        max(lo, audio_first) / rate_out, rate_out, not has_audio)
+        # Drop what no later window needs: its frames, and audio before the next margin.
+        frames = frames[per_window:]
+        first += len(take)
+        keep_from = max(0, int(round(first / fps * rate_out)) - margin)
+        rest = joined[max(0, keep_from - audio_first) :]
+        samples = [rest] if rest.size else []
+        audio_first = max(audio_first, keep_from)
+        index += 1
+        return window
 
-        def emit() -> Window:
-            nonlocal frames, first, samples, audio_first, index
-            take = frames[:per_window]
-            start_s = first / fps
-            lo = max(0, int(round(start_s * rate_out)) - margin)
-            hi = int(round((first + len(take)) / fps * rate_out)) + margin
-            joined = np.concatenate(samples) if samples else np.zeros(0, np.float32)
-            piece = joined[max(0, lo - audio_first) : max(0, hi - audio_first)]
-            window = Window(index, start_s, np.stack(take), fps, np.clip(piece, -1, 1).astype(np.float32),
-                            max(lo, audio_first) / rate_out, rate_out, audio is None)
-            # Drop what no later window needs: its frames, and audio before the next margin.
-            frames = frames[per_window:]
-            first += len(take)
-            keep_from = max(0, int(round(first / fps * rate_out)) - margin)
-            rest = joined[max(0, keep_from - audio_first) :]
-            samples = [rest] if rest.size else []
-            audio_first = max(audio_first, keep_from)
-            index += 1
-            return window
-
-        last_t = None
-        try:
-            for t, frame in _frame_times(_video_frames(container, streams, audio, path), _frame_rate(vstream)):
-                resampler.push(t, frame)
-                last_t = t
-                frames.extend(resampler.out)
-                resampler.out.clear()
-                drain_audio()
-                while ready(final=False):
-                    yield emit()
-        except (av.error.FFmpegError, OSError) as exc:
-            raise VideoDecodeError(f"{path}: decoding failed ({exc}); the file may be truncated") from None
-        if last_t is None:
-            raise VideoDecodeError(f"{path}: no video frame could be decoded")
-        resampler.finish(last_t + 1.0 / _frame_rate(vstream))
-        frames.extend(resampler.out)
-        resampler.out.clear()
-        if audio is not None:
-            samples.append(audio.finish())
-            audio_count += len(samples[-1])
-            audio.chunks.clear()
-        audio_done = True
-        while ready(final=True):
+    for chunk in stream_media(Path(path), settings):
+        has_audio = chunk.has_audio
+        frames.extend(chunk.frames)
+        samples.extend(chunk.audio)
+        audio_count += sum(len(piece) for piece in chunk.audio)
+        while ready(final=chunk.final):
             yield emit()
 
 
@@ -147,12 +114,7 @@ def window_sample(window: Window, modalities: list[str], clip: ClipSettings, num
     window's own audio, margin included). Every modality is cut by the modality table, as a
     dataset does (the same normalisation); ``frame_subsets`` as in VideoDataset; flow (when
     asked for) from ``flow_method``."""
-    from adamml.data.datasets import cut_modalities
-    from adamml.data.sampling import sample_indices
-    from adamml.data.types import DecodedVideo
-    from adamml.modalities.flow import compute_flow
-    from adamml.modalities.spatial import choose_crop
-    from adamml.modalities.table import MODALITIES
+    from adamml.modalities.flow import compute_flow  # OpenCV: only for a model that reads flow
 
     needs_stack = any(MODALITIES[m].stacked for m in modalities)
     sampling = clip if needs_stack else ClipSettings(**{**asdict(clip), "stack_length": 0})
@@ -200,35 +162,27 @@ class Timeline:
 
 
 @torch.no_grad()
-def predict_windows(video: str | Path, bundle, *, window_s: float, topk: int = 5, device: str = "cpu",
-                    predictor=None) -> Timeline:
-    """Classify each ``window_s`` window of ``video``; ``bundle`` is load_predictor's tuple.
+def predict_windows(video: str | Path, predictor, *, window_s: float, topk: int = 5) -> Timeline:
+    """Classify each ``window_s`` window of ``video`` with a
+    :class:`~adamml.inference.pipeline.Predictor` (the model prepared once for many videos).
 
     Each window goes through the staged pipeline of ``adamml predict`` (the execution plan,
     the policy, flow only for the segments whose flow network it selected, the selected
-    networks only); only decoding differs (one streaming pass for the whole file).
-    ``predictor``: one made from ``bundle`` already (the model prepared once for many videos)."""
-    from adamml.inference.pipeline import Predictor, Prepared
+    networks only); only decoding differs (one streaming pass for the whole file)."""
+    from adamml.data.video import MissingAudioWarning  # PyAV: only when a file is read
 
-    _, _, model_cfg, cfg, class_names = bundle
-    predictor = predictor or Predictor(*bundle, device=device)
-    clip = cfg.data.clip
-    segments = cfg.data.eval_segments or clip.num_segments
-    modalities = list(model_cfg.modalities)
+    if not (window_s > 0 and np.isfinite(window_s)):
+        raise WindowError(f"window must be a positive number of seconds, got {window_s}")
+    class_names = predictor.class_names
+    clip = predictor.cfg.data.clip
+    modalities = list(predictor.modalities)
     timeline = Timeline(video=str(video), window_s=window_s, duration_s=0.0, modalities=modalities)
     all_scores, all_decisions = [], []
-    for window in stream_windows(video, cfg.data.decode, window_s, audio_margin_s=clip.audio_window_s / 2):
+    for window in stream_windows(video, predictor.cfg.data.decode, window_s, audio_margin_s=clip.audio_window_s / 2):
         if window.audio_missing and not timeline.audio_missing and "audio" in predictor.needed:
-            import warnings
-
-            from adamml.data.video import MissingAudioWarning
-
             warnings.warn(f"{video}: has no audio track; its spectrograms are all zeros", MissingAudioWarning, stacklevel=2)
         timeline.audio_missing = window.audio_missing
-        batch, indices = window_sample(window, predictor.needed, clip, segments, predictor.flow_method, predictor.frame_subsets)
-        prepared = Prepared(video=str(video), batch={k: v.to(predictor.device) for k, v in batch.items()},
-                            decoded=window, indices=indices)
-        prediction = predictor.finish(prepared, topk=len(class_names))  # every class, best first
+        prediction = predictor.finish(predictor.prepare_window(window, str(video)), topk=len(class_names))  # every class
         score_of = dict(prediction.top)
         probs = np.array([score_of[c] for c in class_names])
         decisions = np.array([[float(m in ran) for m in modalities] for ran in prediction.segments])
@@ -254,7 +208,8 @@ def predict_windows(video: str | Path, bundle, *, window_s: float, topk: int = 5
 
 def plot_timeline(timeline: Timeline, class_names: list[str], path: str | Path, *, classes: int = 5) -> Path:
     """Top classes' scores over time (above) and, per modality, the segments it ran on (below)."""
-    import matplotlib
+    import matplotlib  # only to plot: a second of imports
+
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -312,52 +267,10 @@ def format_timeline(timeline: Timeline) -> list[str]:
     return lines
 
 
-def run_windowed(args, bundle) -> int:
-    """``adamml predict --window``: a timeline per video, as text or JSON, and PNGs."""
-    import json
-    import sys
-    import warnings
-
-    if args.window <= 0:
-        print(f"adamml predict: --window must be positive, got {args.window}", file=sys.stderr)
-        return 2
-    from adamml.inference.pipeline import Predictor
-
-    class_names = bundle[4]
-    predictor = Predictor(*bundle, device=args.device)  # the model prepared once for every video
-    timelines, failures = [], []
-    for video in args.videos:
-        try:
-            with warnings.catch_warnings():
-                if args.json:
-                    warnings.simplefilter("ignore")
-                timeline = predict_windows(video, bundle, window_s=args.window, topk=args.topk, device=args.device,
-                                           predictor=predictor)
-        except VideoDecodeError as exc:
-            failures.append({"video": video, "error": str(exc)})
-            continue
-        timelines.append(timeline)
-        if args.timeline:
-            target = Path(args.timeline)
-            if not (target.suffix.lower() == ".png" and len(args.videos) == 1):
-                target = target / f"{Path(video).stem}.timeline.png"
-            plot_timeline(timeline, class_names, target)
-            if not args.json:
-                print(f"timeline plot: {target}")
-    if args.json:
-        print(json.dumps({"timelines": [t.to_json() for t in timelines], "failures": failures}, indent=2))
-    else:
-        for t in timelines:
-            print("\n".join(format_timeline(t)))
-        for f in failures:
-            print(f"{f['video']}: FAILED: {f['error']}", file=sys.stderr)
-    return 1 if failures else 0
-
-
 def _clock(seconds: float) -> str:
     minutes, s = divmod(seconds, 60)
     return f"{int(minutes)}:{s:04.1f}" if minutes < 60 else f"{int(minutes // 60)}:{int(minutes % 60):02d}:{s:04.1f}"
 
 
-__all__ = ["Window", "Timeline", "stream_windows", "window_sample", "predict_windows", "plot_timeline",
-           "format_timeline", "run_windowed"]
+__all__ = ["Window", "Timeline", "WindowError", "stream_windows", "window_sample", "predict_windows",
+           "plot_timeline", "format_timeline"]

@@ -6,47 +6,95 @@ code to read a checkpoint.
 
 from __future__ import annotations
 
+import importlib
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
 from adamml.config import ClipSettings, ExperimentConfig, ModelConfig, _from_dict, config_from_dict
+from adamml.errors import AdamMLError
 from adamml.modalities.table import input_modalities as modality_inputs
-from adamml.models.adamml import build_adamml
 from adamml.models.backbones import PretrainedWeightsError, read_state_dict
-from adamml.models.multimodal import build_multimodal
 from adamml.runtime.checkpoint import CheckpointError, load_checkpoint
+from adamml.runtime.runs import Stage, stage
 
 
 def build_model(kind: str, model_cfg: ModelConfig, clip: ClipSettings) -> nn.Module:
-    """kind "unimodal" / "fusion": a :class:`MultiModalNet`; "adamml": an :class:`AdaMML`."""
-    if kind == "adamml":
-        return build_adamml(model_cfg, clip)
-    return build_multimodal(model_cfg, clip, fusion=model_cfg.fusion)
+    """The network of a stage, by the stage table's builder: a :class:`MultiModalNet` for
+    "unimodal" / "fusion", an :class:`AdaMML` for "adamml"."""
+    module, function = stage(kind).builder.split(":")
+    return getattr(importlib.import_module(module), function)(model_cfg, clip)
 
 
-def model_from_checkpoint(path: str | Path) -> tuple[nn.Module, str, ModelConfig, ExperimentConfig, dict]:
-    """Rebuild the network a checkpoint was trained as, with its weights.
+@dataclass
+class ModelSpec:
+    """What a trained model needs from its inputs, without the network (small to pickle: the
+    decode tasks of a Ray pipeline carry it)."""
 
-    Returns (model in eval mode, kind, its model config, the run's config, the raw state).
-    """
-    state = load_checkpoint(path)
+    kind: str
+    model_cfg: ModelConfig
+    cfg: ExperimentConfig
+    class_names: list[str]
+
+    @property
+    def stage(self) -> Stage:
+        return stage(self.kind)
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.model_cfg.modalities)
+
+    def input_modalities(self) -> list[str]:
+        return input_modalities(self.kind, self.model_cfg)
+
+
+@dataclass
+class LoadedModel(ModelSpec):
+    """A trained network with what it was trained as: its stage, configs and class names."""
+
+    network: nn.Module = field(default=None, repr=False)  # type: ignore[assignment]
+    source: str = ""
+    state: dict[str, Any] = field(default_factory=dict, repr=False)  # the checkpoint, weights dropped
+
+    @property
+    def spec(self) -> ModelSpec:
+        return ModelSpec(self.kind, self.model_cfg, self.cfg, self.class_names)
+
+
+def model_from_state(state: dict[str, Any], where: str | Path) -> LoadedModel:
+    """Rebuild the network of a checkpoint dict (``load_checkpoint``'s, or an exported
+    package's), with its weights, in eval mode."""
     for key in ("kind", "model", "config"):
         if key not in state:
-            raise CheckpointError(f"{path}: not an adamml training checkpoint (no {key!r} entry)")
-    cfg = config_from_dict(state["config"], f"{path}: config")
+            raise CheckpointError(f"{where}: not an adamml training checkpoint (no {key!r} entry)")
+    cfg = config_from_dict(state["config"], f"{where}: config")
     model_cfg = _from_dict(ModelConfig, state.get("model_config") or state["config"]["model"], "model")
     kind = state["kind"]
+    try:
+        stage(kind)
+    except AdamMLError as exc:
+        raise CheckpointError(f"{where}: {exc}") from None
     model = build_model(kind, model_cfg, cfg.data.clip)
     model.load_state_dict(state["model"])
     model.eval()
-    return model, kind, model_cfg, cfg, state
+    names = state.get("class_names")
+    names = [str(i) for i in range(model_cfg.num_classes)] if names is None else [str(n) for n in names]
+    rest = {k: v for k, v in state.items() if k not in ("model", "optimizer", "optimizers", "scheduler", "schedulers")}
+    return LoadedModel(kind, model_cfg, cfg, names, network=model, source=str(where), state=rest)
+
+
+def model_from_checkpoint(path: str | Path) -> LoadedModel:
+    """Rebuild the network a training checkpoint was trained as, with its weights."""
+    return model_from_state(load_checkpoint(path), path)
 
 
 def input_modalities(kind: str, model_cfg: ModelConfig) -> list[str]:
     """The tensors a stage's model needs from the dataset (AdaMML's policy looks at rgbdiff
     for flow; see :func:`adamml.modalities.table.input_modalities`)."""
-    return modality_inputs(model_cfg.modalities, flow_proxy=model_cfg.policy.flow_proxy, policy=kind == "adamml")
+    return modality_inputs(model_cfg.modalities, flow_proxy=model_cfg.policy.flow_proxy,
+                           policy=stage(kind).adaptive)
 
 
 def load_unimodal(recognition: nn.ModuleDict, modality: str, path: str | Path, state: dict | None = None) -> None:

@@ -2,7 +2,7 @@
 
 One row per video flows through a Ray Data pipeline; the work done for each row is the local
 engine's own per-video code (:func:`adamml.data.extract.extract_one`,
-:func:`adamml.inference.predict.prepare_sample` / :func:`~adamml.inference.predict.predict_samples`),
+:func:`adamml.inference.pipeline.prediction_dataset` / :meth:`adamml.Model.predict_samples`),
 so both engines write the same cache bytes and the same predictions. A :class:`Manifest`
 records every video's status, so a killed run is rerun and continues where it stopped.
 

@@ -19,17 +19,18 @@ import json
 import os
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from adamml.data.formats import VIDEO_EXTENSIONS, DatasetError
-from adamml.scale.manifest import DONE, FAILED, PENDING, Manifest
+from adamml.scale.manifest import DONE, FAILED, PENDING, Manifest, RunMismatch
 
 __all__ = [
     "BatchReport", "expand_videos", "manifest_path", "prediction_record", "error_record",
-    "local_records", "predict_to_jsonl",
+    "local_records", "predict_to_jsonl", "RunMismatch",
 ]
 
 LIST_EXTENSIONS = (".txt", ".lst", ".list", ".csv")
@@ -91,13 +92,13 @@ def manifest_path(out: str | Path) -> Path:
 
 
 def prediction_record(prediction) -> dict[str, Any]:
-    """The JSON line of one :class:`~adamml.inference.predict.Prediction`."""
+    """The JSON line of one :class:`~adamml.results.Prediction`."""
     return {
         "video": prediction.video,
         "classes": [name for name, _ in prediction.top],
         "scores": [round(score, 6) for _, score in prediction.top],
         "decisions": prediction.segments,
-        "gflops": round(prediction.gflops, 6),
+        "gflops": float(f"{prediction.gflops:.9g}"),  # significant digits: tiny models cost 1e-2 GFLOPs
         "audio_missing": prediction.audio_missing,
     }
 
@@ -110,24 +111,17 @@ def error_record(video: str, exc: BaseException) -> dict[str, Any]:
     return {"video": video, "error": message}
 
 
-def local_records(videos: list[str], bundle, *, topk: int = 5, device: str = "cpu") -> Iterator[dict[str, Any]]:
-    """``--engine local``: decode and predict one video after the other in this process."""
-    import warnings
-
-    from adamml.inference.predict import planned, predict_samples, prediction_dataset
-
-    bundle, plan = planned(bundle, device)  # the model under the device's execution plan, once
-    _, kind, model_cfg, cfg, class_names = bundle
-    dataset = prediction_dataset(videos, kind, model_cfg, cfg, class_names)
-    for i, video in enumerate(videos):
+def local_records(videos: list[str], model, *, topk: int = 5) -> Iterator[dict[str, Any]]:
+    """``--engine local``: each video through ``model.predict`` (an :class:`adamml.Model`), one
+    after the other in this process: the predictions ``adamml predict`` gives file by file."""
+    for video in videos:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # a missing audio track is in the record
-                sample = dataset[i]
+                prediction = model.predict(video, topk=topk)
         except Exception as exc:  # a broken video is recorded; the run goes on
             yield error_record(video, exc)
             continue
-        (prediction,) = predict_samples([sample], bundle, topk=topk, device=device, plan=plan)
         prediction.video = video
         yield prediction_record(prediction)
 
@@ -170,12 +164,17 @@ def predict_to_jsonl(
     manifest: str | Path | None = None,
     retry_failed: bool = False,
     progress: bool = True,
+    run: dict[str, Any] | None = None,
 ) -> BatchReport:
     """Append to ``out`` the records that ``produce(todo)`` yields for the videos not yet done.
 
     A video is done once its line is in ``out``; the manifest follows the output (a kill
     between the two writes is reconciled on the next run). Failed videos are not retried
     unless ``retry_failed``; their old lines are then replaced.
+
+    ``run``: what the predictions depend on (the checkpoint's SHA-256, the options), kept in
+    the manifest; resuming an output written with other values is refused (:class:`RunMismatch`)
+    before anything is written, so one file never mixes two models' predictions.
     """
     from tqdm import tqdm
 
@@ -183,6 +182,8 @@ def predict_to_jsonl(
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     log = Manifest(manifest or manifest_path(out))
+    if run is not None:
+        log.check_run(run, out)
     written = _read_output(out)
     log.mark(
         {"video": v, "status": FAILED, "error": r["error"]} if "error" in r else {"video": v, "status": DONE}

@@ -9,6 +9,8 @@ partial line (ignored on reading), and a rerun knows exactly which videos are fi
     {"video": "/data/b.mp4", "status": "failed", "error": "/data/b.mp4: not a media file ...", "t": ...}
 
 (``t``: when it finished, Unix time; ``seconds``: the work it took, where the engine says.)
+A ``{"run": {...}}`` line records what the results depend on (a prediction run's checkpoint
+SHA-256 and options): a later run with other values is refused instead of mixing them in.
 """
 
 from __future__ import annotations
@@ -20,9 +22,15 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Manifest", "PENDING", "DONE", "FAILED"]
+from adamml.errors import AdamMLError
+
+__all__ = ["Manifest", "RunMismatch", "PENDING", "DONE", "FAILED"]
 
 PENDING, DONE, FAILED = "pending", "done", "failed"
+
+
+class RunMismatch(AdamMLError):
+    """Resuming into an output written by another model or with other options."""
 
 
 class Manifest:
@@ -31,6 +39,7 @@ class Manifest:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.records: dict[str, dict[str, Any]] = {}
+        self.run: dict[str, Any] | None = None  # the first run's settings, where recorded
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.is_file():
             with self.path.open(encoding="utf-8") as handle:
@@ -41,6 +50,23 @@ class Manifest:
                         continue
                     if isinstance(record, dict) and "video" in record and "status" in record:
                         self.records[str(record["video"])] = record
+                    elif isinstance(record, dict) and isinstance(record.get("run"), dict) and self.run is None:
+                        self.run = record["run"]
+
+    def check_run(self, run: dict[str, Any], out: str | Path | None = None) -> None:
+        """Record ``run`` (JSON values) on the first run; on a later one, refuse other values
+        in one line naming each that differs."""
+        run = json.loads(json.dumps(run))
+        if self.run is None:
+            self._append([json.dumps({"run": run}) + "\n"])
+            self.run = run
+            return
+        differ = [f"{key} {self.run.get(key)!r} then, {run.get(key)!r} now"
+                  for key in sorted(set(self.run) | set(run)) if self.run.get(key) != run.get(key)]
+        if differ:
+            target = out or self.path
+            raise RunMismatch(f"{target}: was written with other settings ({'; '.join(differ)}); "
+                              "give another output file, or delete it and its manifest to start again")
 
     def status(self, video: str) -> str:
         record = self.records.get(str(video))
@@ -58,6 +84,9 @@ class Manifest:
                 raise ValueError(f"{self.path}: unknown status {record.get('status')!r} for {record.get('video')}")
             self.records[str(record["video"])] = record
             lines.append(json.dumps(record) + "\n")
+        self._append(lines)
+
+    def _append(self, lines: list[str]) -> None:
         if not lines:
             return
         with self.path.open("a", encoding="utf-8") as handle:

@@ -1,21 +1,20 @@
-"""``adamml predict [--out OUT] [--engine ray]``: decode in CPU tasks, predict in batched model actors.
+"""The Ray engine of ``adamml predict --out OUT --engine ray``: decode in CPU tasks, predict in
+batched model actors.
 
-One row per video. Stage 1, ``_decode_row`` (one CPU each): the local engine's
-:func:`~adamml.inference.predict.prediction_dataset` decodes the file and builds the policy's
+One row per video. Stage 1, ``_decode_row`` (one CPU each):
+:func:`~adamml.inference.pipeline.prediction_dataset` decodes the file and builds the policy's
 and the sub-networks' inputs. Stage 2, ``_Predictor`` actors (one GPU each where the cluster
-has GPUs, else one CPU each): :func:`~adamml.inference.predict.predict_samples` on batches,
-running the policy and only the sub-networks it selects. The driver writes the JSON lines
-and the manifest (:func:`adamml.scale.batch.predict_to_jsonl`, which also serves
-``--engine local``). Videos and the checkpoint must be readable at the same paths on every
-node (a shared file system).
+has GPUs, else one CPU each): :meth:`adamml.Model.predict_samples` on batches, running the
+policy and only the sub-networks it selects. The driver writes the JSON lines and the
+manifest (:func:`adamml.scale.batch.predict_to_jsonl`, which also serves ``--engine local``).
+Videos and the checkpoint must be readable at the same paths on every node (a shared file
+system).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import pickle
-import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -25,22 +24,15 @@ from typing import Any
 import numpy as np
 
 from adamml.data.extract import limit_threads
-from adamml.inference import predict as local
-from adamml.inference.predict import load_predictor, planned, predict_samples, prediction_dataset
-from adamml.scale.batch import (
-    error_record,
-    expand_videos,
-    local_records,
-    predict_to_jsonl,
-    prediction_record,
-)
+from adamml.inference.pipeline import prediction_dataset
+from adamml.scale.batch import error_record, prediction_record
 from adamml.scale.extract import MAX_BLOCKS
-from adamml.scale.runtime import cluster_gpus, connect, import_ray, quiet_ray_data
+from adamml.scale.runtime import cluster_gpus, connect, quiet_ray_data
 
-__all__ = ["ray_records", "plan_actors", "add_arguments", "run"]
+__all__ = ["ray_records", "plan_actors"]
 
 
-def _decode_row(row: dict[str, Any], *, kind: str, model_cfg, cfg, class_names: list[str]) -> dict[str, Any]:
+def _decode_row(row: dict[str, Any], *, spec) -> dict[str, Any]:
     """A Ray task: one video's model inputs, pickled (or its error), and the seconds it took."""
     limit_threads()
     t0 = time.perf_counter()
@@ -48,7 +40,7 @@ def _decode_row(row: dict[str, Any], *, kind: str, model_cfg, cfg, class_names: 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a missing audio track is in the record
-            sample = prediction_dataset([video], kind, model_cfg, cfg, class_names)[0]
+            sample = prediction_dataset([video], spec)[0]
         payload, error = pickle.dumps(sample), ""
     except Exception as exc:  # a broken video is recorded; the run goes on
         payload, error = b"", error_record(video, exc)["error"]
@@ -58,9 +50,11 @@ def _decode_row(row: dict[str, Any], *, kind: str, model_cfg, cfg, class_names: 
 class _Predictor:
     """A Ray actor holding the model; called on batches of decoded rows."""
 
-    def __init__(self, checkpoint: str, topk: int, device: str) -> None:
-        self.bundle, self.plan = planned(load_predictor(checkpoint), device)  # the device's execution plan
-        self.topk, self.device = topk, device
+    def __init__(self, checkpoint: str, topk: int, device: str, precision: str = "fp32") -> None:
+        from adamml.api import load  # in the actor's process: the model under the device's plan
+
+        self.model = load(checkpoint, device=device, precision=precision)
+        self.topk = topk
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         t0 = time.perf_counter()
@@ -69,7 +63,7 @@ class _Predictor:
         good = [i for i, e in enumerate(batch["error"]) if not e]
         if good:
             samples = [pickle.loads(batch["sample"][i]) for i in good]
-            for i, prediction in zip(good, predict_samples(samples, self.bundle, topk=self.topk, device=self.device, plan=self.plan), strict=True):
+            for i, prediction in zip(good, self.model.predict_samples(samples, topk=self.topk), strict=True):
                 prediction.video = videos[i]
                 records[i] = prediction_record(prediction)
         seconds = (time.perf_counter() - t0) / max(len(videos), 1)
@@ -103,6 +97,7 @@ def ray_records(
     actors: int | None = None,
     address: str | None = None,
     timings: list[tuple[float, float, float]] | None = None,
+    precision: str = "fp32",
 ) -> Iterator[dict[str, Any]]:
     """Prediction records of ``videos`` as the Ray pipeline finishes them (any order).
 
@@ -112,14 +107,19 @@ def ray_records(
     """
     ray = connect(address)
     quiet_ray_data(ray)
-    _, kind, model_cfg, cfg, class_names = load_predictor(checkpoint)  # what the decode tasks need
+    from adamml.api import resolve_checkpoint  # the layer above: its checkpoint resolution, once
+    from adamml.models.build import model_from_checkpoint
+
+    checkpoint = resolve_checkpoint(checkpoint)
+    spec = model_from_checkpoint(checkpoint).spec  # what the decode tasks need (no network)
     count, gpus, cpus, device = plan_actors(actors)
     dataset = (
         ray.data.from_items([{"video": v} for v in videos], override_num_blocks=min(len(videos), MAX_BLOCKS))
-        .map(_decode_row, fn_kwargs={"kind": kind, "model_cfg": model_cfg, "cfg": cfg, "class_names": class_names}, num_cpus=1)
+        .map(_decode_row, fn_kwargs={"spec": spec}, num_cpus=1)
         .map_batches(
             _Predictor,
-            fn_constructor_kwargs={"checkpoint": str(Path(checkpoint).absolute()), "topk": topk, "device": device},
+            fn_constructor_kwargs={"checkpoint": str(Path(checkpoint).absolute()), "topk": topk, "device": device,
+                                   "precision": precision},
             batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=count), num_gpus=gpus, num_cpus=cpus,
             batch_format="numpy",
         )
@@ -128,52 +128,3 @@ def ray_records(
         if timings is not None:
             timings.append((float(row["decode_s"]), float(row["predict_s"]), float(row["finished_at"])))
         yield json.loads(row["record"])
-
-
-# ----------------------------------------------------------------------------- command line
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """``adamml predict``: the local command's options, plus a corpus into JSON lines."""
-
-    local.add_arguments(parser)
-    videos = next(a for a in parser._actions if a.dest == "videos")
-    videos.metavar, videos.help = "VIDEO_OR_DIR_OR_LIST", "video files; with --out also folders and list files (.txt/.csv)"
-    batch = parser.add_argument_group("a corpus into JSON lines (see docs/scale-out.md)")
-    batch.add_argument("--out", type=Path, default=None, help="write one JSON line per video here; resumable, with a manifest beside it")
-    batch.add_argument("--engine", default="local", choices=("local", "ray"), help="local (default) or ray (Ray Data; `pip install 'adamml[ray]'`); ray needs --out")
-    batch.add_argument("--address", default=None, help="ray: a running cluster (default: RAY_ADDRESS, else start a local Ray)")
-    batch.add_argument("--batch-size", type=int, default=8, help="ray: videos per model call (default 8)")
-    batch.add_argument("--actors", type=int, default=None, help="ray: model replicas (default: one per GPU, else one per CPU)")
-    batch.add_argument("--manifest", type=Path, default=None, help="per-video status file (default: OUT with .manifest.jsonl)")
-    batch.add_argument("--retry-failed", action="store_true", help="redo videos an earlier run recorded as failed")
-    batch.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
-def run(args: argparse.Namespace) -> int:
-
-    if args.out is None:
-        if args.engine != "local":
-            print(f"adamml predict: --engine {args.engine} writes JSON lines: give --out predictions.jsonl", file=sys.stderr)
-            return 2
-        return local.run(args)
-    videos = expand_videos(args.videos)
-    if args.engine == "ray":
-        import_ray()  # fail before anything is written when the extra is missing
-
-        def produce(todo: list[str]):
-            return ray_records(todo, args.checkpoint, topk=args.topk, batch_size=args.batch_size,
-                               actors=args.actors, address=args.address)
-    else:
-        bundle = local.load_predictor(args.checkpoint)
-
-        def produce(todo: list[str]):
-            return local_records(todo, bundle, topk=args.topk, device=args.device)
-
-    print(f"{len(videos)} videos -> {args.out}", file=sys.stderr)
-    report = predict_to_jsonl(
-        videos, args.out, produce, manifest=args.manifest, retry_failed=args.retry_failed,
-        progress=not args.no_progress,
-    )
-    print(report.summary())
-    return 1 if report.failed else 0
