@@ -41,7 +41,8 @@ request_huge_pages()  # before torch starts (see adamml.runtime.allocator)
 
 import torch  # noqa: E402
 
-from adamml.config import ExperimentConfig, load_config  # noqa: E402
+from adamml.config import ExperimentConfig  # noqa: E402
+from adamml.config_files import load_config  # noqa: E402
 from adamml.evaluation.metrics import gflops_per_video  # noqa: E402
 from adamml.modalities.table import MODALITIES  # noqa: E402
 from adamml.models.adamml import AdaMML, build_adamml  # noqa: E402

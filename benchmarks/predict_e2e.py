@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from adamml.config import load_config
+from adamml.config_files import load_config
 from adamml.inference.budget import Thresholds, fit_thresholds
 from adamml.inference.pipeline import STAGES, Predictor
 from adamml.models.adamml import build_adamml

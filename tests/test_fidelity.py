@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from adamml.config import load_config
+from adamml.config_files import load_config
 from adamml.data.catalog import headline_metric
 from adamml.training.loss import classification_loss
 

@@ -10,7 +10,7 @@ from torch import nn
 from torchvision import models as tvm
 
 from adamml.cli import main
-from adamml.config import load_config
+from adamml.config_files import load_config
 from adamml.evaluation.metrics import gflops_per_video
 from adamml.models.flops import (
     count_flops,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from adamml.config import load_config
+from adamml.config_files import load_config
 from adamml.data.datasets import VideoDataset
 from adamml.data.types import VideoEntry
 from adamml.inference.budget import Thresholds, use_margins

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from adamml.config import load_config
+from adamml.config_files import load_config
 from adamml.runtime.distributed import Runtime
 
 NUM_CLASSES = 12

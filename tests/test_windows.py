@@ -12,7 +12,8 @@ import pytest
 import torch
 from media import make_long_video
 
-from adamml.config import DecodeSettings, load_config, to_dict
+from adamml.config import DecodeSettings, to_dict
+from adamml.config_files import load_config
 from adamml.inference.windows import stream_windows
 
 SETTINGS = DecodeSettings(fps=4.0, short_side=32, sample_rate=8000)

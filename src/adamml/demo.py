@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from adamml.config import config_from_dict, load_config, save_config
+from adamml.config import config_from_dict
+from adamml.config_files import load_config, save_config
 from adamml.data.cache import VideoCache
 from adamml.data.catalog import discover
 from adamml.data.extract import extract_videos

@@ -247,7 +247,7 @@ def open_splits(args: argparse.Namespace) -> tuple[dict[str, list[VideoEntry]], 
     data = args.data
     modalities = ["rgb", "audio"]
     if args.config:
-        from adamml.config import load_config
+        from adamml.config_files import load_config
 
         cfg = load_config(args.config)
         decode = dataclasses.replace(cfg.data.decode)

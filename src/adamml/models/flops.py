@@ -23,7 +23,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from adamml.config import ClipSettings, ConfigError, ExperimentConfig, ModelConfig, load_config
+from adamml.config import ClipSettings, ConfigError, ExperimentConfig, ModelConfig
+from adamml.config_files import load_config
 from adamml.modalities.table import MODALITIES
 from adamml.models.policy import build_policy
 from adamml.models.recognition import build_recognition_net

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from adamml.config import ExperimentConfig, save_config, to_dict
+from adamml.config import ExperimentConfig, to_dict
+from adamml.config_files import save_config
 from adamml.data.loader import make_loader, set_loader_epoch
 from adamml.runtime import runs
 from adamml.runtime.checkpoint import load_checkpoint, rng_state, save_checkpoint

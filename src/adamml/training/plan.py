@@ -10,7 +10,8 @@ so it cannot drift from it.
 
 from __future__ import annotations
 
-from adamml.config import ExperimentConfig, policy_extractor
+from adamml.config import ExperimentConfig
+from adamml.models.policy import policy_extractor
 from adamml.runtime.distributed import per_process_batch
 from adamml.runtime.runs import BEST, BEST_ALTERNATE
 from adamml.training.engine import multistep_lr

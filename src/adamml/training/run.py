@@ -12,7 +12,9 @@ import argparse
 import os
 from pathlib import Path
 
-from adamml.config import FUSIONS, check_choice, load_config
+from adamml.config import check_choice
+from adamml.config_files import load_config
+from adamml.models.fusion import FUSIONS
 from adamml.runtime.distributed import setup, teardown
 from adamml.runtime.runs import STAGES
 from adamml.training.prepare import describe_recipe, prepare_run, write_summary
