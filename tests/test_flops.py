@@ -11,11 +11,11 @@ from torchvision import models as tvm
 
 from adamml.cli import main
 from adamml.config_files import load_config
-from adamml.evaluation.metrics import gflops_per_video
 from adamml.models.flops import (
     count_flops,
     count_macs,
     flops_report,
+    gflops_per_video,
     modality_costs,
     recognition_cost,
 )

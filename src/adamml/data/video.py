@@ -20,7 +20,8 @@ import cv2
 import numpy as np
 
 from adamml.config import DecodeSettings
-from adamml.data.types import DecodedVideo, VideoDecodeError
+from adamml.data.types import VideoDecodeError
+from adamml.media import DecodedVideo
 from adamml.modalities.flow import compute_flow
 
 __all__ = [

@@ -3,7 +3,7 @@
 One pass over the evaluation set runs the policy and every sub-network on every segment and
 keeps what the fusion head needs (segment logits and features) and the policy's margins
 (logit of "use"). Every cost point is then only a choice of decisions followed by the fusion
-head: the budget's thresholds (adamml.inference.budget) for the learned policy, and a random
+head: the budget's thresholds (adamml.models.thresholds) for the learned policy, and a random
 policy at the same per-modality rates beside it. Conditional execution with the same
 decisions gives the same logits (tests/test_execution.py), so these are the accuracies the
 model has when it really skips.
@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adamml.inference.budget import Budget, Thresholds, fit_thresholds, use_margins
 from adamml.models.execution import ExecutionPlan, run_many
+from adamml.models.thresholds import Budget, Thresholds, fit_thresholds, use_margins
 
 DEFAULT_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 

@@ -26,9 +26,9 @@ from torch.utils.data import default_collate
 from adamml.data.datasets import VideoDataset, policy_frame_subsets
 from adamml.data.sampling import sample_indices
 from adamml.data.types import VideoEntry
-from adamml.inference.budget import Thresholds, use_margins
 from adamml.models.execution import ExecutionPlan
 from adamml.models.flops import modality_costs
+from adamml.models.thresholds import Thresholds, use_margins
 from adamml.results import STAGES, Prediction
 
 

@@ -21,13 +21,12 @@ from torch.utils.data import default_collate
 
 from adamml.data.datasets import VideoDataset
 from adamml.data.types import VideoDecodeError, VideoEntry
-from adamml.evaluation.evaluate import segment_costs
-from adamml.evaluation.metrics import gflops_per_video
-from adamml.inference.budget import Budget, fit_thresholds, parse_budget
 from adamml.inference.pipeline import STAGES, Prediction, Predictor
 from adamml.modalities.table import MODALITIES
 from adamml.models.build import input_modalities, model_from_checkpoint
 from adamml.models.execution import PRECISIONS, ExecutionPlan
+from adamml.models.flops import gflops_per_video, segment_costs
+from adamml.models.thresholds import Budget, fit_thresholds, parse_budget
 
 
 def load_predictor(checkpoint: str | Path):

@@ -149,7 +149,7 @@ def window_sample(window: Window, modalities: list[str], clip: ClipSettings, num
     asked for) from ``flow_method``."""
     from adamml.data.datasets import cut_modalities
     from adamml.data.sampling import sample_indices
-    from adamml.data.types import DecodedVideo
+    from adamml.media import DecodedVideo
     from adamml.modalities.flow import compute_flow
     from adamml.modalities.spatial import choose_crop
     from adamml.modalities.table import MODALITIES

@@ -1,4 +1,4 @@
-"""``adamml weights check``: does a weights file hold the ImageNet network it claims to?
+"""Does a weights file hold the ImageNet network it claims to? (``adamml weights check``)
 
 Key layouts differ between sources (torchvision, timm, TF conversions), and a file that loads
 without error can still hold the wrong network or a wrong input normalisation. The check runs
@@ -8,9 +8,6 @@ names (torchvision's weight enums carry the 1000 ImageNet names offline).
 """
 
 from __future__ import annotations
-
-import argparse
-import sys
 
 import torch
 import torch.nn.functional as F
@@ -101,35 +98,3 @@ def top_k(model: nn.Module, images: dict[str, torch.Tensor], k: int = 3) -> dict
         values, indices = probs.topk(k)
         out[name] = [(int(i), float(v)) for i, v in zip(indices, values, strict=True)]
     return out
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    check = sub.add_parser(
-        "check",
-        help="ImageNet top-3 on two sample photographs",
-        description="Run a weights source as an ImageNet classifier on scikit-learn's "
-        "china.jpg and flower.jpg and print the top-3 classes.",
-    )
-    check.add_argument(
-        "source",
-        help=f"a local weights file or {', '.join(IMAGENET_SOURCES)}",
-    )
-    check.add_argument(
-        "--arch",
-        choices=CHECKABLE,
-        default=None,
-        help="the architecture (default: the one the source names, or the one its tensors fit)",
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    arch, model = build_classifier(args.source, args.arch)
-    names = imagenet_categories()
-    results = top_k(model, sample_images())
-    print(f"{args.source} as {arch}, ImageNet top-3 (input: resize 256, centre crop 224, ImageNet mean/std)")
-    for image, best in results.items():
-        ranked = ", ".join(f"{names[i]} ({i}) {p:.1%}" for i, p in best)
-        print(f"  {image:<11} {ranked}")
-    sys.stdout.flush()
-    return 0

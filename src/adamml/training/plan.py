@@ -11,6 +11,7 @@ so it cannot drift from it.
 from __future__ import annotations
 
 from adamml.config import ExperimentConfig
+from adamml.modalities.table import policy_source
 from adamml.models.policy import policy_extractor
 from adamml.runtime.distributed import per_process_batch
 from adamml.runtime.runs import BEST, BEST_ALTERNATE
@@ -38,7 +39,7 @@ def _extractor_backbone(cfg: ExperimentConfig, source: str) -> str | None:
 def _policy_starts(cfg: ExperimentConfig) -> str:
     from adamml.models.policy import policy_weight_sources
 
-    sources = {cfg.model.policy.flow_proxy if m == "flow" else m for m in cfg.model.modalities}
+    sources = {policy_source(m, cfg.model.policy.flow_proxy) for m in cfg.model.modalities}
     given = policy_weight_sources(cfg.model)
     parts = []
     for source in sorted(sources):

@@ -118,7 +118,7 @@ def prepare_run(
 
 def describe_recipe(cfg: ExperimentConfig, budget: float | None = None) -> list[str]:
     """One line on the models and their cost, one on the stages (what the run will do)."""
-    from adamml.evaluation.evaluate import segment_costs
+    from adamml.models.flops import segment_costs
 
     m, t, clip = cfg.model, cfg.train, cfg.data.clip
     costs = segment_costs(m, clip)

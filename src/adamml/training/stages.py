@@ -254,7 +254,7 @@ def adamml_task(model: nn.Module, cfg: ExperimentConfig) -> Task:
     temperature = Temperature(tcfg.temperature, tcfg.temperature_decay)
     hooks = None
     if tcfg.budget is not None:  # cost weights adapted to the budget instead (training/budget.py)
-        from adamml.evaluation.evaluate import segment_costs
+        from adamml.models.flops import segment_costs
         from adamml.training.budget import BudgetController
         from adamml.training.hooks import BudgetHook
 
