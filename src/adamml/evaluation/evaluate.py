@@ -29,12 +29,14 @@ from adamml.evaluation.report import (
     write_csv,
     write_json,
 )
+from adamml.evaluation.sweep import budget_rows
 from adamml.layouts import IMAGENET_MEAN, IMAGENET_STD
 from adamml.modalities.table import title
 from adamml.models.adamml import RandomPolicy
 from adamml.models.build import input_modalities, model_from_checkpoint
 from adamml.models.execution import ExecutionPlan
 from adamml.models.flops import gflops_per_video, segment_costs
+from adamml.models.thresholds import Thresholds
 from adamml.runtime.distributed import Runtime
 from adamml.runtime.files import atomic_write_text
 
@@ -235,8 +237,6 @@ def evaluate_run(
                     gflops=rres.metrics["gflops"], extra=dict(rres.metrics),
                 ))
     if budgets or sweep:
-        from adamml.evaluation.sweep import budget_rows
-
         results += budget_rows(adamml_outputs, results, budgets=budgets or [], sweep_curve=sweep,
                                out_dir=out_dir if runtime.is_main else None, seed=seed, progress=progress)
     metric = results[0].metric if results else "top1"
@@ -265,7 +265,6 @@ def threshold_note(model, cfg) -> str | None:
         return None
     budget = cfg.train.adamml.budget
     fitted = f"fitted to its training budget of {budget:g} x fusion's GFLOPs on its validation split" if budget else "carried by its checkpoint"
-    from adamml.models.thresholds import Thresholds
 
     probs = Thresholds(tuple(policy.modalities), tuple(policy.use_thresholds.tolist()), 0.0).probabilities()
     return f"AdaMML's thresholds ({fitted}): " + ", ".join(f"{m} when p_use > {p:.4f}" for m, p in probs.items()) + "."

@@ -26,6 +26,9 @@ from torch.utils.data import default_collate
 from adamml.data.datasets import VideoDataset, policy_frame_subsets
 from adamml.data.sampling import sample_indices
 from adamml.data.types import VideoEntry
+from adamml.modalities.flow import compute_flow, flow_clip
+from adamml.modalities.spatial import choose_crop
+from adamml.models.build import input_modalities
 from adamml.models.execution import ExecutionPlan
 from adamml.models.flops import modality_costs
 from adamml.models.thresholds import Thresholds, use_margins
@@ -53,8 +56,6 @@ class LazyFlow:
         return self.shape[0]
 
     def _get(self, i: int) -> np.ndarray:
-        from adamml.modalities.flow import compute_flow
-
         if i not in self.fields:
             pair = np.stack([self.frames[i], self.frames[i + 1]])
             self.fields[i] = compute_flow(pair, self.method)[0]
@@ -161,9 +162,6 @@ class Predictor:
 
     def add_flow(self, prepared: Prepared, segments: np.ndarray) -> None:
         """Flow tensors for the given segments only (zeros elsewhere, never read)."""
-        from adamml.modalities.flow import flow_clip
-        from adamml.modalities.spatial import choose_crop
-
         start = time.perf_counter()
         clip = self.cfg.data.clip
         frames = prepared.decoded.frames
@@ -224,6 +222,4 @@ class Predictor:
 
 
 def _input_modalities(kind: str, model_cfg) -> list[str]:
-    from adamml.models.build import input_modalities
-
     return input_modalities(kind, model_cfg)

@@ -22,6 +22,7 @@ from torch.utils.data import default_collate
 from adamml.data.datasets import VideoDataset
 from adamml.data.types import VideoDecodeError, VideoEntry
 from adamml.inference.pipeline import STAGES, Prediction, Predictor
+from adamml.inference.windows import run_windowed
 from adamml.modalities.table import MODALITIES
 from adamml.models.build import input_modalities, model_from_checkpoint
 from adamml.models.execution import PRECISIONS, ExecutionPlan
@@ -166,8 +167,6 @@ def run(args: argparse.Namespace) -> int:
         return 2
     bundle = load_predictor(args.checkpoint)
     if args.window is not None:
-        from adamml.inference.windows import run_windowed
-
         return run_windowed(args, bundle)
     budget = parse_budget(args.budget) if args.budget else None
     plan = ExecutionPlan.for_device(args.device, precision=args.precision)

@@ -12,6 +12,9 @@ modalities run, and only those run.
 
 from __future__ import annotations
 
+import json
+import sys
+import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,7 +24,23 @@ import numpy as np
 import torch
 
 from adamml.config import ClipSettings, DecodeSettings
+from adamml.data.datasets import cut_modalities
+from adamml.data.sampling import sample_indices
 from adamml.data.types import VideoDecodeError
+from adamml.data.video import (
+    MissingAudioWarning,
+    _AudioCollector,
+    _frame_rate,
+    _frame_times,
+    _FrameResampler,
+    _open,
+    _video_frames,
+)
+from adamml.inference.pipeline import Predictor, Prepared
+from adamml.media import DecodedVideo
+from adamml.modalities.flow import compute_flow
+from adamml.modalities.spatial import choose_crop
+from adamml.modalities.table import MODALITIES
 
 
 @dataclass
@@ -48,15 +67,6 @@ def stream_windows(
 ) -> Iterator[Window]:
     """Yield consecutive windows of ``window_s`` seconds (the last may be shorter), decoding the
     file once and holding only the current window (and ``audio_margin_s`` of audio around it)."""
-    from adamml.data.video import (
-        _AudioCollector,
-        _frame_rate,
-        _frame_times,
-        _FrameResampler,
-        _open,
-        _video_frames,
-    )
-
     path = Path(path)
     if window_s <= 0:
         raise ValueError(f"window must be positive, got {window_s} s")
@@ -147,13 +157,6 @@ def window_sample(window: Window, modalities: list[str], clip: ClipSettings, num
     window's own audio, margin included). Every modality is cut by the modality table, as a
     dataset does (the same normalisation); ``frame_subsets`` as in VideoDataset; flow (when
     asked for) from ``flow_method``."""
-    from adamml.data.datasets import cut_modalities
-    from adamml.data.sampling import sample_indices
-    from adamml.media import DecodedVideo
-    from adamml.modalities.flow import compute_flow
-    from adamml.modalities.spatial import choose_crop
-    from adamml.modalities.table import MODALITIES
-
     needs_stack = any(MODALITIES[m].stacked for m in modalities)
     sampling = clip if needs_stack else ClipSettings(**{**asdict(clip), "stack_length": 0})
     n, height, width = window.frames.shape[:3]
@@ -208,8 +211,6 @@ def predict_windows(video: str | Path, bundle, *, window_s: float, topk: int = 5
     the policy, flow only for the segments whose flow network it selected, the selected
     networks only); only decoding differs (one streaming pass for the whole file).
     ``predictor``: one made from ``bundle`` already (the model prepared once for many videos)."""
-    from adamml.inference.pipeline import Predictor, Prepared
-
     _, _, model_cfg, cfg, class_names = bundle
     predictor = predictor or Predictor(*bundle, device=device)
     clip = cfg.data.clip
@@ -219,10 +220,6 @@ def predict_windows(video: str | Path, bundle, *, window_s: float, topk: int = 5
     all_scores, all_decisions = [], []
     for window in stream_windows(video, cfg.data.decode, window_s, audio_margin_s=clip.audio_window_s / 2):
         if window.audio_missing and not timeline.audio_missing and "audio" in predictor.needed:
-            import warnings
-
-            from adamml.data.video import MissingAudioWarning
-
             warnings.warn(f"{video}: has no audio track; its spectrograms are all zeros", MissingAudioWarning, stacklevel=2)
         timeline.audio_missing = window.audio_missing
         batch, indices = window_sample(window, predictor.needed, clip, segments, predictor.flow_method, predictor.frame_subsets)
@@ -254,10 +251,11 @@ def predict_windows(video: str | Path, bundle, *, window_s: float, topk: int = 5
 
 def plot_timeline(timeline: Timeline, class_names: list[str], path: str | Path, *, classes: int = 5) -> Path:
     """Top classes' scores over time (above) and, per modality, the segments it ran on (below)."""
+    # matplotlib (about 0.5 s) only when a timeline is drawn
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after the backend is chosen: no display needed
 
     path = Path(path)
     scores = timeline.scores if timeline.scores is not None else np.zeros((0, len(class_names)))
@@ -314,14 +312,9 @@ def format_timeline(timeline: Timeline) -> list[str]:
 
 def run_windowed(args, bundle) -> int:
     """``adamml predict --window``: a timeline per video, as text or JSON, and PNGs."""
-    import json
-    import sys
-    import warnings
-
     if args.window <= 0:
         print(f"adamml predict: --window must be positive, got {args.window}", file=sys.stderr)
         return 2
-    from adamml.inference.pipeline import Predictor
 
     class_names = bundle[4]
     predictor = Predictor(*bundle, device=args.device)  # the model prepared once for every video

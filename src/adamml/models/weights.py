@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.models import ResNet50_Weights
 
 from adamml.layouts import IMAGENET_MEAN, IMAGENET_STD
 from adamml.models.backbones import (
@@ -28,8 +29,6 @@ CHECKABLE = [name for name in BACKBONES if not name.endswith("_tiny") and name !
 
 def imagenet_categories() -> list[str]:
     """The 1000 ImageNet class names, from torchvision's weights metadata (no download)."""
-    from torchvision.models import ResNet50_Weights
-
     return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
 
 
@@ -37,6 +36,7 @@ def sample_images(size: int = 224) -> dict[str, torch.Tensor]:
     """scikit-learn's bundled photographs, short side resized to ``size * 256 / 224``, centre
     crop ``size``, ImageNet-normalised: {name: (3, size, size)}."""
     try:
+        # scikit-learn is optional: only this check needs it
         from sklearn.datasets import load_sample_images
     except ImportError:
         raise PretrainedWeightsError(

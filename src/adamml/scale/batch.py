@@ -19,12 +19,16 @@ import json
 import os
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from adamml.data.formats import VIDEO_EXTENSIONS, DatasetError
+from adamml.inference.predict import planned, predict_samples, prediction_dataset
 from adamml.scale.manifest import DONE, FAILED, PENDING, Manifest
 
 __all__ = [
@@ -112,10 +116,6 @@ def error_record(video: str, exc: BaseException) -> dict[str, Any]:
 
 def local_records(videos: list[str], bundle, *, topk: int = 5, device: str = "cpu") -> Iterator[dict[str, Any]]:
     """``--engine local``: decode and predict one video after the other in this process."""
-    import warnings
-
-    from adamml.inference.predict import planned, predict_samples, prediction_dataset
-
     bundle, plan = planned(bundle, device)  # the model under the device's execution plan, once
     _, kind, model_cfg, cfg, class_names = bundle
     dataset = prediction_dataset(videos, kind, model_cfg, cfg, class_names)
@@ -177,8 +177,6 @@ def predict_to_jsonl(
     between the two writes is reconciled on the next run). Failed videos are not retried
     unless ``retry_failed``; their old lines are then replaced.
     """
-    from tqdm import tqdm
-
     t0 = time.perf_counter()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -86,6 +86,7 @@ def plan_actors(actors: int | None = None) -> tuple[int, float, float, str]:
     tasks run apart on the CPUs, feeding them. Without: one actor per CPU; Ray Data then fuses
     decoding into the actor (same resources), so each CPU decodes and predicts its own videos
     without shipping samples between processes."""
+    # ray is optional (adamml[ray]): only when the Ray engine runs
     import ray
 
     gpus = cluster_gpus()

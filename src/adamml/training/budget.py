@@ -29,6 +29,8 @@ import math
 
 import torch
 
+from adamml.evaluation.metrics import gather_by_index, mean_gflops, selection_rates
+from adamml.models.flops import gflops_per_video
 from adamml.models.thresholds import Thresholds, fit_thresholds, use_margins
 
 TOLERANCE = 0.10  # a run meets its budget when validation GFLOPs are within 10 % of it
@@ -133,8 +135,6 @@ class BudgetController:
 def validation_margins(model, loader, runtime) -> torch.Tensor:
     """(N, K, M) policy margins (logit of "use") of every video of ``loader``, in dataset
     order, gathered from all processes (a distributed sampler's padding counted once)."""
-    from adamml.evaluation.metrics import gather_by_index
-
     was_training = model.training
     model.eval()
     indices, margins = [], []
@@ -152,9 +152,6 @@ def decision_metrics(decisions: torch.Tensor, controller: BudgetController, moda
     """GFLOPs per video and selection rates of (N, K, M) deterministic decisions, without
     running the recognition networks: a calibrated validation reads the argmax's figures
     from the policy pass that fits the thresholds, then evaluates once, at the thresholds."""
-    from adamml.evaluation.metrics import mean_gflops, selection_rates
-    from adamml.models.flops import gflops_per_video
-
     decisions = decisions.double()
     out = {"gflops": mean_gflops(gflops_per_video(decisions, controller.costs.tolist(), controller.policy_cost))}
     out |= {f"selection_{m}": rate for m, rate in zip(modalities, selection_rates(decisions), strict=True)}

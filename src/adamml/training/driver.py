@@ -52,6 +52,7 @@ class EpochLogger:
         self.writer = None
         if enabled:
             try:
+                # tensorboard is optional and slow to import: only for a run that logs to it
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.writer = SummaryWriter(str(run_dir / "tensorboard"))
