@@ -135,7 +135,15 @@ def test_windowed_flow_model_computes_flow_only_where_its_policy_selects_it(long
 
     calls = []
     real = flow_module.compute_flow
-    monkeypatch.setattr(flow_module, "compute_flow", lambda frames, method: calls.append(len(frames)) or real(frames, method))
+    import adamml.inference.pipeline as pipeline_module
+    import adamml.inference.windows as windows_module
+
+    def counted(frames, method):
+        calls.append(len(frames))
+        return real(frames, method)
+
+    for module in (flow_module, pipeline_module, windows_module):  # wherever a window's flow is computed
+        monkeypatch.setattr(module, "compute_flow", counted)
     bundle = _flow_bundle()
     model = bundle[0]
     model.policy.use_thresholds[1] = 1e9  # flow: never
