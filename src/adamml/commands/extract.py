@@ -9,7 +9,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from adamml.config import DecodeSettings
+from adamml.config import DATA_FORMATS, DecodeSettings
 from adamml.config_files import load_config
 from adamml.data.cache import VideoCache
 from adamml.data.catalog import discover, split_exists
@@ -66,7 +66,7 @@ def open_splits(args: argparse.Namespace) -> tuple[dict[str, list[VideoEntry]], 
         decode = dataclasses.replace(cfg.data.decode)
         data = data or (Path(cfg.data.root) if cfg.data.root else None)
         modalities = list(cfg.model.modalities)
-        dataset = dataset or (cfg.data.dataset if cfg.data.dataset not in ("folder", "csv", "list") else None)
+        dataset = dataset or (cfg.data.dataset if cfg.data.dataset not in DATA_FORMATS else None)
         cache_root = cache_root or (Path(cfg.data.cache) if cfg.data.cache else None)
         if args.split is None:
             splits = [cfg.data.train_split] + ([cfg.data.val_split] if data and split_exists(data, cfg.data.val_split, dataset) else [])
