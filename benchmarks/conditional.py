@@ -51,12 +51,12 @@ request_huge_pages()  # before torch starts (see adamml.runtime.allocator)
 
 import torch  # noqa: E402
 
-from adamml.config import ExperimentConfig, load_config  # noqa: E402
-from adamml.evaluation.metrics import gflops_per_video  # noqa: E402
+from adamml.config import ExperimentConfig  # noqa: E402
+from adamml.config_files import load_config  # noqa: E402
 from adamml.modalities.table import MODALITIES  # noqa: E402
 from adamml.models.adamml import AdaMML, build_adamml  # noqa: E402
 from adamml.models.execution import PRECISIONS, ExecutionPlan  # noqa: E402
-from adamml.models.flops import modality_costs  # noqa: E402
+from adamml.models.flops import gflops_per_video, modality_costs  # noqa: E402
 
 RATES = (0.0, 0.25, 0.5, 0.75, 1.0)
 

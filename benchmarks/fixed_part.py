@@ -31,11 +31,14 @@ from einops import rearrange  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conditional import RATES, forced_decisions, load_average, make_batch, time_rounds  # noqa: E402
 
-from adamml.config import load_config  # noqa: E402
-from adamml.evaluation.metrics import gflops_per_video  # noqa: E402
+from adamml.config_files import load_config  # noqa: E402
 from adamml.models.adamml import build_adamml  # noqa: E402
 from adamml.models.execution import ExecutionPlan, run_many  # noqa: E402
-from adamml.models.flops import modality_costs, policy_cost  # noqa: E402
+from adamml.models.flops import (  # noqa: E402
+    gflops_per_video,  # noqa: E402
+    modality_costs,
+    policy_cost,
+)
 
 
 def one_thread_seconds(net, x: torch.Tensor, plan: ExecutionPlan, rounds: int) -> float:

@@ -34,12 +34,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from adamml.config import load_config
-from adamml.inference.budget import parse_budget, use_margins
+from adamml.config_files import load_config
 from adamml.inference.live import run_live
 from adamml.inference.pipeline import Predictor
 from adamml.models.adamml import build_adamml
 from adamml.models.build import LoadedModel
+from adamml.models.thresholds import parse_budget, use_margins
 
 MODELS = {
     "default": ("default", ["model.pretrained={}", "model.policy.pretrained={}"]),

@@ -8,7 +8,7 @@ seconds of each stage of adamml.inference.pipeline: decode (once, only the frame
 reads), modalities (RGB, RGB difference, spectrogram), policy, flow (only for the segments
 whose flow network was selected) and networks (only the selected ones). Rows: every modality
 on every segment ("all"), the policy's own argmax decisions, and its thresholds moved to 50 %
-and 25 % of fusion's GFLOPs on that video (adamml.inference.budget); flow time falls with
+and 25 % of fusion's GFLOPs on that video (adamml.models.thresholds); flow time falls with
 the flow rate.
 
     python benchmarks/predict_e2e.py --threads 2
@@ -23,11 +23,11 @@ from pathlib import Path
 
 import torch
 
-from adamml.config import load_config
-from adamml.inference.budget import Thresholds, fit_thresholds
+from adamml.config_files import load_config
 from adamml.inference.pipeline import STAGES, Predictor
 from adamml.models.adamml import build_adamml
 from adamml.models.build import LoadedModel
+from adamml.models.thresholds import Thresholds, fit_thresholds
 
 MODELS = (("RGB+Flow", "kinetics_sounds_rgb_rgbdiff", []), ("RGB+Audio", "kinetics_sounds_rgb_audio", []))
 TINY = (("RGB+Flow", "tiny", ["model.modalities=[rgb,flow]"]), ("RGB+Audio", "tiny", []))

@@ -37,7 +37,8 @@ KINETICS_CLIP_S = 10.0
 def make_checkpoint(config: str, folder: Path) -> Path:
     import torch
 
-    from adamml.config import load_config, to_dict
+    from adamml.config import to_dict
+    from adamml.config_files import load_config
     from adamml.models.build import build_model
     from adamml.runtime.checkpoint import save_checkpoint
 

@@ -62,7 +62,7 @@ def run_phase(task, batch, phase, runtime, precision: str, steps: int, warmup: i
 
 
 def main() -> None:
-    from adamml.config import load_config
+    from adamml.config_files import load_config
     from adamml.models.adamml import build_adamml
     from adamml.runtime.distributed import setup
     from adamml.training.schedule import Phase

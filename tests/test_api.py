@@ -14,7 +14,8 @@ import torch
 from media import make_garbage, make_video
 
 import adamml
-from adamml.config import DecodeSettings, load_config, to_dict
+from adamml.config import DecodeSettings, to_dict
+from adamml.config_files import load_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

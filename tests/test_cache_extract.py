@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 from media import make_garbage, make_video, moving_frames
 
+from adamml.commands.extract import add_arguments, run
 from adamml.config import DecodeSettings
 from adamml.data.cache import CacheError, VideoCache, settings_fingerprint
-from adamml.data.extract import add_arguments, extract_videos, run
-from adamml.data.types import DecodedVideo, VideoEntry
+from adamml.data.extract import extract_videos
+from adamml.data.types import VideoEntry
+from adamml.media import DecodedVideo
 
 SETTINGS = DecodeSettings(fps=8.0, short_side=32, sample_rate=8000)
 

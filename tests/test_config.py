@@ -5,20 +5,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import subprocess
+import sys
 import typing
 from pathlib import Path
 
 import pytest
 import yaml
 
-from adamml.config import (
-    CONFIG_DIR,
-    ConfigError,
-    ExperimentConfig,
-    config_from_dict,
-    load_config,
-    to_dict,
-)
+from adamml.config import ConfigError, ExperimentConfig, config_from_dict, to_dict
+from adamml.config_files import CONFIG_DIR, load_config
 
 
 def write(path: Path, data: dict) -> Path:
@@ -157,6 +153,7 @@ def test_train_with_a_wrong_name_exits_2_with_one_line_naming_the_key(tmp_path, 
         (["model.policy.audio_blocks=0"], "model.policy.audio_blocks"),
         (["train.adamml.budget_step=0"], "train.adamml.budget_step"),
         (["model.policy.flow_proxy=audio"], "model.policy.flow_proxy"),
+        (["model.policy.backbone=efficientnet_b0", "model.policy.width_mult=0.5"], "model.policy.width_mult"),
         (["data.dataset=kinetics"], "data.dataset"),
         (["data.decode.flow=farneback"], "data.decode.flow"),
         (["data.clip.stack_length=0"], "data.clip.stack_length"),
@@ -215,11 +212,24 @@ def test_every_shipped_config_loads_builds_on_meta_and_counts_its_flops(path):
     assert report["adamml_max_per_video"] > report["all_modalities_per_video"]
 
 
-def test_the_config_knows_the_modalities_of_the_modality_table():
-    from adamml.config import MODALITIES as names
+def test_the_schema_imports_no_torch_and_nothing_of_the_package_but_errors():
+    """Every layer reads the config's dataclasses, so importing them must not pull in the
+    tables above (and torch with them)."""
+    code = (
+        "import sys, adamml.config; "
+        "print(sorted(m for m in sys.modules if m.startswith('adamml')), 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    # the package's __init__ (lazy: only its version) comes with any of its modules
+    assert out.split() == ["['adamml',", "'adamml.config',", "'adamml.errors',", "'adamml.version']", "False"]
+
+
+def test_a_modality_the_table_lacks_is_refused_with_the_tables_names():
     from adamml.modalities.table import MODALITIES
 
-    assert names == tuple(MODALITIES)
+    with pytest.raises(ConfigError, match="model.modalities") as info:
+        load_config(None, ["model.modalities=[rgb, depth]", "model.backbones.depth=resnet18"])
+    assert all(name in str(info.value) for name in MODALITIES)
 
 
 def test_an_old_run_folders_config_yaml_loads_as_a_config_file(tmp_path):
@@ -272,3 +282,13 @@ def test_the_plan_says_a_budget_run_adapts_its_weights_and_fits_its_thresholds(c
     assert "the policy's thresholds are fitted so that its cost on the validation split is 0.4 x" in out
     assert main(["train", "--config", "tiny", "--plan", "--budget", "0.4", "train.adamml.calibrate=false"]) == 0
     assert "thresholds are fitted" not in capsys.readouterr().out
+
+
+def test_a_policy_backbone_with_a_width_knob_may_change_width():
+    """The backbone table says which families have a width knob (``at_width``), not a name."""
+    from adamml.models.backbones import BACKBONES
+
+    narrowable = [n for n, spec in BACKBONES.items() if spec.framewise and spec.at_width is not None]
+    assert narrowable
+    for name in narrowable:
+        assert load_config("demo", [f"model.policy.backbone={name}", "model.policy.width_mult=0.5"]).model.policy.width_mult == 0.5

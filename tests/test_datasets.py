@@ -334,7 +334,7 @@ def test_streaming_is_refused_for_training(tmp_path: Path) -> None:
 
 
 def test_train_flip_off_from_the_config_gives_the_same_crops_unmirrored(videos: Path) -> None:
-    from adamml.config import load_config
+    from adamml.config_files import load_config
 
     assert load_config("default", ["data.clip.train_flip=false"]).data.clip.train_flip is False
     entries, names = discover(videos, "train")

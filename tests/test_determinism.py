@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from adamml.config import load_config
+from adamml.config_files import load_config
 from adamml.runtime.distributed import Runtime
 
 MODALITIES = ("rgb", "audio")

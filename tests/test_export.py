@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from adamml.cli import main
-from adamml.config import load_config, to_dict
+from adamml.config import to_dict
+from adamml.config_files import load_config
 from adamml.export.format import CONFIG_FILE, WEIGHTS_FILE, PackageError
 from adamml.export.package import export_package, model_from_package, read_package
 from adamml.inference.pipeline import Predictor

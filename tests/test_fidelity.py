@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from adamml.config import load_config
+from adamml.config_files import load_config
 from adamml.data.catalog import headline_metric
 from adamml.training.loss import classification_loss
 
@@ -117,10 +117,10 @@ def test_predict_computes_flow_with_the_method_the_model_was_trained_with(
         methods.append(method)
         return real(frames, "dis", *args, **kwargs)  # DIS either way: fast
 
-    import adamml.modalities.flow as flow_module
+    import adamml.inference.pipeline as pipeline_module
 
     monkeypatch.setattr(video_module, "compute_flow", spy)  # decoding for datasets
-    monkeypatch.setattr(flow_module, "compute_flow", spy)  # the prediction pipeline
+    monkeypatch.setattr(pipeline_module, "compute_flow", spy)  # the prediction pipeline
     video = make_video(tmp_path / "v.mp4", num_frames=24, fps=8.0, height=40, width=48)
     prediction = adamml.load(path).predict(video, topk=2)
     assert methods and set(methods) == {expected}

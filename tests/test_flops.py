@@ -10,12 +10,12 @@ from torch import nn
 from torchvision import models as tvm
 
 from adamml.cli import main
-from adamml.config import load_config
-from adamml.evaluation.metrics import gflops_per_video
+from adamml.config_files import load_config
 from adamml.models.flops import (
     count_flops,
     count_macs,
     flops_report,
+    gflops_per_video,
     modality_costs,
     recognition_cost,
 )

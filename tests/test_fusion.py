@@ -238,7 +238,7 @@ def test_unknown_fusion_mode_names_the_key():
 
 
 def test_paper_configs_fuse_like_the_reference():
-    from adamml.config import load_config
+    from adamml.config_files import load_config
 
     for name in ("kinetics_sounds_rgb_audio", "activitynet_rgb_audio", "kinetics_sounds_rgb_flow_audio"):
         assert load_config(name).model.fusion_mode == "reference"

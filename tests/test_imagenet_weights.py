@@ -10,7 +10,8 @@ from torch import nn
 from torchvision import models as tvm
 
 from adamml.cli import main
-from adamml.config import ConfigError, load_config
+from adamml.config import ConfigError
+from adamml.config_files import load_config
 from adamml.layouts import IMAGENET_MEAN, IMAGENET_STD
 from adamml.models import efficientnet_lite as lite
 from adamml.models.backbones import PretrainedWeightsError, create_backbone, read_weights

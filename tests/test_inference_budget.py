@@ -7,8 +7,8 @@ import pytest
 import torch
 from test_adamml import CLIP, calibrate_batch_norm, tiny_batch, tiny_cfg
 
-from adamml.inference.budget import Budget, BudgetError, Thresholds, fit_thresholds, parse_budget
 from adamml.models.adamml import build_adamml
+from adamml.models.thresholds import Budget, BudgetError, Thresholds, fit_thresholds, parse_budget
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -82,7 +82,7 @@ FPS, RATE = 8, 8000
 @pytest.fixture(scope="module")
 def bundle():
     """An untrained tiny RGB + audio AdaMML, batch norm set from data so its outputs differ."""
-    from adamml.config import load_config
+    from adamml.config_files import load_config
     from adamml.models.adamml import build_adamml
 
     # An audio window of 0.8 s and 4 frames at stride 2: a live segment is the clip's 7 frames.
@@ -222,8 +222,8 @@ def test_budget_controller_holds_the_running_mean_cost_after_a_minute() -> None:
 
 
 def test_budget_on_a_live_run_reports_its_distance_from_b(bundle, clip_file) -> None:
-    from adamml.inference.budget import parse_budget
     from adamml.inference.live import run_live
+    from adamml.models.thresholds import parse_budget
 
     events = list(run_live(bundle, str(clip_file), budget=parse_budget("0.5"), on_full="block", follow_idle_s=0.2))
     fusion = events[0].budget["target_gflops"] / 0.5

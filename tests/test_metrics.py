@@ -14,13 +14,13 @@ from sklearn.metrics import (
 from adamml.evaluation.metrics import (
     MetricAccumulator,
     average_precision_per_class,
-    gflops_per_video,
     mean_class_accuracy,
     mean_gflops,
     selection_rates,
     topk_accuracy,
     video_map,
 )
+from adamml.models.flops import gflops_per_video
 
 
 @pytest.fixture

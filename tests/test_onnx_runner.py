@@ -182,7 +182,7 @@ def test_numpy_late_fusion_equals_the_fusion_heads(name: str, mode: str) -> None
 def test_numpy_spectrogram_equals_torchaudios(kind: str) -> None:
     import dataclasses
 
-    from adamml.config import load_config
+    from adamml.config_files import load_config
     from adamml.modalities.audio import log_spectrogram
     from adamml.runners import spectrogram
 

@@ -60,7 +60,7 @@ def test_train_takes_the_class_count_from_the_data(own_run):
 
 
 def test_train_extracts_missing_caches_with_the_configs_decode_settings(own_run, own_videos):
-    from adamml.config import load_config
+    from adamml.config_files import load_config
 
     out, _, printed = own_run
     cache = VideoCache(own_videos / "cache", load_config("tiny").data.decode)
@@ -113,7 +113,7 @@ def test_a_class_with_one_video_cannot_be_carved(tmp_path):
 
 
 def test_extract_with_a_config_uses_its_decode_settings_and_both_splits(tmp_path, capsys):
-    from adamml.config import load_config
+    from adamml.config_files import load_config
 
     root = tmp_path / "data"
     for split in ("train", "val"):

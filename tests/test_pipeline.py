@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from adamml.config import load_config
+from adamml.config_files import load_config
 from adamml.data.datasets import VideoDataset
 from adamml.data.types import VideoEntry
-from adamml.inference.budget import Thresholds, use_margins
 from adamml.inference.pipeline import STAGES, Predictor
 from adamml.models.adamml import build_adamml
 from adamml.models.build import LoadedModel
+from adamml.models.thresholds import Thresholds, use_margins
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adamml.config import ClipSettings, ExtractorChoice, ModelConfig, PolicyConfig, policy_extractor
+from adamml.config import ClipSettings, ModelConfig, PolicyConfig
 from adamml.models.policy import (
+    ExtractorChoice,
     FrameFeatures,
     PolicyNetwork,
     build_policy,
     frame_selector,
     gumbel_decisions,
+    policy_extractor,
     policy_frame_indices,
 )
 from adamml.models.temporal import TemporalMaxPool

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torchvision import models as tvm
 
-from adamml.config import ClipSettings, load_config
+from adamml.config import ClipSettings
+from adamml.config_files import load_config
 from adamml.modalities.table import modality_channels
 from adamml.models.backbones import BACKBONES
 from adamml.models.recognition import (

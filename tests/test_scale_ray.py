@@ -173,7 +173,8 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     """An AdaMML model of the `tiny` config with seeded random weights, saved as training does."""
     import torch
 
-    from adamml.config import load_config, to_dict
+    from adamml.config import to_dict
+    from adamml.config_files import load_config
     from adamml.models.adamml import build_adamml
     from adamml.runtime.checkpoint import save_checkpoint
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from adamml.config import load_config
+from adamml.config_files import load_config
 from adamml.runtime.distributed import Runtime
 
 NUM_CLASSES = 12
@@ -386,8 +386,8 @@ def test_budget_calibration_under_torchrun_fits_the_thresholds_on_every_validati
 
     from adamml.data.datasets import build_datasets
     from adamml.data.loader import make_loader
-    from adamml.evaluation.evaluate import segment_costs
     from adamml.models.build import input_modalities, model_from_checkpoint
+    from adamml.models.flops import segment_costs
     from adamml.runtime.distributed import Runtime
     from adamml.training.budget import BudgetController, calibrate_policy
 

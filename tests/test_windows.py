@@ -12,7 +12,8 @@ import pytest
 import torch
 from media import make_long_video
 
-from adamml.config import DecodeSettings, load_config, to_dict
+from adamml.config import DecodeSettings, to_dict
+from adamml.config_files import load_config
 from adamml.inference.windows import stream_windows
 
 SETTINGS = DecodeSettings(fps=4.0, short_side=32, sample_rate=8000)
@@ -136,7 +137,14 @@ def test_windowed_flow_model_computes_flow_only_where_its_policy_selects_it(long
 
     calls = []
     real = flow_module.compute_flow
-    monkeypatch.setattr(flow_module, "compute_flow", lambda frames, method: calls.append(len(frames)) or real(frames, method))
+    import adamml.inference.pipeline as pipeline_module
+
+    def counted(frames, method):
+        calls.append(len(frames))
+        return real(frames, method)
+
+    for module in (flow_module, pipeline_module):  # wherever a window's flow is computed
+        monkeypatch.setattr(module, "compute_flow", counted)
     loaded = _flow_model()
     predictor = Predictor(loaded, device="cpu")
     thresholds = predictor.model.policy.use_thresholds  # the prepared copy's

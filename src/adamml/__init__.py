@@ -18,7 +18,7 @@ import importlib
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (a third of the import time)
 
-__version__ = "0.1.0"
+from adamml.version import __version__  # noqa: E402  (after TYPE_CHECKING, which must not import typing)
 
 __all__ = ["load", "Model", "Embedding", "Prediction", "AdamMLError", "__version__"]
 

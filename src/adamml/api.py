@@ -91,7 +91,7 @@ def _read_state(path: Path) -> dict[str, Any]:
 
 
 def _parse_budget(budget):
-    from adamml.inference.budget import Budget, parse_budget  # torch: on first use
+    from adamml.models.thresholds import Budget, parse_budget  # torch: on first use
 
     if budget is None or isinstance(budget, Budget):
         return budget
@@ -172,11 +172,11 @@ class Model:
 
     @property
     def thresholds(self):
-        """The :class:`~adamml.inference.budget.Thresholds` the policy carries (None for a fixed
+        """The :class:`~adamml.models.thresholds.Thresholds` the policy carries (None for a fixed
         network); a budget replaces them per call."""
         if not self.adaptive:
             return None
-        from adamml.inference.budget import Thresholds  # torch: on first use
+        from adamml.models.thresholds import Thresholds  # torch: on first use
 
         margins = tuple(float(t) for t in self.predictor.model.policy.use_thresholds.tolist())
         return Thresholds(tuple(self.modalities), margins, 0.0)

@@ -1,4 +1,4 @@
-"""``adamml demo``: the whole method in miniature, end to end, on 2 CPU cores.
+"""The whole method in miniature, end to end, on 2 CPU cores (``adamml demo``).
 
 generate the embedded dataset -> extract modalities -> stage 1 unimodal networks -> stage 2
 weighted fusion -> stage 3 AdaMML -> evaluate everything (with a random policy at AdaMML's
@@ -7,14 +7,14 @@ rates) -> paper-style table and plots. Every figure printed is measured by this 
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import time
 from pathlib import Path
 
 import torch
 
-from adamml.config import config_from_dict, load_config, save_config
+from adamml.config import config_from_dict
+from adamml.config_files import load_config, save_config
 from adamml.data.cache import VideoCache
 from adamml.data.catalog import discover
 from adamml.data.extract import extract_videos
@@ -30,30 +30,26 @@ DEMO_CONFIG = "demo"
 DEMO_DRAWS = 5  # passes averaged for the sampled-decision and random-policy rows
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="demo_out", help="working folder (dataset, cache, runs, results)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=2, help="extraction worker processes")
-    parser.add_argument("--fresh", action="store_true", help="retrain even if checkpoints exist")
-    parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("overrides", nargs="*", help="config overrides: section.key=value")
-
-
 def _say(message: str) -> None:
     print(f"[demo] {message}", flush=True)
 
 
-def run(args: argparse.Namespace) -> int:
-    out = Path(args.out)
+def run_demo(
+    out: str | Path, *, seed: int = 0, workers: int = 2, fresh: bool = False, progress: bool = True,
+    overrides: list[str] | tuple[str, ...] = (),
+) -> int:
+    """The whole demo into ``out`` (dataset, cache, runs, results), reporting each step as it
+    goes; 0 when it ran through, 1 when a video failed to extract."""
+    out = Path(out)
     data_root = out / "data"
     run_dir = out / "runs"
     results_dir = out / "results"
     overrides = [
         f"data.root={data_root}",
         f"train.output_dir={run_dir}",
-        f"train.seed={args.seed}",
-        *(["train.progress=false"] if args.no_progress else []),
-        *args.overrides,
+        f"train.seed={seed}",
+        *([] if progress else ["train.progress=false"]),
+        *overrides,
     ]
     cfg = load_config(DEMO_CONFIG, overrides)
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -62,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
 
     t = time.time()
     _say(f"1/5 generating the embedded dataset in {data_root}")
-    info = generate_dataset(data_root, seed=args.seed, progress=not args.no_progress)
+    info = generate_dataset(data_root, seed=seed, progress=progress)
     timings["generate"] = time.time() - t
     _say(
         f"    {sum(info.counts.values())} videos ({', '.join(f'{n} {k}' for k, n in info.counts.items())}), "
@@ -70,11 +66,11 @@ def run(args: argparse.Namespace) -> int:
     )
 
     t = time.time()
-    _say(f"2/5 extracting modalities ({', '.join(cfg.model.modalities)}) with {args.workers} workers")
+    _say(f"2/5 extracting modalities ({', '.join(cfg.model.modalities)}) with {workers} workers")
     cache = VideoCache(data_root / "cache", cfg.data.decode)
     for split in (cfg.data.train_split, cfg.data.val_split):
         entries, _ = discover(data_root, split)
-        report = extract_videos(entries, cache, workers=args.workers, progress=not args.no_progress)
+        report = extract_videos(entries, cache, workers=workers, progress=progress)
         _say(f"    {split}: {report.done} extracted, {report.skipped} already cached, {len(report.failed)} failed")
         if report.failed:
             for path, message in report.failed:
@@ -82,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
             return 1
     timings["extract"] = time.time() - t
 
-    if args.fresh and run_dir.exists():
+    if fresh and run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "demo_config.yaml")
@@ -101,8 +97,8 @@ def run(args: argparse.Namespace) -> int:
     t = time.time()
     _say("evaluating every method on the validation split")
     results, table = evaluate_run(
-        runs.find_stage_checkpoints(run_dir), runtime=runtime, random_policy=True, seed=args.seed,
-        sample=True, draws=DEMO_DRAWS, out_dir=results_dir, progress=not args.no_progress,
+        runs.find_stage_checkpoints(run_dir), runtime=runtime, random_policy=True, seed=seed,
+        sample=True, draws=DEMO_DRAWS, out_dir=results_dir, progress=progress,
     )
     timings["evaluate"] = time.time() - t
     timings["total"] = time.time() - t_all

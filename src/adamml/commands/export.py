@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from adamml.export.format import CONFIG_FILE, MANIFEST_FILE, WEIGHTS_FILE
+from adamml.export.package import export_package
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,7 +28,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from adamml.export.package import export_package
 
     keep = None if args.keep_fp32 is None else [g for g in args.keep_fp32.split(",") if g]
     out = export_package(args.source, args.to, format=args.format, license=args.license, opset=args.opset,

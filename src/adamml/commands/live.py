@@ -14,7 +14,12 @@ import json
 import sys
 import warnings
 
+from adamml.data.stream import StreamError
 from adamml.errors import AdamMLError
+from adamml.inference.live import events_timeline, run_live
+from adamml.inference.windows import plot_timeline
+from adamml.models.build import model_from_checkpoint
+from adamml.models.thresholds import parse_budget
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -76,10 +81,6 @@ def format_summary(summary) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from adamml.data.stream import StreamError
-    from adamml.inference.budget import parse_budget
-    from adamml.inference.live import events_timeline, run_live
-    from adamml.models.build import model_from_checkpoint
 
     mode, window = _mode(args.mode)
     budget = parse_budget(args.budget) if args.budget else None
@@ -108,7 +109,6 @@ def run(args: argparse.Namespace) -> int:
     if summary is not None:
         print(json.dumps({"summary": summary.to_json()}) if args.json else format_summary(summary), flush=True)
     if args.record and recorded:
-        from adamml.inference.windows import plot_timeline
 
         path = plot_timeline(events_timeline(recorded, args.source, bundle.modalities), bundle.class_names, args.record)
         if not args.json:

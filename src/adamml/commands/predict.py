@@ -18,7 +18,15 @@ import warnings
 from dataclasses import asdict
 from pathlib import Path
 
+import adamml
+from adamml.api import checkpoint_digest, resolve_checkpoint
+from adamml.data.types import VideoDecodeError
+from adamml.inference.windows import format_timeline, plot_timeline
+from adamml.models.thresholds import BudgetError, parse_budget
 from adamml.results import STAGES
+from adamml.scale.batch import expand_videos, local_records, predict_to_jsonl
+from adamml.scale.predict import ray_records
+from adamml.scale.runtime import import_ray
 
 PRECISIONS = ("fp32", "bf16")  # adamml.models.execution's, without importing torch for --help
 
@@ -57,7 +65,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def option_problems(args: argparse.Namespace) -> list[str]:
     """Every option that is wrong or cannot be honoured with the others, one line each."""
-    from adamml.inference.budget import BudgetError, parse_budget
 
     problems, wrong = [], set()  # an option already said to be wrong gets no second line
     if args.budget is not None:
@@ -114,7 +121,6 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         print(f"adamml predict: no such file: {', '.join(missing)}", file=sys.stderr)
         return 2
-    import adamml
 
     model = adamml.load(args.checkpoint, device=_device(args), budget=args.budget, precision=args.precision)
     if args.window is not None:
@@ -154,8 +160,6 @@ def format_prediction(p, *, profile: bool = False) -> list[str]:
 
 def _run_windows(args: argparse.Namespace, model) -> int:
     """``--window``: a timeline per video, as text or JSON, and PNGs."""
-    from adamml.data.types import VideoDecodeError
-    from adamml.inference.windows import format_timeline, plot_timeline
 
     timelines, failures = [], []
     for video in args.videos:
@@ -187,15 +191,11 @@ def _run_windows(args: argparse.Namespace, model) -> int:
 
 def _run_batch(args: argparse.Namespace) -> int:
     """``--out``: JSON lines and a manifest that records the checkpoint and the options."""
-    from adamml.api import checkpoint_digest, resolve_checkpoint
-    from adamml.scale.batch import expand_videos, local_records, predict_to_jsonl
 
     videos = expand_videos(args.videos)
     checkpoint = resolve_checkpoint(args.checkpoint)
     run_info = {"checkpoint_sha256": checkpoint_digest(checkpoint), "topk": args.topk, "precision": args.precision}
     if args.engine == "ray":
-        from adamml.scale.predict import ray_records
-        from adamml.scale.runtime import import_ray
 
         import_ray()  # fail before anything is written when the extra is missing
 
@@ -203,7 +203,6 @@ def _run_batch(args: argparse.Namespace) -> int:
             return ray_records(todo, checkpoint, topk=args.topk, batch_size=args.batch_size,
                                actors=args.actors, address=args.address, precision=args.precision)
     else:
-        import adamml
 
         model = adamml.load(checkpoint, device=_device(args), precision=args.precision)
 

@@ -35,8 +35,8 @@ import cv2
 import numpy as np
 
 from adamml.config import DecodeSettings
-from adamml.data.types import DecodedVideo
 from adamml.errors import AdamMLError
+from adamml.media import DecodedVideo
 from adamml.runtime.files import atomic_path, atomic_write_bytes
 
 __all__ = ["CacheError", "VideoCache", "LazyImages", "settings_fingerprint", "CACHE_VERSION"]

@@ -22,7 +22,8 @@ from adamml.data.cache import VideoCache
 from adamml.data.catalog import DATASETS, discover
 from adamml.data.formats import DatasetError, frame_folder_audio
 from adamml.data.sampling import policy_frame_indices, sample_indices
-from adamml.data.types import DecodedVideo, VideoEntry
+from adamml.data.types import VideoEntry
+from adamml.media import DecodedVideo
 from adamml.modalities.spatial import choose_crop
 from adamml.modalities.table import MODALITIES, check_modalities, input_modalities
 

@@ -20,6 +20,7 @@ What a source string means (:func:`open_source`):
 from __future__ import annotations
 
 import math
+import struct
 import sys
 import time
 from collections.abc import Iterator
@@ -32,6 +33,7 @@ import numpy as np
 
 from adamml.config import DecodeSettings
 from adamml.data.types import VideoDecodeError
+from adamml.data.video import _frame_rate, _FrameResampler
 
 __all__ = ["StreamError", "StreamFrame", "StreamAudio", "LiveSource", "FollowedFile", "open_source", "AUDIO_SLACK_S"]
 
@@ -155,7 +157,6 @@ def _finished_mp4(path: Path) -> bool:
     """An MP4/MOV that is not fragmented: its sample index (``moov``) describes a finished
     file, often after the media, so it is read by path (with seeks), not followed. A
     fragmented MP4 (``moov`` with ``mvex``, written first) is followed like any stream."""
-    import struct
 
     with open(path, "rb") as handle:
         head = handle.read(8)
@@ -262,7 +263,6 @@ class LiveSource:
         self.closed = False  # set from another thread to stop reading
 
     def __iter__(self) -> Iterator[StreamFrame | StreamAudio]:
-        from adamml.data.video import _frame_rate, _FrameResampler
 
         container, reader = open_source(self.source, follow_idle_s=self.follow_idle_s,
                                         timeout_s=self.timeout_s, format=self.format)

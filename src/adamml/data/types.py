@@ -1,41 +1,12 @@
-"""Plain containers passed between decoding, caching and datasets."""
+"""Plain containers passed between decoding, caching and datasets (the decoded video itself,
+which the modalities read too, is :class:`adamml.media.DecodedVideo`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from adamml.errors import AdamMLError
-
-
-@dataclass
-class DecodedVideo:
-    """Everything training needs from one video, as decoded (and cached) once.
-
-    frames: uint8 (N, H, W, 3) at ``fps``.
-    audio: float32 (S,) mono waveform at ``sample_rate`` in [-1, 1]; empty when missing.
-    flow: uint8 (N-1, H, W, 2) flow between consecutive frames, quantised with
-        ``adamml.layouts.FLOW_BOUND``; None when not computed.
-    """
-
-    frames: np.ndarray
-    fps: float
-    audio: np.ndarray
-    sample_rate: int
-    audio_missing: bool
-    flow: np.ndarray | None = None
-    source: str = ""
-    meta: dict = field(default_factory=dict)
-
-    @property
-    def num_frames(self) -> int:
-        return int(self.frames.shape[0])
-
-    @property
-    def duration(self) -> float:
-        return self.num_frames / self.fps if self.fps > 0 else 0.0
 
 
 class VideoDecodeError(AdamMLError, RuntimeError):

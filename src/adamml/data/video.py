@@ -14,17 +14,15 @@ import re
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import av
 import cv2
 import numpy as np
 
-from adamml.data.types import DecodedVideo, VideoDecodeError
+from adamml.config import DecodeSettings
+from adamml.data.types import VideoDecodeError
+from adamml.media import DecodedVideo
 from adamml.modalities.flow import compute_flow
-
-if TYPE_CHECKING:  # annotations only: decoding runs without torch (adamml.runners)
-    from adamml.config import DecodeSettings
 
 __all__ = [
     "MissingAudioWarning",

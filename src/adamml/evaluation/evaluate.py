@@ -1,4 +1,4 @@
-"""Evaluate trained models the way the paper reports them, and the ``adamml evaluate`` command.
+"""Evaluate trained models the way the paper reports them (``adamml evaluate``).
 
 Every method is scored on the same videos: top-1/top-5 accuracy, mean class accuracy, video
 mAP, the per-modality selection rate and the GFLOPs per video (multiply-adds counted from the
@@ -10,11 +10,6 @@ code's test protocol: Gumbel samples, seeded, averaged over ``--draws`` passes) 
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import functools
-import json
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,47 +18,34 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from adamml.config import ClipSettings, ExperimentConfig, ModelConfig, _from_dict
+from adamml.config import ExperimentConfig, ModelConfig
 from adamml.data.catalog import headline_metric
 from adamml.data.datasets import build_datasets
 from adamml.data.loader import make_loader
-from adamml.evaluation.metrics import MetricAccumulator, gflops_per_video
+from adamml.evaluation.metrics import MetricAccumulator
 from adamml.evaluation.report import (
     MethodResult,
     format_table,
     write_csv,
     write_json,
 )
+from adamml.evaluation.sweep import budget_rows
 from adamml.layouts import IMAGENET_MEAN, IMAGENET_STD
 from adamml.modalities.table import title
 from adamml.models.adamml import RandomPolicy
 from adamml.models.build import input_modalities, model_from_checkpoint
-from adamml.models.execution import PRECISIONS, ExecutionPlan
-from adamml.models.flops import modality_costs
-from adamml.runtime.distributed import Runtime, setup, teardown
+from adamml.models.execution import ExecutionPlan
+from adamml.models.flops import gflops_per_video, segment_costs
+from adamml.models.thresholds import Thresholds
+from adamml.runtime.distributed import Runtime
 from adamml.runtime.files import atomic_write_text
-from adamml.runtime.runs import find_stage_checkpoints, stage
+from adamml.runtime.runs import stage
 
 
 @dataclass
 class EvalResult:
     metrics: dict  # fractions; "score" is top1 (or mAP for multi-label sets)
     gathered: dict  # per-video arrays: indices, scores, labels, decisions, gflops, videos
-
-
-@functools.lru_cache(maxsize=32)
-def _costs_cached(model_cfg_json: str, clip_json: str) -> dict[str, float]:
-    model_cfg = _from_dict(ModelConfig, json.loads(model_cfg_json), "model")
-    clip = _from_dict(ClipSettings, json.loads(clip_json), "clip")
-    return modality_costs(model_cfg, clip)
-
-
-def segment_costs(model_cfg: ModelConfig, clip: ClipSettings) -> dict[str, float]:
-    """GMACs per segment of each recognition sub-network and of the policy ("policy")."""
-    return _costs_cached(
-        json.dumps(dataclasses.asdict(model_cfg), sort_keys=True),
-        json.dumps(dataclasses.asdict(clip), sort_keys=True),
-    )
 
 
 @torch.no_grad()
@@ -196,7 +178,7 @@ def evaluate_run(
     sampled"), averaged over ``draws`` passes; "both" (or ``sample``): both rows. Each gets a
     random policy at its own selection rates beside it.
     Models run under the device's execution plan (adamml.models.execution) at ``precision``.
-    ``budgets`` (adamml.inference.budget.Budget) add AdaMML rows with the policy's thresholds
+    ``budgets`` (adamml.models.thresholds.Budget) add AdaMML rows with the policy's thresholds
     moved to meet each; ``sweep`` writes the accuracy-vs-GFLOPs curve (adamml.evaluation.sweep).
     """
     if sample:
@@ -258,8 +240,6 @@ def evaluate_run(
                     gflops=rres.metrics["gflops"], extra=dict(rres.metrics),
                 ))
     if budgets or sweep:
-        from adamml.evaluation.sweep import budget_rows
-
         results += budget_rows(adamml_outputs, results, budgets=budgets or [], sweep_curve=sweep,
                                out_dir=out_dir if runtime.is_main else None, seed=seed, progress=progress)
     metric = results[0].metric if results else "top1"
@@ -288,7 +268,6 @@ def threshold_note(model, cfg) -> str | None:
         return None
     budget = cfg.train.adamml.budget
     fitted = f"fitted to its training budget of {budget:g} x fusion's GFLOPs on its validation split" if budget else "carried by its checkpoint"
-    from adamml.inference.budget import Thresholds
 
     probs = Thresholds(tuple(policy.modalities), tuple(policy.use_thresholds.tolist()), 0.0).probabilities()
     return f"AdaMML's thresholds ({fitted}): " + ", ".join(f"{m} when p_use > {p:.4f}" for m, p in probs.items()) + "."
@@ -356,75 +335,3 @@ def write_plots(results: list, adamml_outputs, out_dir: Path, num_videos: int = 
         videos.append(entry)
     written.append(plot_policy_strips(videos, out_dir / "policy_strips.png"))
     return written
-
-
-# ---- command line --------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", action="append", default=[], help="a checkpoint (repeatable)")
-    parser.add_argument("--run-dir", help="a training output dir: evaluates every stage's best.pt")
-    parser.add_argument("--data", help="dataset root (default: the one the model was trained on)")
-    parser.add_argument("--split", help="split to evaluate (default: the config's val split)")
-    parser.add_argument("--out", help="write results.csv/json/txt and plots here")
-    parser.add_argument("--no-random-policy", action="store_true", help="skip the random-policy baseline")
-    parser.add_argument(
-        "--protocol", choices=PROTOCOLS, default="deterministic",
-        help="AdaMML's decisions: deterministic (argmax, default), paper (sampled as the "
-        "reference's test, averaged over --draws) or both",
-    )
-    parser.add_argument("--sample", action="store_true", help="the same as --protocol both")
-    parser.add_argument("--seed", type=int, default=0, help="seed for --sample and random policies")
-    parser.add_argument("--draws", type=int, default=1,
-                        help="passes averaged for sampled decisions and random policies (default 1)")
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--no-plots", action="store_true")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI)")
-    parser.add_argument("--budget", action="append", default=[], metavar="B",
-                        help="also score AdaMML with its policy's thresholds moved so the mean cost meets B: "
-                        "0.5 or 50%% of weighted fusion's GFLOPs, or 12.3G GFLOPs per video (repeatable)")
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                        help="bf16: autocast (CPUs with bf16 instructions, GPUs)")
-    parser.add_argument("--sweep", action="store_true",
-                        help="write budget_sweep.csv/png to --out: accuracy vs GFLOPs over budgets, "
-                        "with a random policy at the same rates")
-
-
-def run(args: argparse.Namespace) -> int:
-    checkpoints = [Path(p) for p in args.checkpoint]
-    if args.run_dir:
-        found = find_stage_checkpoints(Path(args.run_dir))
-        if not found:
-            print(f"{args.run_dir}: no <stage>/best.pt checkpoints found", file=sys.stderr)
-            return 2
-        checkpoints += found
-    if not checkpoints:
-        print("give --checkpoint CKPT (repeatable) or --run-dir DIR", file=sys.stderr)
-        return 2
-    from adamml.inference.budget import parse_budget
-
-    budgets = [parse_budget(b) for b in args.budget]
-    if args.sweep and not args.out:
-        print("--sweep writes its curve to --out DIR: give --out", file=sys.stderr)
-        return 2
-    runtime = setup()
-    try:
-        results, table = evaluate_run(
-            checkpoints, data_root=args.data, split=args.split, runtime=runtime,
-            random_policy=not args.no_random_policy, sample=args.sample, seed=args.seed, draws=args.draws,
-            protocol=args.protocol,
-            out_dir=Path(args.out) if args.out else None, batch_size=args.batch_size,
-            plots=not args.no_plots, budgets=budgets, sweep=args.sweep, precision=args.precision,
-            progress=not args.no_progress,
-        )
-    finally:
-        teardown()
-    if runtime.is_main:
-        print(table)
-        from adamml.evaluation.health import checkpoint_context, collapse_warnings
-
-        for line in collapse_warnings(results, **checkpoint_context(checkpoints)):
-            print(f"WARNING: {line}")
-        if args.out:
-            print(f"results written to {args.out}/")
-    return 0

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from adamml.runtime.checkpoint import load_checkpoint
+
 MIN_SELECTION = 5.0  # percent of segments
 BUDGET_TOLERANCE = 0.10
 
@@ -73,8 +75,6 @@ def collapse_warnings(rows: list, *, num_classes: int | None = None, budget: flo
 def checkpoint_context(checkpoints: list[Path]) -> dict:
     """``num_classes`` and ``budget`` for :func:`collapse_warnings`, from the last checkpoint
     (AdaMML's, when the list is a run's)."""
-    from adamml.runtime.checkpoint import load_checkpoint
-
     if not checkpoints:
         return {}
     config = load_checkpoint(checkpoints[-1]).get("config") or {}

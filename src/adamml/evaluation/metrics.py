@@ -167,26 +167,6 @@ def selection_rates(decisions: ArrayLike) -> list[float]:
     return [float(v) for v in d.mean(axis=(0, 1))]
 
 
-def gflops_per_video(
-    decisions: ArrayLike, modality_gflops: Sequence[float], policy_gflops: float = 0.0
-) -> list[float]:
-    """GFLOPs (multiply-adds) of each video: sum over segments of policy + used sub-networks.
-
-    decisions: (N, K, M); modality_gflops: per-segment cost of each of the M sub-networks;
-    policy_gflops: per-segment cost of the policy (paid on every segment).
-    """
-    d = _to_numpy(decisions, "decisions")
-    if d.ndim != 3:
-        raise ValueError(f"decisions: expected shape (N, K, M), got {d.shape}")
-    costs = np.asarray(modality_gflops, dtype=np.float64)
-    if costs.shape != (d.shape[2],):
-        raise ValueError(
-            f"decisions must be (N, K, M={costs.size}) for {costs.size} modality costs, got {d.shape}"
-        )
-    per_segment = d @ costs + float(policy_gflops)  # (N, K)
-    return [float(v) for v in per_segment.sum(axis=1)]
-
-
 def mean_gflops(per_video_gflops: ArrayLike) -> float:
     """Mean GFLOPs per video over the test set, the figure the paper's tables report."""
     g = _to_numpy(per_video_gflops, "per_video_gflops").reshape(-1)

@@ -3,7 +3,7 @@
 One pass over the evaluation set runs the policy and every sub-network on every segment and
 keeps what the fusion head needs (segment logits and features) and the policy's margins
 (logit of "use"). Every cost point is then only a choice of decisions followed by the fusion
-head: the budget's thresholds (adamml.inference.budget) for the learned policy, and a random
+head: the budget's thresholds (adamml.models.thresholds) for the learned policy, and a random
 policy at the same per-modality rates beside it. Conditional execution with the same
 decisions gives the same logits (tests/test_execution.py), so these are the accuracies the
 model has when it really skips.
@@ -20,9 +20,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
-from adamml.inference.budget import Budget, Thresholds, fit_thresholds, use_margins
+from adamml.evaluation.metrics import topk_accuracy, video_map
+from adamml.evaluation.report import MethodResult
+from adamml.models.adamml import RandomPolicy
 from adamml.models.execution import ExecutionPlan, run_many
+from adamml.models.flops import modality_costs
+from adamml.models.thresholds import Budget, Thresholds, fit_thresholds, use_margins
+from adamml.runtime.files import atomic_write_bytes, atomic_write_text
 
 DEFAULT_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -59,8 +65,6 @@ def collect(model, loader, plan: ExecutionPlan | None = None, progress: bool = F
     features: list[list[torch.Tensor]] = [[] for _ in fast.modalities]
     iterator = loader
     if progress:
-        from tqdm.auto import tqdm
-
         iterator = tqdm(loader, desc="budget sweep", leave=False, dynamic_ncols=True)
     with plan.context():
         for batch in iterator:
@@ -84,8 +88,6 @@ def collect(model, loader, plan: ExecutionPlan | None = None, progress: bool = F
 
 def score(model, data: SweepData, decisions: torch.Tensor, multi_label: bool) -> float:
     """Percent top-1 accuracy (mAP for multi-label sets) of the fused prediction."""
-    from adamml.evaluation.metrics import topk_accuracy, video_map
-
     with torch.inference_mode():
         logits = model.fusion(data.segment_logits, data.features, decisions).float()
     if multi_label:
@@ -119,8 +121,6 @@ def random_point(model, data: SweepData, rates: dict[str, float], costs: dict[st
                  *, budget: str = "", seed: int = 0, draws: int = 5) -> SweepPoint:
     """A random policy at ``rates`` (percent per modality), mean of ``draws`` seeded draws;
     it has no policy network, so no policy cost."""
-    from adamml.models.adamml import RandomPolicy
-
     modalities = list(model.modalities)
     n, k = data.margins.shape[:2]
     policy = RandomPolicy({m: rates[m] / 100 for m in modalities}, seed=seed)
@@ -150,8 +150,6 @@ def sweep(model, data: SweepData, budgets: Sequence[Budget], costs: dict[str, fl
 
 
 def write_sweep_csv(points: Sequence[SweepPoint], path: str | os.PathLike[str], modalities: Sequence[str]) -> Path:
-    from adamml.runtime.files import atomic_write_text
-
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(["method", "budget", "accuracy", "gflops", *(f"selection_{m}" for m in modalities),
@@ -167,10 +165,9 @@ def plot_sweep(points: Sequence[SweepPoint], fixed: Sequence, path: str | os.Pat
                dpi: float = 120) -> Path:
     """Accuracy vs GFLOPs: the learned policy's curve, the random policy's curve at the same
     rates, and one labelled point per fixed method (``fixed``: MethodResult rows)."""
+    # matplotlib (about 0.5 s) only when the curve is drawn
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-
-    from adamml.runtime.files import atomic_write_bytes
 
     fig = Figure(figsize=(6.4, 4.4))
     FigureCanvasAgg(fig)
@@ -198,9 +195,6 @@ def budget_rows(adamml_outputs, fixed: Sequence, *, budgets: Sequence[Budget], s
     budget (the learned policy and a random policy at its rates), and with ``sweep_curve``
     the curve over DEFAULT_FRACTIONS written to ``out_dir``/budget_sweep.{csv,png} beside
     the ``fixed`` methods (unimodal and fusion rows)."""
-    from adamml.evaluation.report import MethodResult
-    from adamml.models.flops import modality_costs
-
     if adamml_outputs is None:
         raise ValueError("--budget/--sweep need an AdaMML checkpoint among those evaluated")
     model, model_cfg, cfg, _res, loader, _names = adamml_outputs

@@ -14,8 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-import adamml
 from adamml.errors import AdamMLError
+from adamml.version import __version__
 
 FORMAT = "adamml-export"
 FORMAT_VERSION = 1
@@ -58,10 +58,10 @@ def read_config(folder: str | Path) -> dict[str, Any]:
     if config.get("format") != FORMAT:
         raise PackageError(f"{path}: not an adamml export (format {config.get('format')!r}, expected {FORMAT!r})")
     made_by = config.get("adamml_version")
-    if made_by != adamml.__version__ or config.get("format_version") != FORMAT_VERSION:
+    if made_by != __version__ or config.get("format_version") != FORMAT_VERSION:
         raise PackageError(
             f"{path}: exported by adamml {made_by} (format {config.get('format_version')}), this is adamml "
-            f"{adamml.__version__} (format {FORMAT_VERSION}): export the checkpoint again with this version"
+            f"{__version__} (format {FORMAT_VERSION}): export the checkpoint again with this version"
         )
     return config
 

@@ -27,7 +27,11 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from adamml.data.datasets import policy_frame_subsets
 from adamml.export.format import MANIFEST_FILE, PackageError, sha256_file
+from adamml.modalities.table import MODALITIES
+from adamml.models.adamml import AdaMML
+from adamml.models.build import input_modalities
 from adamml.models.execution import CPU_PIXELS_PER_CALL, ExecutionPlan
 
 EXPORT_BATCH = 2  # traced with 2 segments, run with any number
@@ -81,9 +85,6 @@ def _export(net: nn.Module, example: tuple[torch.Tensor, ...], inputs: list[str]
 def pipeline_settings(kind: str, model_cfg: Any, clip: Any) -> dict[str, Any]:
     """What the staged predictor derives from the model config (adamml.inference.pipeline),
     stated outright so the runtime needs none of the config code."""
-    from adamml.data.datasets import policy_frame_subsets
-    from adamml.modalities.table import MODALITIES
-    from adamml.models.build import input_modalities
 
     needed = input_modalities(kind, model_cfg)
     defer_flow = "flow" in needed and not (kind == "adamml" and model_cfg.policy.flow_proxy == "flow")
@@ -103,8 +104,6 @@ def export_graphs(model: nn.Module, config: dict[str, Any], folder: str | Path, 
                   opset: int = 17) -> dict[str, Any]:
     """Write one graph per component of ``model`` (built from ``model_cfg``, of the run
     ``cfg``; ``config``: config.json's content) into ``folder`` and manifest.json."""
-    from adamml.modalities.table import MODALITIES
-    from adamml.models.adamml import AdaMML
 
     folder = Path(folder)
     kind = config["kind"]
@@ -147,7 +146,7 @@ def export_graphs(model: nn.Module, config: dict[str, Any], folder: str | Path, 
         policy = {"modalities": list(p.modalities), "sources": dict(p.sources), "extractors": list(p.extractors),
                   "frame_indices": list(p.frame_indices), "resolution": p.resolution, "hidden_size": p.lstm.hidden_size,
                   "thresholds": p.use_thresholds.double().tolist()}
-    import onnx
+    import onnx  # onnx: the `export` extra, only for --format onnx
 
     manifest = {
         "opset": opset,

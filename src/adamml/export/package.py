@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch import nn
 
-import adamml
 from adamml.export.format import (
     CARD_FILE,
     CONFIG_FILE,
@@ -31,9 +32,14 @@ from adamml.export.format import (
     read_config,
     sha256_file,
 )
+from adamml.export.onnx import export_graphs
+from adamml.export.quantize import DEFAULT_FP32, quantize_folder
 from adamml.models.build import LoadedModel, model_from_state
+from adamml.models.flops import modality_costs
+from adamml.models.fusion import UnimodalFusion, _LateFusion
 from adamml.runtime.checkpoint import load_checkpoint
 from adamml.runtime.runs import BEST, find_stage_checkpoints
+from adamml.version import __version__
 
 # Checkpoint entries that only resume training: never exported.
 TRAINING_STATE = ("optimizers", "optimizer_block", "scaler", "rng")
@@ -76,7 +82,6 @@ def _plain(value: Any) -> Any:
 def package_config(state: dict[str, Any], checkpoint: Path) -> dict[str, Any]:
     """config.json's content: the checkpoint without weights and training state, plus what
     a runtime needs stated outright (decode and clip settings, GFLOPs, thresholds)."""
-    from adamml.models.flops import modality_costs
 
     loaded = model_from_package(state, where=checkpoint)
     model, kind, model_cfg, cfg = loaded.network, loaded.kind, loaded.model_cfg, loaded.cfg
@@ -84,7 +89,7 @@ def package_config(state: dict[str, Any], checkpoint: Path) -> dict[str, Any]:
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "adamml_version": adamml.__version__,
+        "adamml_version": __version__,
         "kind": kind,
         "modalities": list(model_cfg.modalities),
         "class_names": list(state.get("class_names") or [str(i) for i in range(model_cfg.num_classes)]),
@@ -103,7 +108,6 @@ def package_config(state: dict[str, Any], checkpoint: Path) -> dict[str, Any]:
 
 def fusion_parameters(fusion: nn.Module, name: str) -> dict[str, Any] | None:
     """A late-fusion head as data: its kind, mode and per-modality (or per-class) weights."""
-    from adamml.models.fusion import UnimodalFusion, _LateFusion
 
     mode = getattr(fusion, "mode", "normalised")
     if isinstance(fusion, UnimodalFusion):
@@ -124,7 +128,6 @@ def export_package(source: str | Path, to: str | Path, *, format: str = "safeten
     choice; the default is the package's own). ``quantize`` "int8" (with ``format`` "onnx")
     quantises the graphs, calibrated on the videos ``calibrate`` names, but for those in
     ``keep_fp32`` (adamml.export.quantize)."""
-    from safetensors.torch import save_file
 
     if format not in FORMATS:
         raise PackageError(f"unknown export format {format!r}: expected one of {', '.join(FORMATS)}")
@@ -140,16 +143,14 @@ def export_package(source: str | Path, to: str | Path, *, format: str = "safeten
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     weights = {k: v.detach().contiguous().clone() for k, v in state["model"].items()}
-    save_file(weights, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "adamml_version": adamml.__version__})
+    save_file(weights, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "adamml_version": __version__})
     config["weights_sha256"] = sha256_file(tmp / WEIGHTS_FILE)
     (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1) + "\n")
     if format == "onnx":
-        from adamml.export.onnx import export_graphs
 
         loaded = model_from_package(state, where=checkpoint)
         export_graphs(loaded.network, config, tmp, model_cfg=loaded.model_cfg, cfg=loaded.cfg, opset=opset)
         if quantize:
-            from adamml.export.quantize import DEFAULT_FP32, quantize_folder
 
             quantize_folder(tmp, calibrate, DEFAULT_FP32 if keep_fp32 is None else keep_fp32)
     card = model_card(config, license=license)
@@ -166,8 +167,6 @@ def export_package(source: str | Path, to: str | Path, *, format: str = "safeten
 def read_package(folder: str | Path) -> dict[str, Any]:
     """The in-memory checkpoint of an export folder, as :func:`load_checkpoint` gives for
     ``best.pt`` less its training state: weights from safetensors (never unpickled)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
 
     folder = Path(folder)
     config = read_config(folder)

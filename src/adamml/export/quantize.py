@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from adamml.export.format import MANIFEST_FILE, PackageError, sha256_file
+from adamml.runners.onnx import OnnxModel
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v")
 DEFAULT_FP32 = ("policy_step",)
@@ -45,7 +46,6 @@ def calibration_videos(source: str | Path) -> list[Path]:
 
 def record_inputs(folder: Path, videos: Sequence[Path]) -> dict[str, list[dict[str, Any]]]:
     """Every feed each graph receives while the fp32 graphs run everything on ``videos``."""
-    from adamml.runners.onnx import OnnxModel
 
     runner = OnnxModel(folder, workers=1)
     feeds: dict[str, list[dict[str, Any]]] = {name: [] for name in runner.sessions}
@@ -93,8 +93,13 @@ def _check_names(folder: Path, keep_fp32: Sequence[str]) -> None:
 def quantize_graphs(folder: str | Path, feeds: dict[str, list[dict[str, Any]]], keep_fp32: Sequence[str] = DEFAULT_FP32,
                     videos: int = 0) -> dict[str, Any]:
     """Quantise each graph but ``keep_fp32`` in place, calibrated on its recorded ``feeds``."""
-    import onnxruntime
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    import onnxruntime  # onnxruntime: the `onnx` extra, only when graphs run
+    from onnxruntime.quantization import (  # onnxruntime: the `onnx` extra, only when graphs run
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     onnxruntime.set_default_logger_severity(3)  # not one warning per unused initialiser
     folder = Path(folder)

@@ -21,6 +21,7 @@ weighted fusion's GFLOPs by moving the policy's thresholds online (:class:`Budge
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 import warnings
@@ -33,9 +34,18 @@ import numpy as np
 import torch
 
 from adamml.config import ClipSettings
-from adamml.data.stream import LiveSource, StreamAudio, StreamError, StreamFrame
+from adamml.data.datasets import cut_modalities
+from adamml.data.sampling import clip_indices
+from adamml.data.stream import LiveSource, StreamAudio, StreamError, StreamFrame, describe
 from adamml.errors import AdamMLError
-from adamml.inference.budget import Budget, Thresholds, fit_thresholds, use_margins
+from adamml.inference.pipeline import LazyFlow, Predictor
+from adamml.inference.windows import Timeline, WindowResult
+from adamml.media import DecodedVideo
+from adamml.modalities.flow import flow_clip
+from adamml.modalities.spatial import choose_crop
+from adamml.modalities.table import MODALITIES
+from adamml.models.execution import run_many
+from adamml.models.thresholds import Budget, Thresholds, fit_thresholds, use_margins
 
 __all__ = ["LiveEvent", "LiveSummary", "LiveRun", "BudgetController", "SegmentQueue", "segment_span", "run_live"]
 
@@ -45,7 +55,6 @@ MODES = ("carry", "window")
 def segment_span(clip: ClipSettings, fps: float, modalities: list[str]) -> int:
     """Frames per live segment: what one training clip covers (its frames and stacks; no
     stack when no stacked modality is used), or the audio window when that is longer."""
-    from adamml.modalities.table import MODALITIES
 
     stacked = any(MODALITIES[m].stacked for m in modalities)
     frames = (clip.frames_per_segment - 1) * clip.frame_stride + (clip.stack_length if stacked else 0) + 1
@@ -264,7 +273,7 @@ class _Assembler:
 class BudgetController:
     """Hold the mean cost per segment over a sliding window (a minute of stream) at
     ``target`` GFLOPs, with the threshold knob of ``--budget`` at evaluation
-    (:class:`~adamml.inference.budget.Thresholds`): after each segment the thresholds are
+    (:class:`~adamml.models.thresholds.Thresholds`): after each segment the thresholds are
     refitted (:func:`fit_thresholds`) on the margins of the window's segments, for the
     cost the next segment may spend so that the window's mean comes back to the target."""
 
@@ -387,7 +396,6 @@ def run_live(
         raise AdamMLError(f"live mode must be one of {', '.join(MODES)}, got {mode!r}")
     if running < 1:
         raise AdamMLError(f"the running score needs at least 1 segment, got {running}")
-    from adamml.inference.pipeline import Predictor
 
     predictor = predictor or Predictor(bundle, device=device)
     clip = cfg.data.clip
@@ -410,14 +418,7 @@ def run_live(
 def _live_events(run: LiveRun, predictor, source: str, *, mode, window, running, max_lag_s, budget, topk, pace,
                  follow_idle_s, timeout_s, queue_segments, on_full, span_frames, format, simulate_compute_s,
                  clip: ClipSettings, settings) -> Iterator[LiveEvent]:
-    import dataclasses
 
-    from adamml.data.datasets import cut_modalities
-    from adamml.data.sampling import clip_indices
-    from adamml.data.types import DecodedVideo
-    from adamml.modalities.spatial import choose_crop
-    from adamml.modalities.table import MODALITIES
-    from adamml.models.execution import run_many
 
     model, model_cfg, names = predictor.model, predictor.model_cfg, predictor.class_names
     policy = model.policy
@@ -428,7 +429,6 @@ def _live_events(run: LiveRun, predictor, source: str, *, mode, window, running,
     stacked = any(MODALITIES[m].stacked for m in needed) or flow_needed
     sampling = clip if stacked else dataclasses.replace(clip, stack_length=0)
     if on_full == "auto":
-        from adamml.data.stream import describe
 
         on_full = "drop" if pace is not None or describe(source) in ("network", "camera") else "block"
     queue = SegmentQueue(queue_segments, on_full)
@@ -607,8 +607,6 @@ def _live_events(run: LiveRun, predictor, source: str, *, mode, window, running,
 
 def _flow_input(frames: np.ndarray, indices: np.ndarray, clip: ClipSettings, crop, method: str) -> torch.Tensor:
     """(1, 1, T, 2L, S, S) flow of one segment, computed on its frames only."""
-    from adamml.inference.pipeline import LazyFlow
-    from adamml.modalities.flow import flow_clip
 
     values = flow_clip(LazyFlow(frames, method), indices, clip.stack_length, crop, clip.crop_size)
     return torch.from_numpy(np.ascontiguousarray(values)).float()[None]
@@ -616,7 +614,6 @@ def _flow_input(frames: np.ndarray, indices: np.ndarray, clip: ClipSettings, cro
 
 def events_timeline(events: list[LiveEvent], source: str, modalities: list[str]):
     """A :class:`~adamml.inference.windows.Timeline` of per-segment results, for its plot."""
-    from adamml.inference.windows import Timeline, WindowResult
 
     timeline = Timeline(video=str(source), window_s=(events[0].end_s - events[0].start_s) if events else 0.0,
                         duration_s=events[-1].end_s if events else 0.0, modalities=list(modalities))

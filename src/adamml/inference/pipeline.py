@@ -33,13 +33,13 @@ from torch.utils.data import default_collate
 from adamml.data.datasets import VideoDataset, policy_frame_subsets
 from adamml.data.sampling import sample_indices
 from adamml.data.types import VideoEntry
-from adamml.evaluation.metrics import gflops_per_video
-from adamml.inference.budget import Budget, Thresholds, fit_thresholds, use_margins
+from adamml.modalities.flow import compute_flow, flow_clip
 from adamml.modalities.spatial import choose_crop
 from adamml.modalities.table import MODALITIES
 from adamml.models.build import LoadedModel, ModelSpec
 from adamml.models.execution import ExecutionPlan
-from adamml.models.flops import modality_costs
+from adamml.models.flops import gflops_per_video, modality_costs
+from adamml.models.thresholds import Budget, Thresholds, fit_thresholds, use_margins
 from adamml.results import STAGES, Prediction
 
 
@@ -64,8 +64,6 @@ class LazyFlow:
         return self.shape[0]
 
     def _get(self, i: int) -> np.ndarray:
-        from adamml.modalities.flow import compute_flow  # OpenCV's flow only when a flow net runs
-
         if i not in self.fields:
             pair = np.stack([self.frames[i], self.frames[i + 1]])
             self.fields[i] = compute_flow(pair, self.method)[0]
@@ -244,8 +242,6 @@ class Predictor:
 
     def add_flow(self, prepared: Prepared, segments: np.ndarray) -> None:
         """Flow tensors for the given segments only (zeros elsewhere, never read); B = 1."""
-        from adamml.modalities.flow import flow_clip  # OpenCV's flow only when a flow net runs
-
         start = time.perf_counter()
         clip = self.cfg.data.clip
         frames = prepared.decoded.frames

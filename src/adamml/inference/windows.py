@@ -23,8 +23,8 @@ import torch
 from adamml.config import ClipSettings, DecodeSettings
 from adamml.data.datasets import cut_modalities
 from adamml.data.sampling import sample_indices
-from adamml.data.types import DecodedVideo
 from adamml.errors import AdamMLError
+from adamml.media import DecodedVideo
 from adamml.modalities.spatial import choose_crop
 from adamml.modalities.table import MODALITIES
 
@@ -212,7 +212,7 @@ def plot_timeline(timeline: Timeline, class_names: list[str], path: str | Path, 
 
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after the backend is chosen: no display needed
 
     path = Path(path)
     scores = timeline.scores if timeline.scores is not None else np.zeros((0, len(class_names)))

@@ -15,7 +15,7 @@ import numpy as np
 
 from adamml.config import ClipSettings
 from adamml.data.sampling import segment_centres_s
-from adamml.data.types import DecodedVideo
+from adamml.media import DecodedVideo
 from adamml.modalities.audio import log_spectrogram, spectrogram_shape
 from adamml.modalities.flow import flow_clip
 from adamml.modalities.rgb import rgb_clip

@@ -43,6 +43,8 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
+from torchvision.models.mobilenetv2 import InvertedResidual
+from torchvision.models.resnet import BasicBlock, Bottleneck
 
 PRECISIONS = ("fp32", "bf16")
 # One paper-size RGB segment (8 frames at 224x224): the CPU default of pixels_per_call.
@@ -370,8 +372,6 @@ def fuse_pointwise(model: nn.Module) -> int:
         raise ValueError("fuse_pointwise needs a model in eval mode")
     if not pointwise_fusion_available():
         return 0
-    from torchvision.models.mobilenetv2 import InvertedResidual
-    from torchvision.models.resnet import BasicBlock, Bottleneck
 
     fused = 0
     # Residual blocks first (they need the plain modules), then the remaining sequences.

@@ -1,4 +1,8 @@
-"""Cost of a model configuration, counted from the real modules (``adamml flops``).
+"""Cost of a model configuration, counted from the real modules, and the GFLOPs of a video.
+
+``adamml flops`` prints :func:`flops_report`; :func:`segment_costs` (GMACs per segment of each
+sub-network and of the policy) and :func:`gflops_per_video` (what a video cost under its
+decisions) are read by training, evaluation and prediction alike.
 
 Counting rule: ``torch.utils.flop_counter.FlopCounterMode``, which counts 2 FLOPs per
 multiply-add of convolutions and matrix products (nothing for batch norm, activations or
@@ -12,18 +16,18 @@ instantly: no memory is allocated and no arithmetic is done.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
+import functools
 import json
-import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from adamml.config import ClipSettings, ConfigError, ExperimentConfig, ModelConfig, load_config
+from adamml.config import ClipSettings, ConfigError, ExperimentConfig, ModelConfig, _from_dict
 from adamml.modalities.table import MODALITIES
 from adamml.models.policy import build_policy
 from adamml.models.recognition import build_recognition_net
@@ -115,6 +119,47 @@ def modality_costs(model_cfg: ModelConfig, clip: ClipSettings) -> dict[str, floa
     return out
 
 
+@functools.lru_cache(maxsize=32)
+def _costs_cached(model_cfg_json: str, clip_json: str) -> dict[str, float]:
+    model_cfg = _from_dict(ModelConfig, json.loads(model_cfg_json), "model")
+    clip = _from_dict(ClipSettings, json.loads(clip_json), "clip")
+    return modality_costs(model_cfg, clip)
+
+
+def segment_costs(model_cfg: ModelConfig, clip: ClipSettings) -> dict[str, float]:
+    """GMACs per segment of each recognition sub-network and of the policy ("policy"),
+    counted once per configuration (every evaluation, training budget and prediction asks)."""
+    return _costs_cached(
+        json.dumps(dataclasses.asdict(model_cfg), sort_keys=True),
+        json.dumps(dataclasses.asdict(clip), sort_keys=True),
+    )
+
+
+def gflops_per_video(
+    decisions: torch.Tensor | np.ndarray | Sequence, modality_gflops: Sequence[float], policy_gflops: float = 0.0
+) -> list[float]:
+    """GFLOPs (multiply-adds) of each video: sum over segments of policy + used sub-networks.
+
+    decisions: (N, K, M) in {0, 1}; modality_gflops: per-segment cost of each of the M
+    sub-networks; policy_gflops: per-segment cost of the policy (paid on every segment).
+    """
+    if isinstance(decisions, torch.Tensor):
+        decisions = decisions.detach().to("cpu", torch.float64).numpy()
+    try:
+        d = np.asarray(decisions, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"decisions: expected a tensor or array of numbers, got {type(decisions)!r}") from exc
+    if d.ndim != 3:
+        raise ValueError(f"decisions: expected shape (N, K, M), got {d.shape}")
+    costs = np.asarray(modality_gflops, dtype=np.float64)
+    if costs.shape != (d.shape[2],):
+        raise ValueError(
+            f"decisions must be (N, K, M={costs.size}) for {costs.size} modality costs, got {d.shape}"
+        )
+    per_segment = d @ costs + float(policy_gflops)  # (N, K)
+    return [float(v) for v in per_segment.sum(axis=1)]
+
+
 def flops_report(cfg: ExperimentConfig, segments: int | None = None) -> dict:
     """Everything ``adamml flops`` prints, as data: raw FLOPs per segment and per video."""
     clip = cfg.data.clip
@@ -196,35 +241,8 @@ def format_report(report: dict, raw: bool = False) -> str:
     return "\n".join(lines)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="a YAML file or a shipped config name")
-    parser.add_argument(
-        "--segments", type=int, default=None, help="segments per video (default: eval segments)"
-    )
-    parser.add_argument("--raw", action="store_true", help="raw FLOPs (2 per multiply-add)")
-    parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    parser.add_argument("overrides", nargs="*", help="config overrides: section.key=value, e.g. data.clip.crop_size=112")
-
-
-def run(args: argparse.Namespace) -> int:
-    try:
-        cfg = load_config(args.config, args.overrides)
-        report = flops_report(cfg, args.segments)
-    except (ConfigError, ValueError) as exc:
-        print(f"adamml flops: {exc}", file=sys.stderr)
-        return 2
-    if args.json:
-        out = dict(report, unit="flops" if args.raw else "gmacs")
-        if not args.raw:
-            out = _to_gmacs(out)
-        print(json.dumps(out, indent=2))
-    else:
-        print(format_report(report, raw=args.raw))
-    return 0
-
-
-def _to_gmacs(obj):
-    """Raw FLOPs ints under cost keys -> GMACs floats (JSON output without --raw)."""
+def to_gmacs(obj):
+    """Raw FLOPs ints under cost keys of a :func:`flops_report` -> GMACs floats (its JSON without --raw)."""
     keys = {"per_segment", "per_video", "all_modalities_per_video", "adamml_max_per_video"}
     if isinstance(obj, dict):
         return {
@@ -233,10 +251,10 @@ def _to_gmacs(obj):
                 if k in keys and isinstance(v, int)
                 else {n: f / 2e9 for n, f in v.items()}
                 if k == "parts_per_segment"
-                else _to_gmacs(v)
+                else to_gmacs(v)
             )
             for k, v in obj.items()
         }
     if isinstance(obj, list):
-        return [_to_gmacs(v) for v in obj]
+        return [to_gmacs(v) for v in obj]
     return obj

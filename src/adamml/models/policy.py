@@ -17,10 +17,11 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from adamml.config import ClipSettings, ModelConfig, policy_extractor
+from adamml.config import ClipSettings, ModelConfig
 from adamml.data.sampling import policy_frame_indices
 from adamml.modalities.table import MODALITIES, policy_source
 from adamml.models.backbones import (
+    BACKBONES,
     adapt_first_conv,
     check_weights_source,
     create_backbone,
@@ -30,6 +31,42 @@ from adamml.models.backbones import (
 )
 from adamml.models.execution import ExecutionPlan, run_many
 from adamml.models.temporal import TemporalMaxPool
+
+
+@dataclass(frozen=True)
+class ExtractorChoice:
+    """What the policy's extractor for one source is built from (see :func:`policy_extractor`)."""
+
+    backbone: str
+    width_mult: float
+    blocks: int | None  # feature blocks kept (None: all)
+    # The audio sub-network's own backbone (or policy.audio_backbone): it can start from the
+    # stage-1 audio network, cut or not (a cut one takes that network's first blocks).
+    own_audio: bool = False
+
+    @property
+    def whole(self) -> bool:
+        """Full width and every block: the extractor is the backbone's whole trunk."""
+        return self.width_mult == 1.0 and self.blocks is None
+
+
+def policy_extractor(model: ModelConfig, source: str) -> ExtractorChoice:
+    """The one rule for the policy's extractor of ``source`` ("rgb", "audio", "rgbdiff", ...),
+    read by ``build_policy``, the config checks (adamml.config_files) and ``--plan``.
+
+    The audio extractor takes policy.audio_backbone, else the audio network's backbone, when
+    that is framewise (so it can start from the stage-1 audio network), at full width with
+    policy.audio_blocks; otherwise it is policy.backbone like the visual extractors, with
+    policy.audio_blocks when given. Visual extractors: policy.backbone, width_mult, blocks.
+    """
+    policy = model.policy
+    if source == "audio":
+        own = policy.audio_backbone or model.backbones.get("audio", "")
+        if own in BACKBONES and BACKBONES[own].framewise:
+            return ExtractorChoice(own, 1.0, policy.audio_blocks, own_audio=True)
+        blocks = policy.audio_blocks if policy.audio_blocks is not None else policy.blocks
+        return ExtractorChoice(policy.backbone, policy.width_mult, blocks)
+    return ExtractorChoice(policy.backbone, policy.width_mult, policy.blocks)
 
 
 @dataclass

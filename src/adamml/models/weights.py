@@ -1,4 +1,4 @@
-"""``adamml weights check``: does a weights file hold the ImageNet network it claims to?
+"""Does a weights file hold the ImageNet network it claims to? (``adamml weights check``)
 
 Key layouts differ between sources (torchvision, timm, TF conversions), and a file that loads
 without error can still hold the wrong network or a wrong input normalisation. The check runs
@@ -9,12 +9,10 @@ names (torchvision's weight enums carry the 1000 ImageNet names offline).
 
 from __future__ import annotations
 
-import argparse
-import sys
-
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.models import ResNet50_Weights
 
 from adamml.layouts import IMAGENET_MEAN, IMAGENET_STD
 from adamml.models.backbones import (
@@ -31,8 +29,6 @@ CHECKABLE = [name for name in BACKBONES if not name.endswith("_tiny") and name !
 
 def imagenet_categories() -> list[str]:
     """The 1000 ImageNet class names, from torchvision's weights metadata (no download)."""
-    from torchvision.models import ResNet50_Weights
-
     return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
 
 
@@ -40,6 +36,7 @@ def sample_images(size: int = 224) -> dict[str, torch.Tensor]:
     """scikit-learn's bundled photographs, short side resized to ``size * 256 / 224``, centre
     crop ``size``, ImageNet-normalised: {name: (3, size, size)}."""
     try:
+        # scikit-learn is optional: only this check needs it
         from sklearn.datasets import load_sample_images
     except ImportError:
         raise PretrainedWeightsError(
@@ -101,35 +98,3 @@ def top_k(model: nn.Module, images: dict[str, torch.Tensor], k: int = 3) -> dict
         values, indices = probs.topk(k)
         out[name] = [(int(i), float(v)) for i, v in zip(indices, values, strict=True)]
     return out
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    check = sub.add_parser(
-        "check",
-        help="ImageNet top-3 on two sample photographs",
-        description="Run a weights source as an ImageNet classifier on scikit-learn's "
-        "china.jpg and flower.jpg and print the top-3 classes.",
-    )
-    check.add_argument(
-        "source",
-        help=f"a local weights file or {', '.join(IMAGENET_SOURCES)}",
-    )
-    check.add_argument(
-        "--arch",
-        choices=CHECKABLE,
-        default=None,
-        help="the architecture (default: the one the source names, or the one its tensors fit)",
-    )
-
-
-def run(args: argparse.Namespace) -> int:
-    arch, model = build_classifier(args.source, args.arch)
-    names = imagenet_categories()
-    results = top_k(model, sample_images())
-    print(f"{args.source} as {arch}, ImageNet top-3 (input: resize 256, centre crop 224, ImageNet mean/std)")
-    for image, best in results.items():
-        ranked = ", ".join(f"{names[i]} ({i}) {p:.1%}" for i, p in best)
-        print(f"  {image:<11} {ranked}")
-    sys.stdout.flush()
-    return 0

@@ -29,8 +29,15 @@ from typing import Any
 
 import numpy as np
 
+from adamml.data.sampling import sample_indices, segment_centres_s
+from adamml.data.video import decode_video
 from adamml.export.format import PackageError, read_config, read_manifest
+from adamml.modalities.flow import compute_flow, flow_clip
+from adamml.modalities.rgb import rgb_clip
+from adamml.modalities.rgbdiff import rgbdiff_clip
+from adamml.modalities.spatial import choose_crop
 from adamml.results import STAGES, Prediction
+from adamml.runners.spectrogram import log_spectrogram
 
 
 def _settings(name: str, values: dict[str, Any], **properties: Any) -> Any:
@@ -51,7 +58,6 @@ class LazyFlow:
     its two frames the first time it is read; ``computed`` counts them."""
 
     def __init__(self, frames: Any, method: str) -> None:
-        from adamml.modalities.flow import compute_flow
 
         self._compute = compute_flow
         self.frames = frames
@@ -120,7 +126,7 @@ class OnnxModel:
     computed, so what was skipped can be checked."""
 
     def __init__(self, folder: str | Path, *, workers: int = 2, providers: Sequence[str] | None = None) -> None:
-        import onnxruntime as ort
+        import onnxruntime as ort  # onnxruntime: the `onnx` extra, only when graphs run
 
         self.folder = Path(folder)
         self.config = read_config(self.folder)
@@ -184,7 +190,6 @@ class OnnxModel:
     # ---- the stages ----------------------------------------------------------------------
 
     def _frames_read(self, num_frames: int) -> np.ndarray:
-        from adamml.data.sampling import sample_indices
 
         indices = sample_indices(num_frames, self.sampling_clip, False, None, num_segments=self.segments)
         steps = np.arange(self.sampling_clip.stack_length + 1)
@@ -192,13 +197,6 @@ class OnnxModel:
 
     def prepare(self, video: str | Path) -> dict[str, Any]:
         """Decode once and cut the cheap inputs (and flow when the policy looks at flow)."""
-        from adamml.data.sampling import sample_indices, segment_centres_s
-        from adamml.data.video import decode_video
-        from adamml.modalities.flow import flow_clip
-        from adamml.modalities.rgb import rgb_clip
-        from adamml.modalities.rgbdiff import rgbdiff_clip
-        from adamml.modalities.spatial import choose_crop
-        from adamml.runners.spectrogram import log_spectrogram
 
         start = time.perf_counter()
         decoded = decode_video(Path(video), self.decode, keep_frames=self._frames_read)
@@ -267,7 +265,6 @@ class OnnxModel:
 
     def add_flow(self, prepared: dict[str, Any], segments: np.ndarray) -> None:
         """Flow for the given segments only (zeros elsewhere, never read)."""
-        from adamml.modalities.flow import flow_clip
 
         start = time.perf_counter()
         clip = self.clip

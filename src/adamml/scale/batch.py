@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from adamml.data.formats import VIDEO_EXTENSIONS, DatasetError
 from adamml.scale.manifest import DONE, FAILED, PENDING, Manifest, RunMismatch
 
@@ -176,8 +178,6 @@ def predict_to_jsonl(
     the manifest; resuming an output written with other values is refused (:class:`RunMismatch`)
     before anything is written, so one file never mixes two models' predictions.
     """
-    from tqdm import tqdm
-
     t0 = time.perf_counter()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""``adamml extract [--engine ray]``: the local engine's per-video extraction as Ray Data tasks.
+"""The local engine's per-video extraction as Ray Data tasks (``adamml extract --engine ray``).
 
 One row per video (``ray.data.read_videos`` would make a row per frame); each row runs
 :func:`adamml.data.extract.extract_path` in a one-CPU task, which writes the same atomic cache
@@ -9,9 +9,7 @@ already in the cache, or recorded as failed, are not redone (``retry_failed`` re
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,7 @@ from adamml.data.types import VideoEntry
 from adamml.scale.manifest import DONE, FAILED, Manifest
 from adamml.scale.runtime import connect, quiet_ray_data
 
-__all__ = ["extract_videos_ray", "video_key", "MAX_BLOCKS", "add_arguments", "run"]
+__all__ = ["extract_videos_ray", "video_key", "MAX_BLOCKS"]
 
 # Blocks are Ray Data's unit of work and of loss on a kill: one video per block up to this
 # many (beyond it, a few videos per block keep the driver's bookkeeping small).
@@ -106,40 +104,3 @@ def extract_videos_ray(
             bar.update()
         bar.close()
     return report.finish(t0)
-
-
-# ----------------------------------------------------------------------------- command line
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """``adamml extract``: the local engine's options, and the choice of engine."""
-    from adamml.data import extract as local
-
-    local.add_arguments(parser)
-    engine = parser.add_argument_group("engine (see docs/scale-out.md)")
-    engine.add_argument(
-        "--engine", default="local", choices=("local", "ray"),
-        help="local: --workers processes on this machine (default); ray: Ray Data tasks on a "
-        "cluster or a local Ray (needs `pip install 'adamml[ray]'`)",
-    )
-    engine.add_argument("--address", default=None, help="ray: a running cluster (default: RAY_ADDRESS, else start a local Ray)")
-    engine.add_argument("--manifest", type=Path, default=None, help="ray: per-video status file (default: CACHE/<settings>/manifest.jsonl)")
-    engine.add_argument("--retry-failed", action="store_true", help="ray: redo videos an earlier run recorded as failed")
-
-
-def run(args: argparse.Namespace) -> int:
-    from adamml.data import extract as local
-
-    if args.engine == "local":
-        return local.run(args)
-    try:
-        entries, cache = local.open_split(args)
-    except ValueError as exc:  # DatasetError is a ValueError
-        print(f"adamml extract: {exc}", file=sys.stderr)
-        return 2
-    report = extract_videos_ray(  # a missing Ray is a one-line error (RayNotInstalledError)
-        entries, cache, address=args.address, manifest=args.manifest,
-        retry_failed=args.retry_failed, progress=not args.no_progress,
-    )
-    print(report.summary())
-    return 1 if report.failed else 0

@@ -25,6 +25,7 @@ import numpy as np
 
 from adamml.data.extract import limit_threads
 from adamml.inference.pipeline import prediction_dataset
+from adamml.models.build import model_from_checkpoint
 from adamml.scale.batch import error_record, prediction_record
 from adamml.scale.extract import MAX_BLOCKS
 from adamml.scale.runtime import cluster_gpus, connect, quiet_ray_data
@@ -80,6 +81,7 @@ def plan_actors(actors: int | None = None) -> tuple[int, float, float, str]:
     tasks run apart on the CPUs, feeding them. Without: one actor per CPU; Ray Data then fuses
     decoding into the actor (same resources), so each CPU decodes and predicts its own videos
     without shipping samples between processes."""
+    # ray is optional (adamml[ray]): only when the Ray engine runs
     import ray
 
     gpus = cluster_gpus()
@@ -108,7 +110,6 @@ def ray_records(
     ray = connect(address)
     quiet_ray_data(ray)
     from adamml.api import resolve_checkpoint  # the layer above: its checkpoint resolution, once
-    from adamml.models.build import model_from_checkpoint
 
     checkpoint = resolve_checkpoint(checkpoint)
     spec = model_from_checkpoint(checkpoint).spec  # what the decode tasks need (no network)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -16,6 +17,7 @@ class RayNotInstalledError(AdamMLError, ImportError):
 
 def import_ray() -> Any:
     try:
+        # ray is optional (adamml[ray]): only when the Ray engine runs
         import ray
         import ray.data  # noqa: F401  (the engine needs Ray Data, the `ray[data]` extra)
     except ImportError as exc:
@@ -47,14 +49,13 @@ def connect(address: str | None = None, *, num_cpus: int | None = None) -> Any:
 
 def quiet_ray_data(ray: Any) -> None:
     """Our own progress bar and summary say what happened; Ray Data's logs stay in its files."""
-    import logging
-
     ray.data.DataContext.get_current().enable_progress_bars = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "bars disabled"
 
 
 def cluster_gpus() -> int:
+    # ray is optional (adamml[ray]): only when the Ray engine runs
     import ray
 
     return int(ray.cluster_resources().get("GPU", 0))

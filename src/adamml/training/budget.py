@@ -17,7 +17,7 @@ constraint that matters, and the one checked, is the validation split's.
 Even so the argmax lands where it lands, often just outside the 10 % tolerance around the
 budget (docs/own-data.md). So (``train.adamml.calibrate``, on by default) after each validated policy epoch the
 policy's use thresholds are moved so that its mean cost on the validation split is the
-budget, as ``adamml evaluate --budget`` does after the fact (adamml.inference.budget): the fit
+budget, as ``adamml evaluate --budget`` does after the fact (adamml.models.thresholds): the fit
 reads the policy's outputs only, never the labels. The epoch is then scored, and kept or not,
 with those thresholds, which its checkpoint carries.
 """
@@ -28,7 +28,9 @@ import math
 
 import torch
 
-from adamml.inference.budget import Thresholds, fit_thresholds, use_margins
+from adamml.evaluation.metrics import gather_by_index, mean_gflops, selection_rates
+from adamml.models.flops import gflops_per_video
+from adamml.models.thresholds import Thresholds, fit_thresholds, use_margins
 
 TOLERANCE = 0.10  # a run meets its budget when validation GFLOPs are within 10 % of it
 
@@ -132,8 +134,6 @@ class BudgetController:
 def validation_margins(model, loader, runtime) -> torch.Tensor:
     """(N, K, M) policy margins (logit of "use") of every video of ``loader``, in dataset
     order, gathered from all processes (a distributed sampler's padding counted once)."""
-    from adamml.evaluation.metrics import gather_by_index
-
     was_training = model.training
     model.eval()
     indices, margins = [], []
@@ -151,8 +151,6 @@ def decision_metrics(decisions: torch.Tensor, controller: BudgetController, moda
     """GFLOPs per video and selection rates of (N, K, M) deterministic decisions, without
     running the recognition networks: a calibrated validation reads the argmax's figures
     from the policy pass that fits the thresholds, then evaluates once, at the thresholds."""
-    from adamml.evaluation.metrics import gflops_per_video, mean_gflops, selection_rates
-
     decisions = decisions.double()
     out = {"gflops": mean_gflops(gflops_per_video(decisions, controller.costs.tolist(), controller.policy_cost))}
     out |= {f"selection_{m}": rate for m, rate in zip(modalities, selection_rates(decisions), strict=True)}
@@ -162,7 +160,7 @@ def decision_metrics(decisions: torch.Tensor, controller: BudgetController, moda
 def calibrate_policy(model, loader, controller: BudgetController, runtime,
                      margins: torch.Tensor | None = None) -> Thresholds:
     """Set the policy's use thresholds so that its mean cost over ``loader``'s videos is the
-    largest within ``controller.budget`` (adamml.inference.budget.fit_thresholds); ``margins``:
+    largest within ``controller.budget`` (adamml.models.thresholds.fit_thresholds); ``margins``:
     :func:`validation_margins` of that loader when already at hand."""
     if margins is None:
         margins = validation_margins(model, loader, runtime)

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from adamml.config import ExperimentConfig, save_config, to_dict
+from adamml.config import ExperimentConfig, to_dict
+from adamml.config_files import save_config
 from adamml.data.loader import make_loader, set_loader_epoch
 from adamml.errors import AdamMLError
 from adamml.runtime import runs
@@ -53,6 +54,7 @@ class EpochLogger:
         self.writer = None
         if enabled and tensorboard is not False:
             try:
+                # tensorboard is optional and slow to import: only for a run that logs to it
                 from torch.utils.tensorboard import SummaryWriter
             except Exception as exc:  # tensorboard not installed: CSV only, unless asked for
                 if tensorboard:

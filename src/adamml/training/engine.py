@@ -9,13 +9,16 @@ step, the optimisers, what trains in each phase, and (stage 3) the policy's temp
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
 from adamml.config import ExperimentConfig, ModelConfig
 from adamml.evaluation.evaluate import evaluate_model
@@ -34,10 +37,6 @@ def multistep_lr(base: float, milestones: list[int], epoch: int) -> float:
 
 
 def seed_everything(seed: int) -> None:
-    import random
-
-    import numpy as np
-
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
@@ -53,8 +52,6 @@ def move_to(batch: dict, device: torch.device) -> dict:
 def progress_bar(desc: str, total: int):
     """A bar that is told about each step and never touches the loader: wrapping the loader
     (tqdm.auto's bar starts an iterator of its own) would change what the run does."""
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
 
 

@@ -16,6 +16,8 @@ import math
 import torch
 
 from adamml.runtime.distributed import all_reduce_sum
+from adamml.training.budget import calibrate_policy, decision_metrics, validation_margins
+from adamml.training.engine import evaluate
 
 
 class StageHooks:
@@ -32,8 +34,6 @@ class StageHooks:
 
     def validate(self, task, loader, cfg, runtime) -> dict:
         """The validation metrics of the epoch (a stage may score its model its own way)."""
-        from adamml.training.engine import evaluate
-
         return evaluate(task, loader, cfg, runtime)
 
     def state_dict(self) -> dict:
@@ -123,9 +123,6 @@ class BudgetHook(StageHooks):
         by the controller) and the thresholds fitted to the budget; then one evaluation at
         those thresholds ranks the epoch, and its checkpoint keeps them. Without: the argmax
         evaluated."""
-        from adamml.training.budget import calibrate_policy, decision_metrics, validation_margins
-        from adamml.training.engine import evaluate
-
         policy = task.model.policy
         policy.use_thresholds.zero_()
         if not self.calibrate:

@@ -10,7 +10,9 @@ so it cannot drift from it.
 
 from __future__ import annotations
 
-from adamml.config import ExperimentConfig, policy_extractor
+from adamml.config import ExperimentConfig
+from adamml.modalities.table import policy_source
+from adamml.models.policy import policy_extractor, policy_weight_sources
 from adamml.runtime.distributed import per_process_batch
 from adamml.runtime.runs import BEST, BEST_ALTERNATE
 from adamml.training.engine import multistep_lr
@@ -35,9 +37,7 @@ def _extractor_backbone(cfg: ExperimentConfig, source: str) -> str | None:
 
 
 def _policy_starts(cfg: ExperimentConfig) -> str:
-    from adamml.models.policy import policy_weight_sources
-
-    sources = {cfg.model.policy.flow_proxy if m == "flow" else m for m in cfg.model.modalities}
+    sources = {policy_source(m, cfg.model.policy.flow_proxy) for m in cfg.model.modalities}
     given = policy_weight_sources(cfg.model)
     parts = []
     for source in sorted(sources):

@@ -17,16 +17,18 @@ import time
 from pathlib import Path
 
 from adamml.config import ExperimentConfig
-from adamml.data.catalog import discover, split_exists
+from adamml.data.cache import VideoCache
+from adamml.data.catalog import DATASETS, discover, split_exists
+from adamml.data.extract import default_workers, ensure_cached
 from adamml.data.formats import DatasetError
+from adamml.data.splits import VAL_FRACTION, carve_validation, write_split
+from adamml.models.flops import segment_costs
 from adamml.runtime.distributed import Runtime, barrier
 
 SUMMARY_FILE = "summary.txt"
 
 
 def _catalogue_name(cfg: ExperimentConfig) -> str | None:
-    from adamml.data.catalog import DATASETS
-
     return cfg.data.dataset if cfg.data.dataset in DATASETS else None
 
 
@@ -42,10 +44,6 @@ def prepare_run(
     """Resolve the data-dependent parts of ``cfg`` (returned as a new config) and extract what
     the cache lacks; returns the config and the summary lines. Every rank computes the same
     config; only rank 0 extracts, writes files and logs (each line as it is decided)."""
-    from adamml.data.cache import VideoCache
-    from adamml.data.extract import default_workers, ensure_cached
-    from adamml.data.splits import VAL_FRACTION, carve_validation, write_split
-
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data), model=dataclasses.replace(cfg.model))
     data = cfg.data
     if not data.root:
@@ -118,8 +116,6 @@ def prepare_run(
 
 def describe_recipe(cfg: ExperimentConfig, budget: float | None = None) -> list[str]:
     """One line on the models and their cost, one on the stages (what the run will do)."""
-    from adamml.evaluation.evaluate import segment_costs
-
     m, t, clip = cfg.model, cfg.train, cfg.data.clip
     costs = segment_costs(m, clip)
     k = cfg.data.eval_segments or clip.num_segments

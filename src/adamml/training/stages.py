@@ -20,10 +20,12 @@ from adamml.data.datasets import build_datasets
 from adamml.data.loader import make_loader, set_loader_epoch
 from adamml.models.adamml import build_adamml
 from adamml.models.build import input_modalities, load_unimodal
+from adamml.models.flops import segment_costs
 from adamml.models.multimodal import build_multimodal
 from adamml.runtime import runs
 from adamml.runtime.checkpoint import load_checkpoint
 from adamml.runtime.distributed import Runtime, per_process_batch
+from adamml.training.budget import BudgetController
 from adamml.training.driver import fit
 from adamml.training.engine import (
     StepResult,
@@ -38,6 +40,7 @@ from adamml.training.engine import (
     train_one_epoch,
     wrap_distributed,
 )
+from adamml.training.hooks import BudgetHook, PlateauStop
 from adamml.training.schedule import Phase, adamml_schedule, plain_schedule
 
 
@@ -212,8 +215,6 @@ def train_unimodal(cfg: ExperimentConfig, modality: str, runtime: Runtime, *, re
     model = build_multimodal(model_cfg, cfg.data.clip)
     plateau = None
     if cfg.train.unimodal.patience > 0:
-        from adamml.training.hooks import PlateauStop
-
         # Patience runs once the network beats chance clearly (top-1 above 2 / classes). The
         # hook may take an lr step early; the task reads its rates from the hook's list.
         floor = 0.0 if cfg.data.multi_label else 2.0 / max(1, len(class_names))
@@ -254,9 +255,6 @@ def adamml_task(model: nn.Module, cfg: ExperimentConfig) -> Task:
     temperature = Temperature(tcfg.temperature, tcfg.temperature_decay)
     hooks = None
     if tcfg.budget is not None:  # cost weights adapted to the budget instead (training/budget.py)
-        from adamml.evaluation.evaluate import segment_costs
-        from adamml.training.budget import BudgetController
-        from adamml.training.hooks import BudgetHook
 
         costs = segment_costs(cfg.model, cfg.data.clip)
         controller = BudgetController(tcfg.budget, [costs[m] for m in modalities], costs["policy"], step=tcfg.budget_step)

@@ -1,4 +1,4 @@
-"""One trained model, many cost points: the policy's use thresholds moved to meet a budget.
+"""The policy's decision thresholds, and one trained model at many cost points by moving them.
 
 The trained policy uses modality m on a segment when its probability of "use" p exceeds 0.5
 (argmax). Here the threshold moves, per modality, with one knob lambda and the modality's
@@ -11,6 +11,9 @@ exactly by sorting the (video, segment, modality) units by ``logit(p) / relative
 Budgets are written ``0.5`` or ``50%`` (a fraction of weighted fusion's GFLOPs: every
 modality on every segment, no policy) or ``12.3G`` (GFLOPs, i.e. 1e9 multiply-adds, per video).
 The policy itself always runs; its cost is part of the budget.
+
+The thresholds belong with the policy whose outputs they read: training fits them to a
+budget after each policy epoch, evaluation sweeps them, and prediction applies them.
 """
 
 from __future__ import annotations
