@@ -159,3 +159,34 @@ def test_lazy_load_decodes_only_what_is_indexed_and_matches_eager(tmp_path: Path
     np.testing.assert_array_equal(
         flow_clip(lazy.flow, indices, 2, crop, 32), flow_clip(eager.flow, indices, 2, crop, 32)
     )
+
+
+def test_a_video_replaced_at_the_same_path_is_extracted_again(tmp_path: Path) -> None:
+    video = make_video(tmp_path / "clip.mp4", num_frames=8, fps=8.0, seed=0)
+    cache = VideoCache(tmp_path / "cache", SETTINGS)
+    assert extract_videos([video], cache, progress=False).done == 1
+    assert cache.load(video).num_frames == 8
+    make_video(tmp_path / "clip.mp4", num_frames=16, fps=8.0, seed=1)  # re-encoded, longer, same name
+    assert not cache.has(video) and cache.changed(video)
+    report = extract_videos([video], cache, progress=False)
+    assert report.done == 1 and report.changed == 1 and "decoded again" in report.summary()
+    assert cache.load(video).num_frames == 16 and cache.has(video)
+    assert extract_videos([video], cache, progress=False).skipped == 1  # then cached again
+
+
+def test_an_entry_without_a_source_record_is_kept(tmp_path: Path) -> None:
+    """Entries written before sources were recorded, and those whose source is gone, stay."""
+    cache = VideoCache(tmp_path, SETTINGS)
+    cache.save("gone.mp4", _decoded())
+    assert cache.has("gone.mp4")
+    video = make_video(tmp_path / "v.mp4", num_frames=4, fps=8.0)
+    cache.save(video, _decoded(), stamp=None)
+    entry = cache.entry_path(video)
+    with np.load(entry) as npz:
+        arrays = dict(npz)
+    info = json.loads(str(arrays["info"]))
+    del info["source_stamp"]
+    arrays["info"] = np.array(json.dumps(info))
+    np.savez(entry, **arrays)
+    video.touch()
+    assert cache.has(video)

@@ -35,6 +35,7 @@ class ExtractReport:
 
     done: int = 0
     skipped: int = 0
+    changed: int = 0  # of those to do: cached once, but from a file replaced since
     failed: list[tuple[str, str]] = field(default_factory=list)
     missing_audio: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -65,6 +66,9 @@ class ExtractReport:
             f"extracted {self.done}, skipped {self.skipped} (already cached), "
             f"failed {len(self.failed)}, in {self.seconds:.1f} s"
         ]
+        if self.changed:
+            lines.append(f"{self.changed} of them decoded again: the file at their path changed (size or "
+                         "modification time) since they were cached")
         if self.missing_audio:
             lines.append(f"{len(self.missing_audio)} video(s) without audio (all-zero spectrograms):")
             lines += [f"  {p}" for p in self.missing_audio[:20]]
@@ -86,16 +90,18 @@ def extract_one(entry: VideoEntry, cache: VideoCache) -> tuple[str, str, bool]:
     Returns (path, status, audio_missing) with status "done", or raises VideoDecodeError.
     """
     # PyAV only when decoding: keeps `adamml --help` fast (workers import it once).
+    from adamml.data.cache import source_stamp
     from adamml.data.video import MissingAudioWarning, decode_frame_folder, decode_video
 
     path = Path(entry.path)
+    stamp = source_stamp(path)  # before decoding: a file replaced meanwhile is decoded again next time
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", MissingAudioWarning)  # recorded in the report instead
         if path.is_dir():
             decoded = decode_frame_folder(path, cache.settings, entry.start, entry.end)
         else:
             decoded = decode_video(path, cache.settings)
-    cache.save(path, decoded, frame_range=entry.frame_range)
+    cache.save(path, decoded, frame_range=entry.frame_range, stamp=stamp)
     return str(path), "done", decoded.audio_missing
 
 
@@ -143,6 +149,7 @@ def extract_videos(
         if cache.has(entry.path, entry.frame_range):
             report.skipped += 1
         else:
+            report.changed += cache.changed(entry.path, entry.frame_range)
             todo.append(entry)
 
     bar = tqdm(total=len(todo), desc="extract", unit="video", disable=not progress or not todo)
