@@ -167,3 +167,21 @@ def test_an_output_folder_that_cannot_be_written_is_one_line(videos, tmp_path):
     code, printed = train("--data", str(videos), "--output", str(blocker / "run"))
     assert code == 2 and "Traceback" not in printed, printed
     assert f"{blocker / 'run'}: cannot write the run folder" in printed
+
+
+def test_evaluate_refuses_data_whose_classes_are_not_the_checkpoints(finished, tmp_path):
+    from adamml.errors import AdamMLError
+    from adamml.evaluation.evaluate import evaluate_run
+
+    for name in ("beep", "red"):  # two classes, as the checkpoint's, but other ones
+        make_video(tmp_path / "val" / name / f"{name}.mp4", num_frames=16, fps=8.0, height=40, width=40)
+    with pytest.raises(AdamMLError, match=r"trained on 2 classes \(bee, cow\), the data at .* has 2 \(beep, red\): "
+                                          r"not in the data: bee, cow; not in the checkpoint: beep, red"):
+        evaluate_run([finished / "unimodal_audio" / "best.pt"], data_root=str(tmp_path), split="val", progress=False, plots=False)
+
+
+def test_evaluate_on_the_runs_own_data_is_not_refused(finished):
+    from adamml.evaluation.evaluate import evaluate_run
+
+    results, _ = evaluate_run([finished / "unimodal_audio" / "best.pt"], progress=False, plots=False)
+    assert [r.method for r in results] == ["Audio"]
