@@ -185,3 +185,20 @@ def test_evaluate_on_the_runs_own_data_is_not_refused(finished):
 
     results, _ = evaluate_run([finished / "unimodal_audio" / "best.pt"], progress=False, plots=False)
     assert [r.method for r in results] == ["Audio"]
+
+
+
+def test_a_checkpoint_given_as_config_is_one_line(finished):
+    code, printed = train("--config", str(finished / "unimodal_audio" / "best.pt"))
+    assert code == 2 and "Traceback" not in printed
+    assert "best.pt: not a YAML config, not even text (a checkpoint: a run's config is the config.yaml beside it)" in printed
+
+
+@pytest.mark.parametrize("window", [float("nan"), float("inf"), -5.0])
+def test_a_window_that_is_not_a_positive_number_is_one_line(window, capsys):
+    import argparse
+
+    from adamml.inference.windows import run_windowed
+
+    assert run_windowed(argparse.Namespace(window=window), bundle=None) == 2
+    assert f"--window must be a positive number of seconds, got {window}" in capsys.readouterr().err

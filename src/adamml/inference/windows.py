@@ -12,6 +12,7 @@ modalities run, and only those run.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -58,8 +59,8 @@ def stream_windows(
     )
 
     path = Path(path)
-    if window_s <= 0:
-        raise ValueError(f"window must be positive, got {window_s} s")
+    if not math.isfinite(window_s) or window_s <= 0:
+        raise ValueError(f"window must be a positive number of seconds, got {window_s} s")
     fps, rate_out = float(settings.fps), int(settings.sample_rate)
     per_window = max(1, round(window_s * fps))
     container = _open(path)
@@ -318,8 +319,8 @@ def run_windowed(args, bundle) -> int:
     import sys
     import warnings
 
-    if args.window <= 0:
-        print(f"adamml predict: --window must be positive, got {args.window}", file=sys.stderr)
+    if not math.isfinite(args.window) or args.window <= 0:
+        print(f"adamml predict: --window must be a positive number of seconds, got {args.window}", file=sys.stderr)
         return 2
     from adamml.inference.pipeline import Predictor
 
