@@ -202,3 +202,25 @@ def test_a_window_that_is_not_a_positive_number_is_one_line(window, capsys):
 
     assert run_windowed(argparse.Namespace(window=window), bundle=None) == 2
     assert f"--window must be a positive number of seconds, got {window}" in capsys.readouterr().err
+
+
+def test_bf16_on_a_cpu_without_native_bf16_falls_back_to_fp32_with_one_line(monkeypatch, capsys):
+    from adamml.models import execution
+
+    monkeypatch.setattr(execution, "_said", set())
+    monkeypatch.setattr(execution, "cpu_has_native_bf16", lambda: False)
+    assert execution.ExecutionPlan.for_device("cpu", precision="bf16").precision == "fp32"
+    execution.ExecutionPlan.for_device("cpu", precision="bf16")
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "has no native bf16" in err[0] and "running fp32 instead" in err[0]
+    monkeypatch.setattr(execution, "cpu_has_native_bf16", lambda: True)
+    assert execution.ExecutionPlan.for_device("cpu", precision="bf16").precision == "bf16"
+    assert execution.ExecutionPlan.for_device("cpu").precision == "fp32" and not capsys.readouterr().err
+
+
+def test_native_bf16_is_read_from_onednn():
+    import torch
+
+    from adamml.models.execution import cpu_has_native_bf16
+
+    assert cpu_has_native_bf16() == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
