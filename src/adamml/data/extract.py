@@ -118,6 +118,28 @@ def limit_threads() -> None:
         sys.modules["torch"].set_num_threads(1)
 
 
+def die_with_parent(interval_s: float = 0.5) -> None:
+    """End this worker process when the process that started it is gone (killed with -9, it
+    cannot stop its pool): the worker would otherwise wait on its task queue for good, holding
+    its memory. A daemon thread watches the parent's pid."""
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="adamml-parent-watch", daemon=True).start()
+
+
+def start_worker() -> None:
+    """A local extraction worker's start: one thread, and gone with its parent."""
+    limit_threads()
+    die_with_parent()
+
+
 def extract_path(
     path: str, start: int | None, end: int | None, root: str, settings: dict, image_format: str
 ) -> tuple[str, str, bool]:
@@ -160,7 +182,7 @@ def extract_videos(
             bar.update()
     else:
         with ProcessPoolExecutor(
-            max_workers=min(workers, len(todo)), mp_context=get_context("spawn"), initializer=limit_threads
+            max_workers=min(workers, len(todo)), mp_context=get_context("spawn"), initializer=start_worker
         ) as pool:
             futures = [
                 pool.submit(
