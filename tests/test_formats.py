@@ -355,3 +355,19 @@ def test_named_dataset_without_full_class_list_is_an_error(tmp_path: Path) -> No
     touch(tmp_path / "train" / "archery" / "a.mp4")
     with pytest.raises(DatasetError, match=r"Mini-Sports1M has 487 classes but 1 were found; write .*classes\.txt"):
         discover(tmp_path, "train", "mini_sports1m")
+
+
+@pytest.mark.parametrize("names", [["#hash", "a;b", "c|d", "plain"], ["1 one", "2 two"], ["x", "y"]])
+def test_a_runs_own_split_files_read_back_its_class_names(tmp_path: Path, names: list[str]) -> None:
+    """Class folder names that a plain class list or a ';'-joined CSV label cannot hold."""
+    from adamml.data.splits import write_split
+
+    for name in names:
+        for i in range(2):
+            touch(tmp_path / "data" / "train" / name / f"v{i}.mp4")
+    entries, class_names = discover(tmp_path / "data", "train")
+    assert class_names == sorted(names)
+    target = write_split(tmp_path / "splits", "train", entries, class_names, tmp_path / "data")
+    again, names_back = discover(tmp_path / "data", str(target))
+    assert names_back == class_names
+    assert [(e.path, e.labels) for e in again] == [(e.path, e.labels) for e in entries]
