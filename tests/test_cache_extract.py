@@ -232,3 +232,14 @@ def test_extraction_workers_end_when_their_parent_is_killed(tmp_path: Path) -> N
     while any(_alive(p) for p in workers) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not any(_alive(p) for p in workers)
+
+
+def test_a_cache_that_cannot_be_written_is_refused_before_extracting(tmp_path: Path) -> None:
+    from adamml.data.extract import ensure_cached
+
+    video = make_video(tmp_path / "v.mp4", num_frames=4, fps=8.0)
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the cache folder should be (a read-only root fails so too)")
+    cache = VideoCache(blocker / "cache", SETTINGS)
+    with pytest.raises(CacheError, match=r"cannot write the cache .*set data.cache to a writable folder"):
+        ensure_cached({"train": [VideoEntry(video, [0])]}, cache, progress=False, log=lambda line: None)

@@ -197,6 +197,24 @@ def extract_videos(
     return report.finish(t0)
 
 
+def check_writable(cache: VideoCache) -> None:
+    """Refuse up front a cache folder that cannot be written (a read-only data root): every
+    video would fail and the run would end saying none could be decoded."""
+    import tempfile
+
+    from adamml.data.cache import CacheError
+
+    try:
+        cache.folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=cache.folder, prefix=".write-test."):
+            pass
+    except OSError as exc:
+        raise CacheError(
+            f"{cache.folder}: cannot write the cache ({exc.strerror or exc}); set data.cache to a "
+            "writable folder (or --cache for adamml extract)"
+        ) from None
+
+
 def ensure_cached(
     splits: dict[str, list[VideoEntry]],
     cache: VideoCache,
@@ -217,6 +235,7 @@ def ensure_cached(
     missing = sum(not cache.has(e.path, e.frame_range) for e in unique.values())
     report = ExtractReport(skipped=len(unique))
     if missing:
+        check_writable(cache)
         log(f"extracting {missing} of {len(unique)} videos with {workers} worker(s) into {cache.folder}")
         report = extract_videos(list(unique.values()), cache, workers=workers, progress=progress)
         log(report.summary())
