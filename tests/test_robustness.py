@@ -224,3 +224,18 @@ def test_native_bf16_is_read_from_onednn():
     from adamml.models.execution import cpu_has_native_bf16
 
     assert cpu_has_native_bf16() == bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def test_the_run_summary_names_what_discovery_passed_over_and_a_train_val_overlap(videos, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(videos / "train", data / "train", ignore=shutil.ignore_patterns("cache"))
+    (data / "train" / "cow" / "extra").mkdir()
+    shutil.copy(videos / "train" / "cow" / "cow0.mp4", data / "train" / "cow" / "extra" / "nested.mp4")
+    (data / "val.csv").write_text("path,label\ntrain/bee/bee0.mp4,bee\ntrain/cow/cow1.mp4,cow\n")
+    code, printed = train("--data", str(data), "--output", str(tmp_path / "run"))
+    assert code == 0, printed
+    summary = (tmp_path / "run" / "summary.txt").read_text()
+    assert "1 subfolder(s) inside class folders skipped" in summary and "nested" not in summary.split("skipped")[0]
+    assert "2 video(s) are in both train and 'val'" in summary

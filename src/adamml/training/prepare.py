@@ -63,10 +63,27 @@ def prepare_run(
         why = f" ({cfg.description})" if cfg.description else ""
         say(f"config: {config_name}{why}")
 
-    train, class_names = discover(root, data.train_split, catalogue)
+    import warnings
+
+    from adamml.data.formats import DiscoveryWarning
+
+    with warnings.catch_warnings(record=True) as noticed:  # told in the summary instead
+        warnings.simplefilter("always", DiscoveryWarning)
+        train, class_names = discover(root, data.train_split, catalogue)
+        has_val = split_exists(root, data.val_split, catalogue)
+        if has_val:
+            val, class_names = discover(root, data.val_split, catalogue, class_names=class_names)
+    for warning in noticed:
+        if issubclass(warning.category, DiscoveryWarning):
+            say(f"data: {warning.message}")
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     carved = False
-    if split_exists(root, data.val_split, catalogue):
-        val, class_names = discover(root, data.val_split, catalogue, class_names=class_names)
+    if has_val:
+        shared = sorted({str(e.path) for e in train} & {str(e.path) for e in val})
+        if shared:
+            say(f"data: WARNING: {len(shared)} video(s) are in both train and {data.val_split!r}, so validation "
+                f"scores them after training on them: {', '.join(shared[:3])}{' ...' if len(shared) > 3 else ''}")
         val_note = f"{data.val_split!r} split of the data"
     else:
         train, val = carve_validation(train, class_names, fraction=VAL_FRACTION, seed=cfg.train.seed)
