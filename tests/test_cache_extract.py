@@ -161,3 +161,87 @@ def test_lazy_load_decodes_only_what_is_indexed_and_matches_eager(tmp_path: Path
     np.testing.assert_array_equal(
         flow_clip(lazy.flow, indices, 2, crop, 32), flow_clip(eager.flow, indices, 2, crop, 32)
     )
+
+
+def test_a_video_replaced_at_the_same_path_is_extracted_again(tmp_path: Path) -> None:
+    video = make_video(tmp_path / "clip.mp4", num_frames=8, fps=8.0, seed=0)
+    cache = VideoCache(tmp_path / "cache", SETTINGS)
+    assert extract_videos([video], cache, progress=False).done == 1
+    assert cache.load(video).num_frames == 8
+    make_video(tmp_path / "clip.mp4", num_frames=16, fps=8.0, seed=1)  # re-encoded, longer, same name
+    assert not cache.has(video) and cache.changed(video)
+    report = extract_videos([video], cache, progress=False)
+    assert report.done == 1 and report.changed == 1 and "decoded again" in report.summary()
+    assert cache.load(video).num_frames == 16 and cache.has(video)
+    assert extract_videos([video], cache, progress=False).skipped == 1  # then cached again
+
+
+def test_an_entry_without_a_source_record_is_kept(tmp_path: Path) -> None:
+    """Entries written before sources were recorded, and those whose source is gone, stay."""
+    cache = VideoCache(tmp_path, SETTINGS)
+    cache.save("gone.mp4", _decoded())
+    assert cache.has("gone.mp4")
+    video = make_video(tmp_path / "v.mp4", num_frames=4, fps=8.0)
+    cache.save(video, _decoded(), stamp=None)
+    entry = cache.entry_path(video)
+    with np.load(entry) as npz:
+        arrays = dict(npz)
+    info = json.loads(str(arrays["info"]))
+    del info["source_stamp"]
+    arrays["info"] = np.array(json.dumps(info))
+    np.savez(entry, **arrays)
+    video.touch()
+    assert cache.has(video)
+
+
+PARENT = """
+import os, sys, time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from adamml.data.extract import start_worker
+pool = ProcessPoolExecutor(max_workers=2, mp_context=get_context("spawn"), initializer=start_worker)
+pids = {pool.submit(os.getpid).result() for _ in range(4)}
+print(" ".join(map(str, pids)), flush=True)
+time.sleep(60)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return not any(line.startswith("State:") and "Z" in line.split()[1] for line in status)
+    except FileNotFoundError:
+        return False
+
+
+def test_extraction_workers_end_when_their_parent_is_killed(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    src = str(Path(__file__).parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    parent = subprocess.Popen([sys.executable, "-c", PARENT], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        workers = [int(p) for p in parent.stdout.readline().split()]
+        assert workers and all(_alive(p) for p in workers)
+    finally:
+        parent.send_signal(signal.SIGKILL)  # no chance to shut its pool down
+        parent.wait()
+    deadline = time.monotonic() + 10
+    while any(_alive(p) for p in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(p) for p in workers)
+
+
+def test_a_cache_that_cannot_be_written_is_refused_before_extracting(tmp_path: Path) -> None:
+    from adamml.data.extract import ensure_cached
+
+    video = make_video(tmp_path / "v.mp4", num_frames=4, fps=8.0)
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the cache folder should be (a read-only root fails so too)")
+    cache = VideoCache(blocker / "cache", SETTINGS)
+    with pytest.raises(CacheError, match=r"cannot write the cache .*set data.cache to a writable folder"):
+        ensure_cached({"train": [VideoEntry(video, [0])]}, cache, progress=False, log=lambda line: None)

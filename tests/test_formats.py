@@ -355,3 +355,61 @@ def test_named_dataset_without_full_class_list_is_an_error(tmp_path: Path) -> No
     touch(tmp_path / "train" / "archery" / "a.mp4")
     with pytest.raises(DatasetError, match=r"Mini-Sports1M has 487 classes but 1 were found; write .*classes\.txt"):
         discover(tmp_path, "train", "mini_sports1m")
+
+
+@pytest.mark.parametrize("names", [["#hash", "a;b", "c|d", "plain"], ["1 one", "2 two"], ["x", "y"]])
+def test_a_runs_own_split_files_read_back_its_class_names(tmp_path: Path, names: list[str]) -> None:
+    """Class folder names that a plain class list or a ';'-joined CSV label cannot hold."""
+    from adamml.data.splits import write_split
+
+    for name in names:
+        for i in range(2):
+            touch(tmp_path / "data" / "train" / name / f"v{i}.mp4")
+    entries, class_names = discover(tmp_path / "data", "train")
+    assert class_names == sorted(names)
+    target = write_split(tmp_path / "splits", "train", entries, class_names, tmp_path / "data")
+    again, names_back = discover(tmp_path / "data", str(target))
+    assert names_back == class_names
+    assert [(e.path, e.labels) for e in again] == [(e.path, e.labels) for e in entries]
+
+
+def test_discovery_names_the_subfolders_broken_links_and_empty_classes_it_passes_over(tmp_path: Path) -> None:
+    from adamml.data.formats import DiscoveryWarning
+
+    touch(tmp_path / "train" / "cat" / "a.mp4")
+    touch(tmp_path / "train" / "cat" / "more" / "b.mp4")  # nested: not read
+    (tmp_path / "train" / "cat" / "gone.mp4").symlink_to(tmp_path / "nowhere.mp4")
+    (tmp_path / "train" / "dog").mkdir()  # no video
+    with pytest.warns(DiscoveryWarning) as caught:
+        entries, names = discover(tmp_path, "train")
+    assert len(entries) == 1 and names == ["cat", "dog"]
+    said = [str(w.message) for w in caught]
+    assert any("1 subfolder(s) inside class folders skipped" in m and "more" in m for m in said)
+    assert any("1 broken link(s) skipped" in m and "gone.mp4" in m for m in said)
+    assert any("1 class folder(s) hold no video, yet count as classes: dog" in m for m in said)
+
+
+def test_discovery_names_repeated_and_relabelled_csv_rows_and_one_based_labels(tmp_path: Path) -> None:
+    from adamml.data.formats import DiscoveryWarning
+
+    for name in ("a", "b"):
+        touch(tmp_path / f"{name}.mp4")
+    (tmp_path / "train.csv").write_text("path,label\na.mp4,1\na.mp4,1\nb.mp4,2\nb.mp4,1\n")
+    with pytest.warns(DiscoveryWarning) as caught:
+        read_csv(tmp_path / "train.csv", tmp_path)
+    said = [str(w.message) for w in caught]
+    assert any("1 row(s) repeat a video with the same label" in m and "train.csv:3" in m for m in said)
+    assert any("1 row(s) give a video listed before another label" in m and "train.csv:5" in m for m in said)
+    assert any("integer labels from 1 with no class list" in m for m in said)
+
+
+def test_clean_data_is_discovered_without_a_warning(tmp_path: Path) -> None:
+    import warnings
+
+    for name in ("cat", "dog"):
+        touch(tmp_path / "train" / name / "a.mp4")
+    (tmp_path / "val.csv").write_text("path,label\ntrain/cat/a.mp4,0\ntrain/dog/a.mp4,1\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        discover(tmp_path, "train")
+        read_csv(tmp_path / "val.csv", tmp_path)

@@ -167,3 +167,104 @@ def test_real_clip_imageio_realshort() -> None:
     decoded = decode_video(clip, DecodeSettings(fps=10.0, short_side=120, sample_rate=24_000))
     assert decoded.frames.shape[1:] == (120, 160, 3)
     assert not decoded.audio_missing
+
+
+def _write_with_audio_at(path: Path, frames: np.ndarray, fps: float, audio: np.ndarray, sample_rate: int,
+                         audio_start_s: float) -> Path:
+    """An MP4 whose audio track starts ``audio_start_s`` after the picture (a camera's late
+    sound, a badly cut file): the audio packets' time stamps say so."""
+    from fractions import Fraction
+
+    import av
+
+    with av.open(str(path), mode="w", format="mp4") as container:
+        vstream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
+        vstream.width, vstream.height, vstream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        vstream.options = {"tune": "zerolatency"}
+        astream = container.add_stream("aac", rate=sample_rate, layout="mono")
+        for frame in frames:
+            for packet in vstream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in vstream.encode():
+            container.mux(packet)
+        offset = round(audio_start_s * sample_rate)
+        for start in range(0, audio.size, 1024):
+            block = av.AudioFrame.from_ndarray(np.ascontiguousarray(audio[None, start:start + 1024]), format="fltp", layout="mono")
+            block.sample_rate, block.pts = sample_rate, offset + start
+            for packet in astream.encode(block):
+                container.mux(packet)
+        for packet in astream.encode():
+            container.mux(packet)
+    return path
+
+
+def test_audio_that_starts_late_is_placed_at_its_time(tmp_path: Path) -> None:
+    sr, fps = 8000, 8.0
+    frames = moving_frames(24, 32, 64)  # 3 s of picture
+    sound = tone(1.0, sr, 440.0)  # 1 s of sound, from 1.5 s on
+    path = _write_with_audio_at(tmp_path / "late.mp4", frames, fps, sound, sr, audio_start_s=1.5)
+    decoded = decode_video(path, DecodeSettings(fps=fps, short_side=32, sample_rate=sr))
+    assert 1.3 < decoded.meta["audio_offset_s"] <= 1.5  # the encoder's priming frame comes first
+    loud = np.flatnonzero(np.abs(decoded.audio) > 0.05)
+    assert loud[0] / sr == pytest.approx(1.5, abs=0.03)  # not at 0 s
+    assert np.abs(decoded.audio[: int(1.3 * sr)]).max() < 0.02  # silence (the tone is 0.5)
+
+
+def test_audio_that_starts_with_the_picture_is_unchanged(tiny_video: Path) -> None:
+    decoded = decode_video(tiny_video, DecodeSettings(fps=25.0, short_side=64, sample_rate=16000))
+    assert decoded.meta["audio_offset_s"] == 0.0
+    assert np.abs(decoded.audio[:160]).max() > 0.01  # the tone plays from the first samples
+
+
+def _rotate_mp4(path: Path, clockwise: int) -> Path:
+    """Give an MP4 the display matrix a phone writes for a clip to be shown turned
+    ``clockwise`` degrees (the track header's matrix, patched in place)."""
+    import struct
+
+    data = bytearray(path.read_bytes())
+    box = data.find(b"tkhd")
+    version = data[box + 4]
+    matrix = box + 4 + 4 + (32 if version == 1 else 20) + 16  # after times, ids, reserved, layer, volume
+    one = 1 << 16
+    a, b, c, d = {90: (0, one, -one, 0), 180: (-one, 0, 0, -one), 270: (0, -one, one, 0)}[clockwise]
+    data[matrix:matrix + 36] = struct.pack(">9i", a, b, 0, c, d, 0, 0, 0, 1 << 30)
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("clockwise", [90, 180, 270])
+def test_rotation_metadata_is_applied(tmp_path: Path, clockwise: int) -> None:
+    import cv2
+
+    path = _rotate_mp4(make_video(tmp_path / "phone.mp4", num_frames=8, fps=8.0, height=64, width=96), clockwise)
+    plain = decode_video(make_video(tmp_path / "plain.mp4", num_frames=8, fps=8.0, height=64, width=96),
+                         DecodeSettings(fps=8.0, short_side=0))
+    decoded = decode_video(path, DecodeSettings(fps=8.0, short_side=0))
+    assert decoded.meta["rotation"] == clockwise and plain.meta["rotation"] == 0
+    turn = {90: cv2.ROTATE_90_CLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_COUNTERCLOCKWISE}[clockwise]
+    expected = np.stack([cv2.rotate(f, turn) for f in plain.frames])
+    assert decoded.frames.shape == expected.shape
+    assert np.array_equal(decoded.frames, expected)  # the same pixels, shown upright
+
+
+def test_a_truncated_file_whose_header_declares_more_is_an_error(tmp_path: Path) -> None:
+    """Matroska states the length up front: a file cut short still opens and decodes, short."""
+    from fractions import Fraction
+
+    import av
+
+    whole = tmp_path / "whole.mkv"
+    with av.open(str(whole), mode="w", format="matroska") as container:
+        stream = container.add_stream("libx264", rate=Fraction(8))
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+        for frame in moving_frames(80):  # 10 s, no audio
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    settings = DecodeSettings(fps=8.0, short_side=32, sample_rate=8000)
+    with pytest.warns(MissingAudioWarning):
+        assert decode_video(whole, settings).num_frames == 80
+    cut = make_truncated(whole, tmp_path / "cut.mkv", 0.6)
+    with pytest.raises(VideoDecodeError, match=r"cut\.mkv: truncated: .* of the 10\.00 s its header declares"):
+        decode_video(cut, settings)

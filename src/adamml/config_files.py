@@ -88,6 +88,9 @@ def read_config_file(path: Path, _chain: tuple[Path, ...] = ()) -> dict:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    except UnicodeDecodeError:
+        hint = " (a checkpoint: a run's config is the config.yaml beside it)" if path.suffix in (".pt", ".pth") else ""
+        raise ConfigError(f"{path}: not a YAML config, not even text{hint}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     base = data.pop("base", None)

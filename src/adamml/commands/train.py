@@ -16,6 +16,7 @@ from adamml.config_files import load_config
 from adamml.models.fusion import FUSIONS
 from adamml.runtime.distributed import setup, teardown
 from adamml.runtime.runs import STAGES
+from adamml.training.driver import own_run_folder
 from adamml.training.plan import format_plan
 from adamml.training.prepare import describe_recipe, prepare_run, write_summary
 from adamml.training.run import run_verdict
@@ -29,6 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--modality", help="stage unimodal: train only this modality")
     parser.add_argument("--fusion", help="stage fusion: average | weighted | classwise | fc")
     parser.add_argument("--resume", action="store_true", help="continue from <stage dir>/last.pt")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start the stages again: their earlier folders are moved to <output>/replaced/<time>/")
     parser.add_argument("--data", help="dataset root (overrides data.root)")
     parser.add_argument("--output", help="output dir (overrides train.output_dir)")
     parser.add_argument("--budget", type=float, default=None, metavar="B",
@@ -64,13 +67,17 @@ def run(args: argparse.Namespace) -> int:
         return 0
     runtime = setup()
     try:
-        cfg, lines = prepare_run(cfg, runtime, config_name=args.config, workers=args.workers, progress=cfg.train.progress)
-        recipe = describe_recipe(cfg, cfg.train.adamml.budget)
-        if runtime.is_main:
-            for line in recipe:
-                print(f"[adamml] {line}", flush=True)
-            write_summary(cfg, lines + recipe)
-        results = run_recipe(cfg, runtime, stage=args.stage, modality=args.modality, fusion=args.fusion, resume=args.resume)
+        with own_run_folder(cfg, runtime, stage=args.stage, modality=args.modality, fusion=args.fusion,
+                            resume=args.resume, overwrite=args.overwrite) as moved:
+            cfg, lines = prepare_run(cfg, runtime, config_name=args.config, workers=args.workers,
+                                     progress=cfg.train.progress)
+            recipe = describe_recipe(cfg, cfg.train.adamml.budget)
+            if runtime.is_main:
+                for line in recipe:
+                    print(f"[adamml] {line}", flush=True)
+                write_summary(cfg, moved + lines + recipe)
+            results = run_recipe(cfg, runtime, stage=args.stage, modality=args.modality, fusion=args.fusion,
+                                 resume=args.resume)
     finally:
         teardown()
     if runtime.is_main:

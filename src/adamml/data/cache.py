@@ -7,7 +7,9 @@ decoded once by ``adamml extract`` and read back from here. Layout::
     <root>/<fingerprint>/<stem>-<hash10>.npz    one video
 
 The fingerprint hashes the settings, so caches made with different fps / size / sample rate
-/ flow never mix. Storage (``image_format``):
+/ flow never mix. Each entry records its source file's size and modification time; a video
+replaced or re-encoded at the same path no longer counts as cached (:meth:`VideoCache.has`),
+so extraction decodes it again instead of serving the old frames. Storage (``image_format``):
 
 - ``"jpeg"`` (default): each frame JPEG-encoded (quality 95) and packed into one byte array
   with offsets (a few times to 20x smaller than raw uint8, depending on content); flow
@@ -39,7 +41,7 @@ from adamml.errors import AdamMLError
 from adamml.media import DecodedVideo
 from adamml.runtime.files import atomic_path, atomic_write_bytes
 
-__all__ = ["CacheError", "VideoCache", "LazyImages", "settings_fingerprint", "CACHE_VERSION"]
+__all__ = ["CacheError", "VideoCache", "LazyImages", "settings_fingerprint", "source_stamp", "CACHE_VERSION"]
 
 CACHE_VERSION = 1
 SHARED = 0o644  # cache files: readable by everyone whatever the umask (caches are often shared)
@@ -134,6 +136,18 @@ class LazyImages:
 FrameRange = tuple[int | None, int | None] | None
 
 
+def source_stamp(video_path: str | Path) -> dict | None:
+    """A video file's size and modification time (None for a frame folder or a missing file):
+    what tells a cached entry from a source replaced since."""
+    try:
+        stat = Path(video_path).stat()
+    except OSError:
+        return None
+    if not Path(video_path).is_file():
+        return None
+    return {"size": int(stat.st_size), "mtime_ns": int(stat.st_mtime_ns)}
+
+
 class VideoCache:
     """Decoded videos under ``root / settings_fingerprint(settings)``."""
 
@@ -152,6 +166,7 @@ class VideoCache:
         self.image_format = image_format
         self.jpeg_quality = jpeg_quality
         self.folder = self.root / settings_fingerprint(settings)
+        self._stamps: dict[tuple[str, int, int], dict | None] = {}  # entry (path, mtime, size) -> its stamp
 
     def __repr__(self) -> str:
         return f"VideoCache({str(self.folder)!r}, image_format={self.image_format!r})"
@@ -171,7 +186,27 @@ class VideoCache:
         return self.folder / f"{stem}-{digest}.npz"
 
     def has(self, video_path: str | Path, frame_range: FrameRange = None) -> bool:
-        return self.entry_path(video_path, frame_range).is_file()
+        """Whether the video is cached, and from the file now at its path (see :meth:`changed`)."""
+        return self.entry_path(video_path, frame_range).is_file() and not self.changed(video_path, frame_range)
+
+    def changed(self, video_path: str | Path, frame_range: FrameRange = None) -> bool:
+        """Whether the cached entry was decoded from another file than the one now at its path
+        (another size or modification time). Entries without a record, frame folders and
+        sources no longer there are taken as they are."""
+        entry = self.entry_path(video_path, frame_range)
+        try:
+            stat = entry.stat()
+        except OSError:
+            return False
+        key = (str(entry), stat.st_mtime_ns, stat.st_size)
+        if key not in self._stamps:
+            try:
+                with np.load(entry, allow_pickle=False) as npz:
+                    self._stamps[key] = json.loads(str(npz["info"])).get("source_stamp")
+            except Exception:  # a damaged entry: load() names it
+                self._stamps[key] = None
+        saved, now = self._stamps[key], source_stamp(video_path)
+        return saved is not None and now is not None and saved != now
 
     def _write_settings(self) -> None:
         target = self.folder / "settings.json"
@@ -180,8 +215,10 @@ class VideoCache:
         body = {"version": CACHE_VERSION, "settings": dataclasses.asdict(self.settings)}
         atomic_write_bytes(target, (json.dumps(body, indent=2) + "\n").encode(), mode=SHARED)
 
-    def save(self, video_path: str | Path, decoded: DecodedVideo, frame_range: FrameRange = None) -> Path:
-        """Store ``decoded`` atomically; returns the cache file."""
+    def save(self, video_path: str | Path, decoded: DecodedVideo, frame_range: FrameRange = None,
+             *, stamp: dict | None = None) -> Path:
+        """Store ``decoded`` atomically; returns the cache file. ``stamp``: the source's
+        :func:`source_stamp` taken before decoding (default: now)."""
         self.folder.mkdir(parents=True, exist_ok=True)
         self._write_settings()
         audio = np.asarray(decoded.audio, np.float32)
@@ -195,6 +232,7 @@ class VideoCache:
                         "audio_missing": decoded.audio_missing,
                         "source": decoded.source or str(video_path),
                         "meta": decoded.meta,
+                        "source_stamp": stamp if stamp is not None else source_stamp(video_path),
                         "frames_shape": list(decoded.frames.shape),
                         "image_format": self.image_format,
                     }

@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import tempfile
+import threading
 import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -21,8 +23,9 @@ import cv2
 from tqdm import tqdm
 
 from adamml.config import DecodeSettings
-from adamml.data.cache import VideoCache
+from adamml.data.cache import CacheError, VideoCache
 from adamml.data.types import VideoDecodeError, VideoEntry
+from adamml.data.video import MissingAudioWarning, decode_frame_folder, decode_video
 
 __all__ = ["ExtractReport", "default_workers", "ensure_cached", "extract_videos", "extract_one", "extract_path", "limit_threads"]
 
@@ -33,6 +36,7 @@ class ExtractReport:
 
     done: int = 0
     skipped: int = 0
+    changed: int = 0  # of those to do: cached once, but from a file replaced since
     failed: list[tuple[str, str]] = field(default_factory=list)
     missing_audio: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -63,6 +67,9 @@ class ExtractReport:
             f"extracted {self.done}, skipped {self.skipped} (already cached), "
             f"failed {len(self.failed)}, in {self.seconds:.1f} s"
         ]
+        if self.changed:
+            lines.append(f"{self.changed} of them decoded again: the file at their path changed (size or "
+                         "modification time) since they were cached")
         if self.missing_audio:
             lines.append(f"{len(self.missing_audio)} video(s) without audio (all-zero spectrograms):")
             lines += [f"  {p}" for p in self.missing_audio[:20]]
@@ -84,16 +91,17 @@ def extract_one(entry: VideoEntry, cache: VideoCache) -> tuple[str, str, bool]:
     Returns (path, status, audio_missing) with status "done", or raises VideoDecodeError.
     """
     # PyAV only when decoding: keeps `adamml --help` fast (workers import it once).
-    from adamml.data.video import MissingAudioWarning, decode_frame_folder, decode_video
+    from adamml.data.cache import source_stamp
 
     path = Path(entry.path)
+    stamp = source_stamp(path)  # before decoding: a file replaced meanwhile is decoded again next time
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", MissingAudioWarning)  # recorded in the report instead
         if path.is_dir():
             decoded = decode_frame_folder(path, cache.settings, entry.start, entry.end)
         else:
             decoded = decode_video(path, cache.settings)
-    cache.save(path, decoded, frame_range=entry.frame_range)
+    cache.save(path, decoded, frame_range=entry.frame_range, stamp=stamp)
     return str(path), "done", decoded.audio_missing
 
 
@@ -108,6 +116,27 @@ def limit_threads() -> None:
     cv2.setNumThreads(1)
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(1)
+
+
+def die_with_parent(interval_s: float = 0.5) -> None:
+    """End this worker process when the process that started it is gone (killed with -9, it
+    cannot stop its pool): the worker would otherwise wait on its task queue for good, holding
+    its memory. A daemon thread watches the parent's pid."""
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="adamml-parent-watch", daemon=True).start()
+
+
+def start_worker() -> None:
+    """A local extraction worker's start: one thread, and gone with its parent."""
+    limit_threads()
+    die_with_parent()
 
 
 def extract_path(
@@ -141,6 +170,7 @@ def extract_videos(
         if cache.has(entry.path, entry.frame_range):
             report.skipped += 1
         else:
+            report.changed += cache.changed(entry.path, entry.frame_range)
             todo.append(entry)
 
     bar = tqdm(total=len(todo), desc="extract", unit="video", disable=not progress or not todo)
@@ -151,7 +181,7 @@ def extract_videos(
             bar.update()
     else:
         with ProcessPoolExecutor(
-            max_workers=min(workers, len(todo)), mp_context=get_context("spawn"), initializer=limit_threads
+            max_workers=min(workers, len(todo)), mp_context=get_context("spawn"), initializer=start_worker
         ) as pool:
             futures = [
                 pool.submit(
@@ -164,6 +194,22 @@ def extract_videos(
                 bar.update()
     bar.close()
     return report.finish(t0)
+
+
+def check_writable(cache: VideoCache) -> None:
+    """Refuse up front a cache folder that cannot be written (a read-only data root): every
+    video would fail and the run would end saying none could be decoded."""
+
+
+    try:
+        cache.folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=cache.folder, prefix=".write-test."):
+            pass
+    except OSError as exc:
+        raise CacheError(
+            f"{cache.folder}: cannot write the cache ({exc.strerror or exc}); set data.cache to a "
+            "writable folder (or --cache for adamml extract)"
+        ) from None
 
 
 def ensure_cached(
@@ -186,6 +232,7 @@ def ensure_cached(
     missing = sum(not cache.has(e.path, e.frame_range) for e in unique.values())
     report = ExtractReport(skipped=len(unique))
     if missing:
+        check_writable(cache)
         log(f"extracting {missing} of {len(unique)} videos with {workers} worker(s) into {cache.folder}")
         report = extract_videos(list(unique.values()), cache, workers=workers, progress=progress)
         log(report.summary())

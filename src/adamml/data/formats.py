@@ -24,12 +24,16 @@ named dataset, else from the data (sorted folder names, sorted CSV labels).
 
 Every problem raises :class:`DatasetError` naming the file (and line) and what was expected,
 because a bad line found at epoch 3 of a GPU job is far more expensive than one found now.
+What is read but looks unintended (a subfolder or broken link skipped, a class without
+videos, a repeated row, integer labels with no class 0) is told as a :class:`DiscoveryWarning`
+that counts and names it.
 """
 
 from __future__ import annotations
 
 import csv
 import re
+import warnings
 from pathlib import Path
 
 from adamml.data.types import VideoEntry
@@ -43,6 +47,19 @@ LABEL_SEPARATORS = re.compile(r"[;|]")
 
 class DatasetError(AdamMLError, ValueError):
     """A dataset file is missing or malformed; the message names the file, line and fix."""
+
+
+class DiscoveryWarning(UserWarning):
+    """Discovery skipped or assumed something the user may not have meant; names what."""
+
+
+def _named(items: list, limit: int = 3) -> str:
+    shown = ", ".join(str(i) for i in items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, DiscoveryWarning, stacklevel=3)
 
 
 # ----------------------------------------------------------------------------- class lists
@@ -167,7 +184,27 @@ def read_csv(
         VideoEntry(path=video, labels=[_resolve_label(t, names, where) for t in tokens], source=where)
         for where, video, tokens in parsed
     ]
+    _check_rows(path, entries)
+    if names is None and entries and min(min(e.labels) for e in entries if e.labels) > 0:
+        _warn(f"{path}: integer labels from {min(min(e.labels) for e in entries)} with no class list: read as "
+              "0-based indices, so class 0 has no video; give a classes.txt (one name per line, class 0 first)")
     return entries, names if names is not None else _index_names(entries)
+
+
+def _check_rows(path: Path, entries: list[VideoEntry]) -> None:
+    """Tell repeated videos: the same row twice, or one video under two different labels."""
+    seen: dict[Path, VideoEntry] = {}
+    repeated, relabelled = [], []
+    for entry in entries:
+        key = Path(entry.path).absolute()
+        first = seen.setdefault(key, entry)
+        if first is not entry:
+            (repeated if first.labels == entry.labels else relabelled).append(f"{entry.source} (as {first.source})")
+    if repeated:
+        _warn(f"{path}: {len(repeated)} row(s) repeat a video with the same label, which then counts twice: {_named(repeated)}")
+    if relabelled:
+        _warn(f"{path}: {len(relabelled)} row(s) give a video listed before another label: {_named(relabelled)}; "
+              "a video of several classes belongs on one row with its labels joined by ';'")
 
 
 # ----------------------------------------------------------------------------- official lists
@@ -248,6 +285,9 @@ def read_class_folders(
         raise DatasetError(f"{split_dir}: no class folders; expected {split_dir}/<class>/<video>.mp4")
     names = class_names if class_names is not None else [p.name for p in folders]
     entries: list[VideoEntry] = []
+    nested: list[Path] = []
+    broken: list[Path] = []
+    empty: list[str] = []
     for folder in folders:
         if folder.name not in names:
             raise DatasetError(
@@ -255,13 +295,28 @@ def read_class_folders(
                 f"(the class list has {len(names)} classes)"
             )
         label = names.index(folder.name)
+        found = 0
         for video in sorted(folder.iterdir()):
             if video.is_file() and video.suffix.lower() in VIDEO_EXTENSIONS:
                 entries.append(VideoEntry(path=video, labels=[label], source=str(video)))
+                found += 1
+            elif video.is_dir() and not video.name.startswith("."):
+                nested.append(video)
+            elif video.is_symlink() and not video.exists():
+                broken.append(video)
+        if not found:
+            empty.append(folder.name)
     if not entries:
         raise DatasetError(
             f"{split_dir}: class folders hold no videos with extensions {', '.join(VIDEO_EXTENSIONS)}"
         )
+    if nested:
+        _warn(f"{split_dir}: {len(nested)} subfolder(s) inside class folders skipped (videos are read from "
+              f"<class>/<video> only): {_named(nested)}")
+    if broken:
+        _warn(f"{split_dir}: {len(broken)} broken link(s) skipped: {_named(broken)}")
+    if empty:
+        _warn(f"{split_dir}: {len(empty)} class folder(s) hold no video, yet count as classes: {_named(empty)}")
     return entries, names
 
 

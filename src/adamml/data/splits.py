@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from pathlib import Path
 
 import numpy as np
 
-from adamml.data.formats import DatasetError
+from adamml.data.formats import LABEL_SEPARATORS, DatasetError
 from adamml.data.types import VideoEntry
 from adamml.runtime.files import atomic_write_text
 
@@ -52,6 +53,31 @@ def carve_validation(
     return train, val
 
 
+_NUMBERED = re.compile(r"\d+\s*[,\t ]\s*.+")  # what read_class_names takes for "<index> <name>"
+
+
+def _class_list_text(class_names: list[str]) -> str:
+    """classes.txt that reads back as ``class_names``: numbered lines ("0 #name") where a plain
+    list would lose a name (one starting with '#' reads as a comment) or its leading number."""
+    for name in class_names:
+        if not name or name != name.strip() or "\n" in name or "\r" in name:
+            raise DatasetError(f"class name {name!r} cannot be written to a class list (empty, or blank at an end, or a line break)")
+    if any(n.startswith("#") for n in class_names) or all(_NUMBERED.fullmatch(n) for n in class_names):
+        return "".join(f"{i} {name}\n" for i, name in enumerate(class_names))
+    return "".join(f"{name}\n" for name in class_names)
+
+
+def _label_text(index: int, class_names: list[str]) -> str:
+    """A label as the CSV holds it: the class name, or its index where the name holds a label
+    separator (';' or '|', which would split it in two)."""
+    name = class_names[index]
+    if not LABEL_SEPARATORS.search(name):
+        return name
+    if str(index) in class_names:
+        raise DatasetError(f"class {name!r} holds ';' or '|' and its index {index} is another class's name; rename one")
+    return str(index)
+
+
 def write_split(folder: str | Path, split: str, entries: list[VideoEntry], class_names: list[str], root: str | Path) -> Path:
     """Write ``folder/<split>.csv`` (or ``.txt``, the official list format, for frame-folder
     entries with a frame range) and ``folder/classes.txt``; returns the list file.
@@ -60,7 +86,7 @@ def write_split(folder: str | Path, split: str, entries: list[VideoEntry], class
     """
     folder, root = Path(folder), Path(root).absolute()
     folder.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(folder / "classes.txt", "".join(f"{name}\n" for name in class_names))
+    atomic_write_text(folder / "classes.txt", _class_list_text(class_names))
     ranged = any(e.start is not None for e in entries)
     rows = []
     for entry in entries:
@@ -81,7 +107,7 @@ def write_split(folder: str | Path, split: str, entries: list[VideoEntry], class
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow(["path", "label"])
         for shown, entry in zip(rows, entries, strict=True):
-            writer.writerow([shown, ";".join(class_names[i] for i in entry.labels)])
+            writer.writerow([shown, ";".join(_label_text(i, class_names) for i in entry.labels)])
         text = buffer.getvalue()
     atomic_write_text(target, text)
     return target

@@ -131,7 +131,7 @@ class _FrameResampler:
 
     def _array(self, frame: av.VideoFrame) -> np.ndarray:
         if self._array_of is not frame:
-            self._cached = resize_short_side(frame.to_ndarray(format="rgb24"), self.short_side)
+            self._cached = resize_short_side(upright(frame.to_ndarray(format="rgb24"), frame_rotation(frame)), self.short_side)
             self._array_of = frame
         return self._cached  # type: ignore[return-value]
 
@@ -160,22 +160,52 @@ class _FrameResampler:
         self.frame_shape = self._array(self.prev[1]).shape
 
 
+def frame_rotation(frame: av.VideoFrame) -> int:
+    """Clockwise degrees (0, 90, 180, 270) the frame must turn to be shown upright: its
+    display matrix, as a phone records a portrait clip (FFmpeg's ``rotation`` is counter-clockwise)."""
+    try:
+        rotation = frame.rotation
+    except AttributeError:  # PyAV before 14
+        return 0
+    return round(-float(rotation or 0) / 90) % 4 * 90
+
+
+def upright(image: np.ndarray, clockwise: int) -> np.ndarray:
+    """``image`` turned ``clockwise`` degrees (a multiple of 90), as a player shows it."""
+    turn = {90: cv2.ROTATE_90_CLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_COUNTERCLOCKWISE}.get(clockwise)
+    return image if turn is None else np.ascontiguousarray(cv2.rotate(image, turn))
+
+
 class _AudioCollector:
-    """Downmix to mono and resample with FFmpeg's swresample (handles 5.1 and any rate)."""
+    """Downmix to mono and resample with FFmpeg's swresample (handles 5.1 and any rate);
+    remembers when the first sample plays, so the track can be placed against the video."""
 
     def __init__(self, sample_rate: int) -> None:
+        self.sample_rate = sample_rate
         self.resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
         self.chunks: list[np.ndarray] = []
+        self.start: float | None = None  # seconds, the stream's clock
 
     def push(self, frame: av.AudioFrame | None) -> None:
+        if frame is not None and self.start is None and frame.pts is not None and frame.time is not None:
+            self.start = float(frame.time)
         for out in self.resampler.resample(frame):
             self.chunks.append(out.to_ndarray().reshape(-1))
 
-    def finish(self) -> np.ndarray:
+    def finish(self, video_start: float | None = None) -> np.ndarray:
+        """The waveform from the video's first frame on: a track that starts later is led by
+        silence, one that starts earlier loses what plays before the picture."""
         self.push(None)  # flush
         if not self.chunks:
             return np.zeros(0, np.float32)
-        return np.clip(np.concatenate(self.chunks).astype(np.float32), -1.0, 1.0)
+        waveform = np.clip(np.concatenate(self.chunks).astype(np.float32), -1.0, 1.0)
+        if video_start is not None and self.start is not None:
+            shift = round((self.start - video_start) * self.sample_rate)
+            if shift > 0:
+                waveform = np.concatenate([np.zeros(shift, np.float32), waveform])
+            elif shift < 0:
+                waveform = waveform[-shift:]
+        return waveform
 
 
 def _frame_times(frames: Iterator[av.VideoFrame], rate: float) -> Iterator[tuple[float, av.VideoFrame]]:
@@ -337,17 +367,25 @@ def _decode_pass(path: Path, settings: DecodeSettings, keep: set[int] | None):
         streams = [vstream] + ([astream] if astream is not None else [])
 
         last_t = None
+        video_start = None  # the first frame's time: where the audio is placed from
+        rotation = 0
         try:
             for t, frame in _frame_times(_video_frames(container, streams, audio, path), rate):
+                if last_t is None:
+                    video_start = float(frame.time) if frame.pts is not None and frame.time is not None else None
+                    rotation = frame_rotation(frame)
                 resampler.push(t, frame)
                 last_t = t
         except (av.error.FFmpegError, OSError) as exc:
             raise VideoDecodeError(f"{path}: decoding failed ({exc}); the file may be truncated") from None
         if last_t is None:
             raise VideoDecodeError(f"{path}: no video frame could be decoded (corrupt or truncated file)")
+        _check_complete(path, container, vstream, astream, last_t + 1.0 / rate, rate)
         resampler.finish(last_t + 1.0 / rate)
-        waveform = audio.finish() if audio is not None else np.zeros(0, np.float32)
+        waveform = audio.finish(video_start) if audio is not None else np.zeros(0, np.float32)
         meta = {
+            "rotation": rotation,
+            "audio_offset_s": round(audio.start - video_start, 4) if audio is not None and audio.start is not None and video_start is not None else 0.0,
             "source_fps": rate,
             "source_size": [vstream.codec_context.width, vstream.codec_context.height],
             "video_codec": vstream.codec_context.name,
@@ -357,6 +395,27 @@ def _decode_pass(path: Path, settings: DecodeSettings, keep: set[int] | None):
         }
 
     return resampler, waveform, meta, astream is not None
+
+
+def declared_duration(container, vstream, astream) -> float | None:
+    """The picture's length in seconds as the file's header states it: the video stream's own,
+    else the container's when nothing else could make it longer; None when unstated."""
+    if vstream.duration and vstream.time_base:
+        return float(vstream.duration * vstream.time_base)
+    if astream is None and container.duration:
+        return container.duration / 1_000_000
+    return None
+
+
+def _check_complete(path: Path, container, vstream, astream, decoded_s: float, rate: float) -> None:
+    """A file cut short (a download stopped midway) whose header still declares the whole
+    length is an error, not a short video: decoded less than 90 % of it (less two frames)."""
+    declared = declared_duration(container, vstream, astream)
+    if declared is not None and decoded_s + 2.0 / rate < 0.9 * declared:
+        raise VideoDecodeError(
+            f"{path}: truncated: {decoded_s:.2f} s of video decoded of the {declared:.2f} s its header "
+            "declares (a download or copy cut short?)"
+        )
 
 
 def _packet_time(packet: av.Packet) -> str:

@@ -22,6 +22,7 @@ from adamml.config import ExperimentConfig, ModelConfig
 from adamml.data.catalog import headline_metric
 from adamml.data.datasets import build_datasets
 from adamml.data.loader import make_loader
+from adamml.errors import AdamMLError
 from adamml.evaluation.metrics import MetricAccumulator
 from adamml.evaluation.report import (
     MethodResult,
@@ -193,6 +194,7 @@ def evaluate_run(
     for path in checkpoints:
         loaded = model_from_checkpoint(path)
         model, kind, model_cfg, cfg = loaded.network, loaded.kind, loaded.model_cfg, loaded.cfg
+        state = loaded.state
         # Inference settings (micro-batches, channels_last, folded batch norm, precision).
         plan = ExecutionPlan.for_device(runtime.device, precision=precision)
         model = plan.prepare(model, inplace=True)
@@ -205,6 +207,7 @@ def evaluate_run(
             _, val_set, class_names = build_datasets(cfg, modalities=list(needed), with_train=False)
             loaders[needed] = (make_loader(val_set, batch_size or cfg.train.batch_size, runtime, train=False, seed=0, num_workers=cfg.data.num_workers), class_names)
         loader, class_names = loaders[needed]
+        check_class_names(path, state.get("class_names"), class_names, cfg.data.root)
         for m in model_cfg.modalities:
             if m not in all_modalities:
                 all_modalities.append(m)
@@ -258,6 +261,28 @@ def evaluate_run(
 
 
 PROTOCOLS = ("deterministic", "paper", "both")
+
+
+def check_class_names(checkpoint: Path, trained: list[str] | None, data: list[str], root: str) -> None:
+    """Scores are compared by position: data whose classes are not the checkpoint's, in its
+    order, would be scored against the wrong names. Checkpoints without names pass."""
+    if trained is None or list(trained) == list(data):
+        return
+
+    def show(names: list[str]) -> str:
+        return ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+
+    if sorted(trained) == sorted(data):
+        problem = "the same classes in another order"
+    else:
+        missing, extra = [c for c in trained if c not in data], [c for c in data if c not in trained]
+        problem = "; ".join(part for part in (
+            f"not in the data: {show(missing)}" if missing else "",
+            f"not in the checkpoint: {show(extra)}" if extra else "") if part)
+    raise AdamMLError(
+        f"{checkpoint}: trained on {len(trained)} classes ({show(list(trained))}), the data at {root} has "
+        f"{len(data)} ({show(list(data))}): {problem}; evaluate on data with the checkpoint's classes"
+    )
 
 
 def threshold_note(model, cfg) -> str | None:

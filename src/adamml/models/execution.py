@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -49,6 +50,25 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 PRECISIONS = ("fp32", "bf16")
 # One paper-size RGB segment (8 frames at 224x224): the CPU default of pixels_per_call.
 CPU_PIXELS_PER_CALL = 8 * 224 * 224
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX, as oneDNN reports): elsewhere
+    bf16 is emulated and slower than fp32."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return torch.backends.cpu.get_cpu_capability() in ("AVX512_BF16", "AMX")
+
+
+_said: set[str] = set()
+
+
+def _say_once(line: str) -> None:
+    if line not in _said:
+        _said.add(line)
+
+        print(f"adamml: {line}", file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)
@@ -88,7 +108,12 @@ class ExecutionPlan:
             plan = cls(device=device, pixels_per_call=None, fuse_pointwise=False, workers=1)
         else:
             plan = cls(device=device, pixels_per_call=CPU_PIXELS_PER_CALL)
-        return replace(plan, **overrides)
+        plan = replace(plan, **overrides)
+        if plan.precision == "bf16" and torch.device(device).type == "cpu" and not cpu_has_native_bf16():
+            _say_once(f"precision bf16: this CPU ({torch.backends.cpu.get_cpu_capability()}) has no native bf16 "
+                      "instructions, where bf16 runs several times slower than fp32; running fp32 instead")
+            plan = replace(plan, precision="fp32")
+        return plan
 
     def worker_count(self) -> int:
         """Worker threads a call uses now (1 on a GPU: its kernels are asynchronous anyway)."""

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import csv
 import math
+import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +34,7 @@ from adamml.runtime.distributed import (
     per_process_batch,
     sync_batchnorm,
 )
+from adamml.runtime.lock import hold_folder
 from adamml.training.engine import (
     Task,
     TrainingInterrupted,
@@ -140,6 +144,117 @@ class RunState:
     stopped: bool = False  # the task's hooks ended the stage early (a validation plateau)
 
 
+class RunFolderError(AdamMLError, RuntimeError):
+    """A stage folder holds another run's results, or a resume would mix two runs."""
+
+
+# What a stage's earlier run leaves that a new run would overwrite or append to.
+_RESULTS = (runs.LAST, runs.BEST, runs.BEST_ALTERNATE, runs.LOG)
+# Settings that change nothing a stage computes: a resume may differ in these.
+_RESUME_FREE = {"name", "description", "train.output_dir", "train.progress", "data.num_workers"}
+
+
+def holds_results(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds an earlier run's checkpoints or log."""
+    return any((Path(run_dir) / name).exists() for name in _RESULTS)
+
+
+def run_stage_folders(cfg: ExperimentConfig, stage: str = "all", modality: str | None = None,
+                      fusion: str | None = None) -> list[Path]:
+    """The stage folders a ``run_recipe`` call with these arguments writes, in order."""
+    out = cfg.train.output_dir
+    folders = []
+    if stage in ("unimodal", "all"):
+        folders += [runs.stage_dir(out, "unimodal", m) for m in ([modality] if modality else cfg.model.modalities)]
+    if stage in ("fusion", "all"):
+        folders.append(runs.stage_dir(out, "fusion", fusion or cfg.model.fusion))
+    if stage in ("adamml", "all"):
+        folders.append(runs.stage_dir(out, "adamml"))
+    return folders
+
+
+def claim_stage_folders(folders: list[Path], *, resume: bool, overwrite: bool, is_main: bool = True) -> list[str]:
+    """Refuse to train into a stage folder holding an earlier run unless told what to do with it:
+    ``resume`` continues it, ``overwrite`` moves it aside to ``<output>/replaced/<time>/``.
+    Returns what was moved, as lines for the summary."""
+    if resume and overwrite:
+        raise RunFolderError("--resume and --overwrite exclude each other: continue the run, or start it again")
+    taken = [f for f in folders if holds_results(f)]
+    if not taken:
+        return []
+    if overwrite:
+        lines = []
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+        for folder in taken:
+            target = folder.parent / "replaced" / stamp / folder.name
+            if is_main:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(str(folder), str(target))
+            lines.append(f"--overwrite: the earlier {folder.name} moved to {target}")
+        return lines
+    if not resume:
+        names = ", ".join(f.name for f in taken)
+        raise RunFolderError(
+            f"{taken[0].parent}: {names} already hold{'s' if len(taken) == 1 else ''} a run's results; "
+            "pass --resume to continue it, or --overwrite to start again (the old folder is moved "
+            "aside to replaced/), or choose another --output"
+        )
+    no_last = [f.name for f in taken if not (f / runs.LAST).exists()]
+    if no_last:
+        raise RunFolderError(
+            f"{taken[0].parent}: --resume: {', '.join(no_last)} has results but no {runs.LAST} to continue "
+            "from; pass --overwrite to start that stage again (the old folder is moved aside)"
+        )
+    return []
+
+
+@contextmanager
+def own_run_folder(cfg: ExperimentConfig, runtime: Runtime, *, stage: str = "all", modality: str | None = None,
+                   fusion: str | None = None, resume: bool = False, overwrite: bool = False) -> Iterator[list[str]]:
+    """Hold ``train.output_dir`` for one run (a second ``adamml train`` on it is refused) and
+    settle its stage folders first (:func:`claim_stage_folders`); yields the summary lines."""
+
+
+    with hold_folder(cfg.train.output_dir) if runtime.is_main else nullcontext():
+        lines = claim_stage_folders(run_stage_folders(cfg, stage, modality, fusion), resume=resume,
+                                    overwrite=overwrite, is_main=runtime.is_main)
+        barrier()
+        if runtime.is_main:
+            for line in lines:
+                print(f"[adamml] {line}", flush=True)
+        yield lines
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value and all(isinstance(k, str) for k in value) and not name.endswith(
+                ("cost_weights", "modality_lr", "backbones", "pretrained")):
+            flat.update(_flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def resume_differences(saved: dict, cfg: ExperimentConfig, saved_classes: list[str] | None,
+                       classes: list[str] | None) -> list[str]:
+    """What a resumed run would change against the run in ``last.pt``: its data's classes and
+    its settings (the keys both configs hold, less those that change no result)."""
+    found = []
+    if saved_classes is not None and classes is not None and list(saved_classes) != list(classes):
+        def show(names):
+            names = list(names)
+            return f"{len(names)} ({', '.join(names[:6])}{', ...' if len(names) > 6 else ''})"
+
+        found.append(f"the data's classes: the run was trained on {show(saved_classes)}, the data has {show(classes)}")
+    old, new = _flatten(saved or {}), _flatten(to_dict(cfg))
+    for key in old:
+        if key in new and key not in _RESUME_FREE and old[key] != new[key]:
+            found.append(f"{key}: {old[key]!r} then, {new[key]!r} now")
+    return found
+
+
 def _resume(task: Task, schedule: list[Phase], state: dict, scaler: torch.amp.GradScaler) -> RunState:
     task.model.load_state_dict(state["model"])
     if "task" in state:
@@ -233,15 +348,29 @@ def fit(
     scaler = make_scaler(runtime, tcfg.precision)
     last_path = run_dir / "last.pt"
     run = RunState()
-    if resume and last_path.exists():
-        run = _resume(task, schedule, load_checkpoint(last_path), scaler)
+    resuming = resume and last_path.exists()
+    if not resuming:
+        claim_stage_folders([run_dir], resume=resume, overwrite=False)
+        if resume and runtime.is_main:
+            print(f"{run_dir}: no {runs.LAST} to resume from; the stage starts at epoch 1", flush=True)
+    if resuming:
+        state = load_checkpoint(last_path)
+        differences = resume_differences(state.get("config"), cfg, state.get("class_names"),
+                                         (extra_state or {}).get("class_names"))
+        if differences:
+            raise RunFolderError(
+                f"{last_path}: --resume would continue this run with other settings: {'; '.join(differences)}. "
+                "Rerun with the run's settings (its config.yaml), or pass --overwrite to start the stage "
+                "again (the old folder is moved aside)"
+            )
+        run = _resume(task, schedule, state, scaler)
         if runtime.is_main:
             print(f"resumed {last_path} at epoch {run.epoch}/{len(schedule)}", flush=True)
         if run.stopped:
             if runtime.is_main:
                 print(f"{last_path}: stage stopped at epoch {run.epoch} on a validation plateau", flush=True)
             return run.best_record or run.metrics
-    if runtime.is_main:
+    if runtime.is_main and not resuming:  # a resumed run keeps the config it was started with
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
     logger = EpochLogger(run_dir, runtime.is_main, tcfg.tensorboard)

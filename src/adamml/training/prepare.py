@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from pathlib import Path
 
 from adamml.config import ExperimentConfig
 from adamml.data.cache import VideoCache
 from adamml.data.catalog import DATASETS, discover, split_exists
 from adamml.data.extract import default_workers, ensure_cached
-from adamml.data.formats import DatasetError
+from adamml.data.formats import DatasetError, DiscoveryWarning
 from adamml.data.splits import VAL_FRACTION, carve_validation, write_split
 from adamml.models.flops import segment_costs
 from adamml.runtime.distributed import Runtime, barrier
@@ -61,10 +62,25 @@ def prepare_run(
         why = f" ({cfg.description})" if cfg.description else ""
         say(f"config: {config_name}{why}")
 
-    train, class_names = discover(root, data.train_split, catalogue)
+
+
+    with warnings.catch_warnings(record=True) as noticed:  # told in the summary instead
+        warnings.simplefilter("always", DiscoveryWarning)
+        train, class_names = discover(root, data.train_split, catalogue)
+        has_val = split_exists(root, data.val_split, catalogue)
+        if has_val:
+            val, class_names = discover(root, data.val_split, catalogue, class_names=class_names)
+    for warning in noticed:
+        if issubclass(warning.category, DiscoveryWarning):
+            say(f"data: {warning.message}")
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     carved = False
-    if split_exists(root, data.val_split, catalogue):
-        val, class_names = discover(root, data.val_split, catalogue, class_names=class_names)
+    if has_val:
+        shared = sorted({str(e.path) for e in train} & {str(e.path) for e in val})
+        if shared:
+            say(f"data: WARNING: {len(shared)} video(s) are in both train and {data.val_split!r}, so validation "
+                f"scores them after training on them: {', '.join(shared[:3])}{' ...' if len(shared) > 3 else ''}")
         val_note = f"{data.val_split!r} split of the data"
     else:
         train, val = carve_validation(train, class_names, fraction=VAL_FRACTION, seed=cfg.train.seed)
