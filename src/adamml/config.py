@@ -27,7 +27,13 @@ import yaml
 from adamml.data.catalog import DATASETS, METRICS
 from adamml.errors import AdamMLError
 from adamml.modalities.flow import FLOW_METHODS
-from adamml.models.backbones import BACKBONES, IMAGENET_PREFIX, IMAGENET_SOURCES
+from adamml.models.backbones import (
+    BACKBONES,
+    IMAGENET_PREFIX,
+    IMAGENET_SOURCES,
+    check_weights_source,
+    is_torchvision,
+)
 from adamml.models.fusion import FUSION_MODES, FUSIONS
 from adamml.runtime.files import atomic_write_text
 
@@ -44,6 +50,8 @@ MODALITIES = ("rgb", "audio", "flow", "rgbdiff")
 EVAL_POSITIONS = ("linspace", "centre")  # where test clips start
 TRAIN_CROPS = ("reference", "zoom")  # how training crops are drawn
 STACK_NORMS = ("adamml", "reference")  # flow and RGB-difference values
+INFLATIONS = ("rescaled", "reference")  # RGB first-conv kernels for other inputs
+POLICY_JOINTS = ("adamml", "reference")  # the policy head over its extractors' features
 LOSSES = ("ce", "bce")  # train.loss
 
 
@@ -148,8 +156,13 @@ class PolicyConfig:
     # audio network hears what that network learned at a fraction of its cost.
     audio_blocks: int | None = None
     # Weights each extractor starts from: one source for all, or {source: weights}; a source
-    # is a local file or imagenet:efficientnet_lite0 (the reference: ImageNet for all).
+    # is a local file, imagenet:efficientnet_lite0 or torchvision:<model>.<weights> (the
+    # reference: ImageNet for all).
     pretrained: dict[str, str] | str = field(default_factory=dict)
+    # The head over the extractors' features: "adamml" (per-source LayerNorm and projection,
+    # summed; LayerNorm before the LSTM) or "reference" (concatenation -> Linear -> ReLU ->
+    # Linear -> ReLU -> LSTMCell, as the reference; its checkpoints import into it)
+    joint: str = "adamml"
 
 
 @dataclass
@@ -166,8 +179,13 @@ class ModelConfig:
     # normalised: weights renormalised over the modalities that ran, empty segments left out
     # of the mean; reference: sum_m w_m u_m logits_m, every segment in the mean (the paper's)
     fusion_mode: str = "normalised"
-    # modality -> weights source: a local file or imagenet:efficientnet_lite0
+    # modality -> weights source: a local file, imagenet:efficientnet_lite0 or
+    # torchvision:<model>.<weights> (e.g. torchvision:resnet50.IMAGENET1K_V1, torch's hub cache)
     pretrained: dict[str, str] = field(default_factory=dict)
+    # How RGB first-conv weights become flow / RGB-difference / spectrogram kernels: "rescaled"
+    # (the mean over RGB times 3 / channels: activations keep their size) or "reference" (the
+    # plain mean, as the reference code)
+    inflation: str = "rescaled"
     policy: PolicyConfig = field(default_factory=PolicyConfig)
 
 
@@ -529,7 +547,15 @@ def policy_extractor(model: ModelConfig, source: str) -> ExtractorChoice:
 
 
 def _check_weights_source(key: str, source: str, backbone: str) -> None:
-    """A local file that exists, or ImageNet weights that fit the backbone and are installed."""
+    """A local file that exists, ImageNet weights that fit the backbone and are installed, or
+    torchvision weights of the backbone's architecture (their file is looked for when the
+    run starts, not here: ``--plan`` works without it)."""
+    if is_torchvision(source):
+        try:
+            check_weights_source(source, backbone, key)
+        except AdamMLError as exc:
+            raise ConfigError(str(exc)) from None
+        return
     if not str(source).startswith(IMAGENET_PREFIX):
         _require(Path(source).is_file(), key, f"no file {source!r}")
         return
@@ -580,6 +606,7 @@ def check_config(cfg: ExperimentConfig) -> None:
     for m, path in model.pretrained.items():
         check_choice("model.pretrained", m, model.modalities)
         _check_weights_source(f"model.pretrained.{m}", path, model.backbones.get(m, ""))
+    check_choice("model.inflation", model.inflation, INFLATIONS)
     check_choice("model.fusion_mode", model.fusion_mode, FUSION_MODES)
     check_choice("model.fusion", model.fusion, [f for f in FUSIONS if f != "unimodal"])
     _require(model.num_classes >= 1, "model.num_classes", f"got {model.num_classes}; expected 1 or more")
@@ -602,6 +629,7 @@ def check_config(cfg: ExperimentConfig) -> None:
         _require(1 <= policy.blocks <= total, "model.policy.blocks",
                  f"got {policy.blocks}; {policy.backbone} has blocks 1 to {total}")
     check_choice("model.policy.flow_proxy", policy.flow_proxy, FLOW_PROXIES)
+    check_choice("model.policy.joint", policy.joint, POLICY_JOINTS)
     if policy.audio_backbone is not None:
         check_choice("model.policy.audio_backbone", policy.audio_backbone, framewise)
     if policy.audio_blocks is not None and "audio" in model.modalities:

@@ -11,6 +11,7 @@ so it cannot drift from it.
 from __future__ import annotations
 
 from adamml.config import ExperimentConfig, policy_extractor
+from adamml.models.backbones import is_torchvision, parse_torchvision_source, torchvision_sources
 from adamml.runtime.distributed import per_process_batch
 from adamml.runtime.runs import BEST, BEST_ALTERNATE
 from adamml.training.engine import multistep_lr
@@ -22,8 +23,45 @@ from adamml.training.schedule import (
 )
 
 
+def describe_start(source: str | None) -> str:
+    """Where a network starts, for the plan and the run summary: "random", a file, or
+    torchvision weights with whether torch's hub cache holds them."""
+    if not source:
+        return "random"
+    if not is_torchvision(source):
+        return str(source)
+    spec = parse_torchvision_source(source)
+    held = "cached" if spec.cache_path.is_file() else f"not cached: {spec.cache_path} from {spec.url}"
+    return f"{source} ({held})"
+
+
 def _weights(cfg: ExperimentConfig, modality: str) -> str:
-    return cfg.model.pretrained.get(modality) or "random"
+    return describe_start(cfg.model.pretrained.get(modality))
+
+
+def without_torchvision_starts(cfg: ExperimentConfig) -> tuple[ExperimentConfig, list[str]]:
+    """``--allow-random-start``: the config with every ``torchvision:`` start replaced by
+    random weights, and the summary line that says which networks lost theirs."""
+    import copy
+
+    named = torchvision_sources(cfg.model)
+    if not named:
+        return cfg, []
+    cfg = copy.deepcopy(cfg)
+    model = cfg.model
+    model.pretrained = {m: s for m, s in model.pretrained.items() if not is_torchvision(s)}
+    if isinstance(model.policy.pretrained, str):
+        model.policy.pretrained = "" if is_torchvision(model.policy.pretrained) else model.policy.pretrained
+    else:
+        model.policy.pretrained = {k: s for k, s in model.policy.pretrained.items() if not is_torchvision(s)}
+    keys = ", ".join(named)
+    return cfg, [f"starts: random weights (--allow-random-start) where the config names torchvision weights: {keys}"]
+
+
+def start_lines(cfg: ExperimentConfig) -> list[str]:
+    """One line on where every network of the recipe starts (run summary)."""
+    nets = "; ".join(f"{m} {cfg.model.backbones[m]} from {_weights(cfg, m)}" for m in cfg.model.modalities)
+    return [f"starts: {nets}; policy extractors: {_policy_starts(cfg)}; policy head {cfg.model.policy.joint}"]
 
 
 def _extractor_backbone(cfg: ExperimentConfig, source: str) -> str | None:
@@ -42,7 +80,7 @@ def _policy_starts(cfg: ExperimentConfig) -> str:
     parts = []
     for source in sorted(sources):
         if source in given:
-            parts.append(f"{source} from {given[source]}")
+            parts.append(f"{source} from {describe_start(given[source])}")
         elif source in cfg.model.modalities and _extractor_backbone(cfg, source) == cfg.model.backbones.get(source):
             parts.append(f"{source} copied from the stage-1 {source} network")
         else:
@@ -106,6 +144,11 @@ def format_plan(cfg: ExperimentConfig, nproc: int = 1) -> str:
         f"Stage 3, AdaMML: {a.warmup_epochs} warm-up + {a.epochs} alternating + {a.finetune_epochs} fine-tune epochs; "
         f"starts from each stage-1 {BEST}; policy extractors: {_policy_starts(cfg)}"
     )
+    p = cfg.model.policy
+    head = ("reference: concatenation -> Linear -> ReLU -> Linear -> ReLU" if p.joint == "reference"
+            else "adamml: per-source LayerNorm + projection, summed, ReLU -> Linear -> ReLU -> LayerNorm")
+    lines.append(f"  policy head {head} ({p.joint_dim}) -> LSTMCell ({p.hidden_size}); "
+                 f"first convolutions inflated {cfg.model.inflation}")
     if alt_taus:
         lines.append(
             f"  temperature {a.temperature:g} x {a.temperature_decay:g} after each alternating epoch: "
