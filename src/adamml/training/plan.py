@@ -4,7 +4,8 @@ A run of the paper's configuration takes days on 8 GPUs; the plan shows what it 
 without reading data or building a network: per stage and epoch what trains and what is
 frozen, the learning rate of every parameter group, the Gumbel temperature, the cost
 weights, the batch each process gets, and where each stage starts from. It reads the same
-functions the training loop does (``adamml_schedule``, ``temperature_plan``, ``validates``),
+functions the training loop does (``adamml_schedule``, ``temperature_plan``, ``validation_due``,
+``finetune_start``),
 so it cannot drift from it.
 """
 
@@ -18,8 +19,9 @@ from adamml.training.engine import multistep_lr
 from adamml.training.schedule import (
     adamml_schedule,
     decays_temperature,
+    finetune_start,
     temperature_plan,
-    validates,
+    validation_due,
 )
 
 
@@ -163,7 +165,7 @@ def format_plan(cfg: ExperimentConfig, nproc: int = 1) -> str:
     weights = " ".join(f"{m}={a.cost_weights.get(m, 0):g}" for m in cfg.model.modalities)
     if a.budget is not None:  # the weights follow the budget's multiplier (training/budget.py)
         weights = f"weights adapted to budget {a.budget:g}"
-    finetune_start = None
+    first_finetune = None
     for i, (phase, tau) in enumerate(zip(schedule, taus, strict=True), start=1):
         milestones = a.lr_steps if phase.block == "alternate" else []
         rec = multistep_lr(a.lr, milestones, phase.block_epoch)
@@ -176,20 +178,27 @@ def format_plan(cfg: ExperimentConfig, nproc: int = 1) -> str:
             lrs = f"recognition {rec:g}, fusion head {rec * a.head_lr / a.lr:g}"
             loss = "CE"
         if phase.block == "finetune" and phase.block_epoch == 0:
-            finetune_start = i
+            first_finetune = i
         tau_text = "best's" if phase.block == "finetune" else f"{tau:.3f}"
         lines.append(
             f"  {i:>5}  {phase.block:<9}  {phase.trains:<11}  {frozen:<11}  {lrs:<44}  {tau_text:>6}  {loss:<46}  "
-            + ("yes" if validates(phase) else "no")
+            + ("yes" if validation_due(schedule, i - 1, t.eval_every) else "no")
         )
-    if finetune_start is not None:
-        lines.append(
-            f"  fine-tune (epoch {finetune_start}) starts from the best alternating checkpoint "
-            f"({BEST_ALTERNATE}): its weights and its temperature"
-        )
+    if first_finetune is not None:
+        if finetune_start(schedule, t.eval_every) == "best alternating":
+            lines.append(
+                f"  fine-tune (epoch {first_finetune}) starts from the best validated alternating checkpoint "
+                f"({BEST_ALTERNATE}): its weights and its temperature"
+            )
+        else:
+            lines.append(
+                f"  fine-tune (epoch {first_finetune}) goes on from the last alternating epoch: "
+                "no alternating epoch is validated (train.eval_every)"
+            )
     lines.append(
-        "  validation runs every "
-        + (f"{t.eval_every} epoch(s) where 'validated' says yes" if t.eval_every > 0 else "stage at its end only")
+        "  validated: "
+        + (f"every {t.eval_every}-th of the epochs that may be (after an alternating epoch's policy pass, "
+           "each fine-tune epoch), and the last" if t.eval_every > 0 else "the stage's last epoch only")
         + f"; {BEST} is the best validated epoch (never the warm-up)"
         + (" within the budget" if a.budget is not None else "")
     )

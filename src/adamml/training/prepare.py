@@ -65,6 +65,10 @@ def prepare_run(
 
     train, class_names = discover(root, data.train_split, catalogue)
     carved = False
+    if catalogue is not None and not split_exists(root, data.val_split, catalogue):
+        from adamml.data.catalog import missing_evaluation_split
+
+        raise missing_evaluation_split(root, catalogue, data.val_split)
     if split_exists(root, data.val_split, catalogue):
         val, class_names = discover(root, data.val_split, catalogue, class_names=class_names)
         val_note = f"{data.val_split!r} split of the data"
