@@ -241,7 +241,7 @@ class AdamMLTrainConfig:
     policy_pretrain_epochs: int = 0  # classify with the policy's own extractors first (see stages)
     policy_pretrain_lr: float = 0.003  # Adam
     temperature: float = 5.0  # Gumbel-Softmax temperature at the start ...
-    temperature_decay: float = 0.965  # ... multiplied by this after every epoch
+    temperature_decay: float = 0.965  # ... multiplied by this after each alternating epoch
     cost_weights: dict[str, float] = field(default_factory=lambda: {"rgb": 1.0, "audio": 0.05})
     gamma: float = 10.0  # the efficiency loss of a wrong prediction (the paper's gamma)
     # Target GFLOPs as a fraction of weighted fusion's (adamml train --budget): the cost
