@@ -185,3 +185,27 @@ def test_a_file_that_does_not_fit_names_the_keys(tmp_path, capsys):
                  "--out", str(tmp_path / "x.pt"), "--set", "model.policy.joint=adamml", *SMALL_FLAGS]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "model.policy.joint: reference" in err
+
+
+def test_an_imported_unimodal_audio_network_evaluates_through_adamml_evaluate(tmp_path):
+    """The reference's sound MobileNetV2 layout (its class count set to the demo data's 12)
+    imported into the demo config and evaluated on the embedded synthetic dataset."""
+    from adamml.data.synth import generate_dataset
+
+    root = tmp_path / "synth"
+    generate_dataset(root, seed=0, train_per_class=1, val_per_class=1, duration_s=1.5, progress=False, workers=1)
+    shapes = {k: ([12] + v[1:] if "classifier.1." in k else v) for k, v in SHAPES["unimodal_audio"].items()}
+    SHAPES["_demo_audio"] = shapes
+    try:
+        path, _ = reference_file(tmp_path, "_demo_audio")
+    finally:
+        del SHAPES["_demo_audio"]
+    out = tmp_path / "audio.pt"
+    overrides = ["--set", f"data.root={root}", "--set", "model.backbones.audio=mobilenet_v2",
+                 "--set", "data.use_cache=false"]  # decode the few videos directly
+    assert main(["weights", "import-reference", str(path), "--config", "demo", "--out", str(out),
+                 "--modality", "audio", *overrides]) == 0
+    assert main(["evaluate", "--checkpoint", str(out), "--out", str(tmp_path / "eval"), "--no-plots",
+                 "--no-random-policy", "--no-progress"]) == 0
+    (row,) = json.loads((tmp_path / "eval" / "results.json").read_text())["results"]
+    assert row["selection"] == {"audio": 100.0} and 0.0 <= row["accuracy"] <= 100.0 and row["gflops"] > 0
