@@ -313,3 +313,18 @@ def test_policy_extractors_load_a_cached_torchvision_mobilenet(hub):
     torch.testing.assert_close(rgb[10].conv[0][0].weight, state["features.10.conv.0.0.weight"])
     torch.testing.assert_close(policy.extractors["audio"].features[0][0].weight[:, 0],
                                state["features.0.0.weight"].mean(dim=1))
+
+
+def test_run_summary_names_every_start_and_says_when_they_were_dropped():
+    from adamml.config import load_config
+    from adamml.training.plan import start_lines, without_torchvision_starts
+
+    cfg = load_config("kinetics_sounds_rgb_audio")
+    (line,) = start_lines(cfg)
+    assert "rgb resnet50 from torchvision:resnet50.IMAGENET1K_V1" in line
+    assert "audio mobilenet_v2 from torchvision:mobilenet_v2.IMAGENET1K_V1" in line and "policy head reference" in line
+    bare, dropped = without_torchvision_starts(cfg)
+    (line,) = start_lines(bare)
+    assert "rgb resnet50 from random" in line and "audio copied from the stage-1 audio network; rgb random" in line
+    assert "torchvision" not in line
+    assert "--allow-random-start" in dropped[0]

@@ -230,3 +230,33 @@ def test_a_catalogue_dataset_without_its_evaluation_split_is_an_error_not_a_carv
     with pytest.raises(DatasetError, match=r"no 'val' split; a catalogue dataset is never carved out of train"):
         prepare_run(cfg, Runtime())
     assert not (tmp_path / "run" / "splits").exists()
+
+
+def test_a_frozen_policy_still_samples_its_decisions_in_the_warm_up():
+    """Warm-up trains the recognition networks on the policy's *sampled* decisions, as the
+    reference (its frozen policy keeps drawing Gumbel samples): two seeds, two draws."""
+    from adamml.models.adamml import build_adamml
+    from adamml.training.engine import Temperature, adamml_step
+    from adamml.training.schedule import adamml_schedule
+
+    cfg = load_config("tiny")
+    model = build_adamml(cfg.model, cfg.data.clip)
+    warmup = adamml_schedule(cfg.train.adamml)[0]
+    assert warmup.block == "warmup" and warmup.trains == "recognition"
+    model.train()
+    model.freeze_policy()
+    model.policy.eval()  # what the stage-3 task's set_modes does to the frozen side
+    clip = cfg.data.clip
+    g = torch.Generator().manual_seed(0)
+    batch = {
+        "rgb": torch.randn(4, clip.num_segments, clip.frames_per_segment, 3, clip.crop_size, clip.crop_size, generator=g),
+        "audio": torch.randn(4, clip.num_segments, *model.recognition["audio"].input_shape(clip), generator=g),
+        "label": torch.zeros(4, dtype=torch.long),
+    }
+    step = adamml_step(torch.ones(2), 10.0, False, Temperature(5.0))
+    draws = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        draws.append(step(model, batch, warmup).decisions.detach())
+    assert not torch.equal(draws[0], draws[1])
+    assert not all(p.requires_grad for p in model.policy.parameters())
