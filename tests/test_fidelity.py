@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -164,7 +167,96 @@ def test_plan_shows_the_papers_recipe_without_data(capsys):
     taus = [float(r[r.index("extractors") + 2]) for r in policy]
     assert len(taus) == 20 and taus[0] == 5.0 and taus[-1] == pytest.approx(2.54, abs=0.005)
     assert all(r[-1] == "no" for r in rows if r[1] == "warmup") and all(r[-1] == "yes" for r in policy)
-    assert "fine-tune (epoch 46) starts from the best alternating checkpoint (best_alternate.pt)" in out
+    assert "fine-tune (epoch 46) starts from the best validated alternating checkpoint (best_alternate.pt)" in out
     assert main(["train", "--config", "kinetics_sounds_rgb_audio", "--plan", "--nproc", "5"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "train.batch_size=72" in err[0]
+
+
+@pytest.mark.parametrize("every", [1, 2, 3, 4])
+def test_plan_validated_column_is_the_drivers_decision_and_alternating_epochs_are_reached(every, capsys):
+    from adamml.cli import main
+    from adamml.training.driver import validation_due
+    from adamml.training.schedule import adamml_schedule, finetune_start
+
+    cfg = load_config("kinetics_sounds_rgb_audio", [f"train.eval_every={every}"])
+    schedule = adamml_schedule(cfg.train.adamml)
+    due = [validation_due(cfg, schedule, e) for e in range(len(schedule))]
+    assert main(["train", "--config", "kinetics_sounds_rgb_audio", "--plan", f"train.eval_every={every}"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.strip()[:1].isdigit()]
+    assert [r[-1] == "yes" for r in rows] == due
+    # Every every-th of the 30 epochs that may validate (20 policy passes, then 10 fine-tune epochs).
+    alternating = [p for p, d in zip(schedule, due, strict=True) if d and p.block == "alternate"]
+    assert len(alternating) == 20 // every and all(p.trains == "policy" for p in alternating)
+    assert not any(d for p, d in zip(schedule, due, strict=True) if p.block == "warmup")
+    assert due[-1]
+    assert finetune_start(schedule, every) == "best alternating"
+    assert "starts from the best validated alternating checkpoint" in out
+
+
+def test_plan_says_the_fine_tune_goes_on_from_the_last_epoch_when_no_alternating_epoch_validates(capsys):
+    from adamml.cli import main
+
+    assert main(["train", "--config", "kinetics_sounds_rgb_audio", "--plan", "train.eval_every=0"]) == 0
+    out = capsys.readouterr().out
+    assert "goes on from the last alternating epoch: no alternating epoch is validated" in out
+    assert "best_alternate.pt" not in out
+
+
+@pytest.mark.parametrize(
+    "config",
+    ["kinetics_sounds_rgb_audio", "activitynet_rgb_audio", "fcvid_rgb_audio", "mini_sports1m_rgb_audio"],
+)
+def test_catalogue_datasets_evaluate_on_their_catalogues_evaluation_split(config):
+    from adamml.data.catalog import evaluation_split
+
+    cfg = load_config(config)
+    assert cfg.data.val_split == evaluation_split(cfg.data.dataset)
+    assert evaluation_split("fcvid") == evaluation_split("mini_sports1m") == "test"
+
+
+def test_a_catalogue_dataset_without_its_evaluation_split_is_an_error_not_a_carve(tmp_path, tiny_video):
+    from adamml.data.datasets import DatasetError
+    from adamml.runtime.distributed import Runtime
+    from adamml.training.prepare import prepare_run
+
+    first = (Path(__file__).parents[1] / "src/adamml/data/classlists/kinetics_sounds.txt").read_text().splitlines()[0]
+    folder = tmp_path / "ks" / "train" / first.strip()
+    folder.mkdir(parents=True)
+    for i in range(4):
+        shutil.copy(tiny_video, folder / f"v{i}.mp4")
+    cfg = load_config("kinetics_sounds_rgb_audio", [f"data.root={tmp_path / 'ks'}", f"train.output_dir={tmp_path / 'run'}"])
+    with pytest.raises(DatasetError, match=r"no 'val' split; a catalogue dataset is never carved out of train"):
+        prepare_run(cfg, Runtime())
+    assert not (tmp_path / "run" / "splits").exists()
+
+
+def test_a_frozen_policy_still_samples_its_decisions_in_the_warm_up():
+    """Warm-up trains the recognition networks on the policy's *sampled* decisions, as the
+    reference (its frozen policy keeps drawing Gumbel samples): two seeds, two draws."""
+    from adamml.models.adamml import build_adamml
+    from adamml.training.engine import Temperature, adamml_step
+    from adamml.training.schedule import adamml_schedule
+
+    cfg = load_config("tiny")
+    model = build_adamml(cfg.model, cfg.data.clip)
+    warmup = adamml_schedule(cfg.train.adamml)[0]
+    assert warmup.block == "warmup" and warmup.trains == "recognition"
+    model.train()
+    model.freeze_policy()
+    model.policy.eval()  # what the stage-3 task's set_modes does to the frozen side
+    clip = cfg.data.clip
+    g = torch.Generator().manual_seed(0)
+    batch = {
+        "rgb": torch.randn(4, clip.num_segments, clip.frames_per_segment, 3, clip.crop_size, clip.crop_size, generator=g),
+        "audio": torch.randn(4, clip.num_segments, *model.recognition["audio"].input_shape(clip), generator=g),
+        "label": torch.zeros(4, dtype=torch.long),
+    }
+    step = adamml_step(torch.ones(2), 10.0, False, Temperature(5.0))
+    draws = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        draws.append(step(model, batch, warmup).decisions.detach())
+    assert not torch.equal(draws[0], draws[1])
+    assert not all(p.requires_grad for p in model.policy.parameters())

@@ -30,6 +30,8 @@ SPECTROGRAMS = ("linear", "mel")
 EVAL_POSITIONS = ("linspace", "centre")  # where test clips start
 TRAIN_CROPS = ("reference", "zoom")  # how training crops are drawn
 STACK_NORMS = ("adamml", "reference")  # flow and RGB-difference values
+INFLATIONS = ("rescaled", "reference")  # RGB first-conv kernels for other inputs
+POLICY_JOINTS = ("adamml", "reference")  # the policy head over its extractors' features
 LOSSES = ("ce", "bce")  # train.loss
 
 
@@ -134,8 +136,13 @@ class PolicyConfig:
     # audio network hears what that network learned at a fraction of its cost.
     audio_blocks: int | None = None
     # Weights each extractor starts from: one source for all, or {source: weights}; a source
-    # is a local file or imagenet:efficientnet_lite0 (the reference: ImageNet for all).
+    # is a local file, imagenet:efficientnet_lite0 or torchvision:<model>.<weights> (the
+    # reference: ImageNet for all).
     pretrained: dict[str, str] | str = field(default_factory=dict)
+    # The head over the extractors' features: "adamml" (per-source LayerNorm and projection,
+    # summed; LayerNorm before the LSTM) or "reference" (concatenation -> Linear -> ReLU ->
+    # Linear -> ReLU -> LSTMCell, as the reference; its checkpoints import into it)
+    joint: str = "adamml"
 
 
 @dataclass
@@ -152,8 +159,13 @@ class ModelConfig:
     # normalised: weights renormalised over the modalities that ran, empty segments left out
     # of the mean; reference: sum_m w_m u_m logits_m, every segment in the mean (the paper's)
     fusion_mode: str = "normalised"
-    # modality -> weights source: a local file or imagenet:efficientnet_lite0
+    # modality -> weights source: a local file, imagenet:efficientnet_lite0 or
+    # torchvision:<model>.<weights> (e.g. torchvision:resnet50.IMAGENET1K_V1, torch's hub cache)
     pretrained: dict[str, str] = field(default_factory=dict)
+    # How RGB first-conv weights become flow / RGB-difference / spectrogram kernels: "rescaled"
+    # (the mean over RGB times 3 / channels: activations keep their size) or "reference" (the
+    # plain mean, as the reference code)
+    inflation: str = "rescaled"
     policy: PolicyConfig = field(default_factory=PolicyConfig)
 
 
@@ -209,7 +221,7 @@ class AdamMLTrainConfig:
     policy_pretrain_epochs: int = 0  # classify with the policy's own extractors first (see stages)
     policy_pretrain_lr: float = 0.003  # Adam
     temperature: float = 5.0  # Gumbel-Softmax temperature at the start ...
-    temperature_decay: float = 0.965  # ... multiplied by this after every epoch
+    temperature_decay: float = 0.965  # ... multiplied by this after each alternating epoch
     cost_weights: dict[str, float] = field(default_factory=lambda: {"rgb": 1.0, "audio": 0.05})
     gamma: float = 10.0  # the efficiency loss of a wrong prediction (the paper's gamma)
     # Target GFLOPs as a fraction of weighted fusion's (adamml train --budget): the cost

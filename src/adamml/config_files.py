@@ -25,7 +25,9 @@ import yaml
 from adamml.config import (
     DATA_FORMATS,
     EVAL_POSITIONS,
+    INFLATIONS,
     LOSSES,
+    POLICY_JOINTS,
     PRECISIONS,
     SPECTROGRAMS,
     STACK_NORMS,
@@ -38,9 +40,16 @@ from adamml.config import (
     upgrade_legacy,
 )
 from adamml.data.catalog import DATASETS, METRICS
+from adamml.errors import AdamMLError
 from adamml.modalities.flow import FLOW_METHODS
 from adamml.modalities.table import MODALITIES, policy_source
-from adamml.models.backbones import BACKBONES, IMAGENET_PREFIX, IMAGENET_SOURCES
+from adamml.models.backbones import (
+    BACKBONES,
+    IMAGENET_PREFIX,
+    IMAGENET_SOURCES,
+    check_weights_source,
+    is_torchvision,
+)
 from adamml.models.efficientnet_lite import INSTALL_HINT, weights_installed
 from adamml.models.fusion import FUSION_MODES, FUSIONS
 from adamml.models.policy import policy_extractor
@@ -138,7 +147,15 @@ def _policy_blocks(name: str) -> int:
 
 
 def _check_weights_source(key: str, source: str, backbone: str) -> None:
-    """A local file that exists, or ImageNet weights that fit the backbone and are installed."""
+    """A local file that exists, ImageNet weights that fit the backbone and are installed, or
+    torchvision weights of the backbone's architecture (their file is looked for when the
+    run starts, not here: ``--plan`` works without it)."""
+    if is_torchvision(source):
+        try:
+            check_weights_source(source, backbone, key)
+        except AdamMLError as exc:
+            raise ConfigError(str(exc)) from None
+        return
     if not str(source).startswith(IMAGENET_PREFIX):
         _require(Path(source).is_file(), key, f"no file {source!r}")
         return
@@ -188,6 +205,7 @@ def check_config(cfg: ExperimentConfig) -> None:
     for m, path in model.pretrained.items():
         check_choice("model.pretrained", m, model.modalities)
         _check_weights_source(f"model.pretrained.{m}", path, model.backbones.get(m, ""))
+    check_choice("model.inflation", model.inflation, INFLATIONS)
     check_choice("model.fusion_mode", model.fusion_mode, FUSION_MODES)
     check_choice("model.fusion", model.fusion, [f for f in FUSIONS if f != "unimodal"])
     _require(model.num_classes >= 1, "model.num_classes", f"got {model.num_classes}; expected 1 or more")
@@ -213,6 +231,7 @@ def check_config(cfg: ExperimentConfig) -> None:
     # What the policy may look at in place of a modality with a proxy: the proxy or the
     # modality itself (the table's rule, modalities.table.policy_source).
     check_choice("model.policy.flow_proxy", policy.flow_proxy, [MODALITIES["flow"].proxy, "flow"])
+    check_choice("model.policy.joint", policy.joint, POLICY_JOINTS)
     if policy.audio_backbone is not None:
         check_choice("model.policy.audio_backbone", policy.audio_backbone, framewise)
     if policy.audio_blocks is not None and "audio" in model.modalities:

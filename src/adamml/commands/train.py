@@ -13,11 +13,12 @@ import os
 
 from adamml.config import check_choice
 from adamml.config_files import load_config
+from adamml.models.backbones import require_torchvision_weights
 from adamml.models.fusion import FUSIONS
 from adamml.runtime.distributed import setup, teardown
 from adamml.runtime.runs import STAGES
 from adamml.training.driver import own_run_folder
-from adamml.training.plan import format_plan
+from adamml.training.plan import format_plan, start_lines, without_torchvision_starts
 from adamml.training.prepare import describe_recipe, prepare_run, write_summary
 from adamml.training.run import run_verdict
 from adamml.training.stages import run_recipe
@@ -43,6 +44,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="print the resolved recipe (per epoch: what trains, learning rates, temperature, "
         "batch per process, where each stage starts) and exit without reading data",
     )
+    parser.add_argument(
+        "--allow-random-start", action="store_true",
+        help="start the networks whose config names torchvision weights from random weights "
+        "instead (train a paper config from scratch; the run summary says so)",
+    )
     parser.add_argument("--nproc", type=int, default=None,
                         help="with --plan: processes to plan for (default: WORLD_SIZE or 1)")
     parser.add_argument("overrides", nargs="*", help="config overrides: section.key=value")
@@ -61,17 +67,21 @@ def run(args: argparse.Namespace) -> int:
         check_choice("--fusion", args.fusion, [f for f in FUSIONS if f != "unimodal"])
     if args.modality is not None:
         check_choice("--modality", args.modality, cfg.model.modalities)
+    starts: list[str] = []
+    if args.allow_random_start:
+        cfg, starts = without_torchvision_starts(cfg)
     if args.plan:
         nproc = args.nproc or int(os.environ.get("WORLD_SIZE", "1"))
         print(format_plan(cfg, nproc))
         return 0
+    require_torchvision_weights(cfg.model)  # a missing file stops here, before any data is read
     runtime = setup()
     try:
         with own_run_folder(cfg, runtime, stage=args.stage, modality=args.modality, fusion=args.fusion,
                             resume=args.resume, overwrite=args.overwrite) as moved:
             cfg, lines = prepare_run(cfg, runtime, config_name=args.config, workers=args.workers,
                                      progress=cfg.train.progress)
-            recipe = describe_recipe(cfg, cfg.train.adamml.budget)
+            recipe = describe_recipe(cfg, cfg.train.adamml.budget) + starts + start_lines(cfg)
             if runtime.is_main:
                 for line in recipe:
                     print(f"[adamml] {line}", flush=True)

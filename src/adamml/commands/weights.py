@@ -1,11 +1,14 @@
-"""``adamml weights check``: run a weights file as an ImageNet classifier on two photographs."""
+"""``adamml weights check``: run a weights file as an ImageNet classifier on two photographs;
+``adamml weights import-reference``: a checkpoint of the reference code as an adamml one."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from adamml.config_files import load_config
 from adamml.models.backbones import IMAGENET_SOURCES
+from adamml.models.reference_import import import_reference
 from adamml.models.weights import (
     CHECKABLE,
     build_classifier,
@@ -13,6 +16,7 @@ from adamml.models.weights import (
     sample_images,
     top_k,
 )
+from adamml.runtime.checkpoint import save_checkpoint
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,9 +37,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="the architecture (default: the one the source names, or the one its tensors fit)",
     )
+    imp = sub.add_parser(
+        "import-reference",
+        help="an IBM/AdaMML checkpoint (unimodal or AdaMML) as an adamml checkpoint",
+        description="Map a checkpoint of the reference code (train_unimodal.py: RGB / flow "
+        "ResNet-50, sound MobileNetV2; train_adamml.py: policy, main_net.nets.*, late-fusion "
+        "weights) onto the model a config builds, and write it as an adamml checkpoint that "
+        "`adamml evaluate` reads.",
+    )
+    imp.add_argument("file", help="the reference's .pth.tar ({'state_dict': ...})")
+    imp.add_argument("--config", required=True, help="the config whose model the weights fit (e.g. kinetics_sounds_rgb_audio)")
+    imp.add_argument("--out", required=True, help="the adamml checkpoint to write")
+    imp.add_argument("--modality", default=None, help="a unimodal file's modality (default: from its input channels)")
+    imp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="a config override, section.key=value (repeatable)")
+
+
+def run_import_reference(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, list(args.overrides))
+    checkpoint, kind = import_reference(args.file, cfg, modality=args.modality)
+    save_checkpoint(checkpoint, args.out)
+    what = kind if kind == "adamml" else f"unimodal {checkpoint['model_config']['modalities'][0]}"
+    print(f"{args.file}: {what} network of {cfg.name}, {len(checkpoint['model'])} tensors -> {args.out}")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.action == "import-reference":
+        return run_import_reference(args)
     arch, model = build_classifier(args.source, args.arch)
     names = imagenet_categories()
     results = top_k(model, sample_images())

@@ -347,6 +347,22 @@ def read_sports1m_classes(labels_txt: str | Path) -> list[str]:
     return names
 
 
+def evaluation_split(dataset: str) -> str:
+    """The split a catalogue dataset is evaluated on (its test or val list): runs validate
+    and select checkpoints on it, as the paper and the reference do; never carved from train."""
+    return DATASETS[dataset].splits[1]
+
+
+def missing_evaluation_split(root: str | Path, dataset: str, split: str) -> DatasetError:
+    """The error for a catalogue dataset without the split it is evaluated on."""
+    info = DATASETS[dataset]
+    hint = "" if split == info.splits[1] else f" (data.val_split is {split!r}; {info.title} is evaluated on {info.splits[1]!r})"
+    return DatasetError(
+        f"{root}: no {split!r} split{hint}; a catalogue dataset is never carved out of train: "
+        f"expected {info.layout}"
+    )
+
+
 # ---- finding a split -------------------------------------------------------------------------
 
 

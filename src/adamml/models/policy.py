@@ -189,8 +189,12 @@ class PolicyNetwork(nn.Module):
         frame_indices: list[int],
         resolution: int,
         pretrained: list[str] | None = None,
+        joint: str = "adamml",
     ):
         super().__init__()
+        if joint not in ("adamml", "reference"):
+            raise ValueError(f"policy joint head {joint!r}: expected adamml or reference")
+        self.joint_kind = joint
         # Sources whose extractor started from given weights (model.policy.pretrained); the
         # stage-3 set-up leaves them as they are instead of copying stage-1 networks in.
         self.pretrained_sources = list(pretrained or [])
@@ -202,6 +206,29 @@ class PolicyNetwork(nn.Module):
         self.resolution = int(resolution)
         # Micro-batching at inference (adamml.models.execution); None: one call per extractor.
         self.execution: ExecutionPlan | None = None
+        if joint == "reference":
+            self._reference_joint(joint_dim)
+        else:
+            self._adamml_joint(joint_dim)
+        num = len(self.modalities)
+        self.lstm = nn.LSTMCell(joint_dim + 2 * num, hidden_size)
+        self.heads = nn.ModuleDict({m: nn.Linear(hidden_size, 2) for m in self.modalities})
+        # Deterministic decisions use m iff logit(p_use) > use_thresholds[m] (0: the argmax).
+        # Training to a budget fits them on the validation split so the kept policy lands on
+        # the budget (adamml.training.budget); a buffer, so every checkpoint carries its own.
+        self.register_buffer("use_thresholds", torch.zeros(num))
+
+    def _reference_joint(self, joint_dim: int) -> None:
+        """The reference's head (``JointMobileNetV2.joint``): the extractors' features
+        concatenated, Linear -> ReLU -> Linear -> ReLU, no normalisation."""
+        width = sum(e.output_dim for e in self.extractors.values())
+        self.joint = nn.Sequential(
+            nn.Linear(width, joint_dim), nn.ReLU(inplace=True),
+            nn.Linear(joint_dim, joint_dim), nn.ReLU(inplace=True),
+        )
+
+    def _adamml_joint(self, joint_dim: int) -> None:
+        extractors = self.extractors
         # Each source's features are layer-normalised before they are joined: the extractors
         # differ in scale by orders of magnitude (a stage-1 audio net vs a fresh RGB net), and
         # unnormalised inputs drove the joint MLP into values that saturate the LSTM gates, after
@@ -225,13 +252,6 @@ class PolicyNetwork(nn.Module):
             nn.ReLU(inplace=True),
             nn.LayerNorm(joint_dim),
         )
-        num = len(self.modalities)
-        self.lstm = nn.LSTMCell(joint_dim + 2 * num, hidden_size)
-        self.heads = nn.ModuleDict({m: nn.Linear(hidden_size, 2) for m in self.modalities})
-        # Deterministic decisions use m iff logit(p_use) > use_thresholds[m] (0: the argmax).
-        # Training to a budget fits them on the validation split so the kept policy lands on
-        # the budget (adamml.training.budget); a buffer, so every checkpoint carries its own.
-        self.register_buffer("use_thresholds", torch.zeros(num))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Checkpoints written before the thresholds existed decide by the argmax.
@@ -297,10 +317,14 @@ class PolicyNetwork(nn.Module):
             [(extractor, rearrange(inputs[source], "b k ... -> (b k) ...")) for source, extractor in self.extractors.items()],
             self.execution,
         )
-        for source, y in zip(self.extractors, extracted, strict=True):
-            y = self.feature_norms[source](y)
-            feats.append(self.joint_inputs[source](rearrange(y, "(b k) d -> b k d", b=b, k=k)))
-        joint = self.joint(torch.stack(feats).sum(dim=0))  # (B, K, joint_dim)
+        if self.joint_kind == "reference":
+            joined = rearrange(torch.cat(extracted, dim=-1), "(b k) d -> b k d", b=b, k=k)
+            joint = self.joint(joined)  # (B, K, joint_dim)
+        else:
+            for source, y in zip(self.extractors, extracted, strict=True):
+                y = self.feature_norms[source](y)
+                feats.append(self.joint_inputs[source](rearrange(y, "(b k) d -> b k d", b=b, k=k)))
+            joint = self.joint(torch.stack(feats).sum(dim=0))  # (B, K, joint_dim)
 
         num = len(self.modalities)
         prev = joint.new_zeros(b, 2 * num)  # previous step's logits; none before segment 0
@@ -444,7 +468,7 @@ def build_policy(model_cfg: ModelConfig, clip: ClipSettings) -> PolicyNetwork:
         if source in weights:
             check_weights_source(weights[source], name, f"model.policy.pretrained.{source}")
             # Loaded into the (possibly cut) trunk: the blocks cut off are left unused.
-            _load_trunk(net, weights[source])
+            _load_trunk(net, weights[source], rescale=model_cfg.inflation != "reference")
         if modality.visual:
             extractors[source] = FrameFeatures(net, len(indices), dim)
         else:
@@ -458,10 +482,11 @@ def build_policy(model_cfg: ModelConfig, clip: ClipSettings) -> PolicyNetwork:
         frame_indices=indices,
         resolution=pcfg.resolution,
         pretrained=sorted(weights),
+        joint=pcfg.joint,
     )
 
 
-def _load_trunk(net: nn.Module, source: str) -> None:
+def _load_trunk(net: nn.Module, source: str, *, rescale: bool = True) -> None:
     """Load ImageNet-style weights into a policy trunk; blocks cut off (``policy.blocks``)
     are left out of the file's tensors."""
     kept = len(net.features)
@@ -470,4 +495,4 @@ def _load_trunk(net: nn.Module, source: str) -> None:
         for k, v in read_weights(source).items()
         if not k.startswith("features.") or int(k.split(".")[1]) < kept
     }
-    load_state(net, state, source)
+    load_state(net, state, source, rescale=rescale)

@@ -194,13 +194,16 @@ def build_recognition_net(
     temporal_pool: bool = True,
     dropout: float = 0.5,
     pretrained: str | None = None,
+    inflation: str = "rescaled",
 ) -> RecognitionNet:
     """The sub-network for one modality, random weights unless ``pretrained`` names a file.
 
     ``pretrained`` is a weights source: a local file (torchvision state dict, or our
-    checkpoint of this sub-network) or ``imagenet:efficientnet_lite0``; RGB first-conv
-    weights are inflated for flow/rgbdiff/audio inputs and a classifier with another class
-    count is left freshly initialised.
+    checkpoint of this sub-network), ``imagenet:efficientnet_lite0`` or
+    ``torchvision:<model>.<weights>``; RGB first-conv weights are inflated for
+    flow/rgbdiff/audio inputs (``inflation``: "rescaled", or "reference": the reference's
+    plain mean over the RGB kernels) and a classifier with another class count is left
+    freshly initialised.
     """
     spec = get_backbone_spec(backbone)
     check_modalities([modality])
@@ -214,7 +217,7 @@ def build_recognition_net(
         temporal_pool=temporal_pool, dropout=dropout,
     )
     if pretrained:
-        load_pretrained(net, pretrained)
+        load_pretrained(net, pretrained, rescale=inflation != "reference")
     return net
 
 
@@ -235,5 +238,6 @@ def build_recognition_nets(model_cfg: ModelConfig, clip: ClipSettings) -> nn.Mod
             temporal_pool=model_cfg.temporal_pool,
             dropout=model_cfg.dropout,
             pretrained=model_cfg.pretrained.get(modality) or None,
+            inflation=model_cfg.inflation,
         )
     return nets

@@ -46,6 +46,7 @@ from adamml.training.engine import (
     wrap_distributed,
 )
 from adamml.training.schedule import Phase, validates
+from adamml.training.schedule import validation_due as schedule_validation_due
 
 
 class EpochLogger:
@@ -106,13 +107,10 @@ def epoch_seed(seed: int, epoch: int, rank: int) -> int:
 
 
 def validation_due(cfg: ExperimentConfig, schedule: list[Phase], epoch: int) -> bool:
-    """Validate every ``train.eval_every`` epochs (0: never) of those that may be validated
+    """Validate every ``train.eval_every``-th (0: never) of the epochs that may be validated
     (stage 3: not the warm-up, and an alternating epoch after its policy pass, as the
     reference; ``schedule.validates``), and after the last one."""
-    every = cfg.train.eval_every
-    if epoch == len(schedule) - 1:
-        return True
-    return validates(schedule[epoch]) and every > 0 and (epoch + 1) % every == 0
+    return schedule_validation_due(schedule, epoch, cfg.train.eval_every)
 
 
 def selection_score(metrics: dict, task: Task | None = None) -> float:

@@ -4,14 +4,18 @@ A run of the paper's configuration takes days on 8 GPUs; the plan shows what it 
 without reading data or building a network: per stage and epoch what trains and what is
 frozen, the learning rate of every parameter group, the Gumbel temperature, the cost
 weights, the batch each process gets, and where each stage starts from. It reads the same
-functions the training loop does (``adamml_schedule``, ``temperature_plan``, ``validates``),
+functions the training loop does (``adamml_schedule``, ``temperature_plan``, ``validation_due``,
+``finetune_start``),
 so it cannot drift from it.
 """
 
 from __future__ import annotations
 
+import copy
+
 from adamml.config import ExperimentConfig
 from adamml.modalities.table import policy_source
+from adamml.models.backbones import is_torchvision, parse_torchvision_source, torchvision_sources
 from adamml.models.policy import policy_extractor, policy_weight_sources
 from adamml.runtime.distributed import per_process_batch
 from adamml.runtime.runs import BEST, BEST_ALTERNATE
@@ -19,13 +23,50 @@ from adamml.training.engine import multistep_lr
 from adamml.training.schedule import (
     adamml_schedule,
     decays_temperature,
+    finetune_start,
     temperature_plan,
-    validates,
+    validation_due,
 )
 
 
+def describe_start(source: str | None) -> str:
+    """Where a network starts, for the plan and the run summary: "random", a file, or
+    torchvision weights with whether torch's hub cache holds them."""
+    if not source:
+        return "random"
+    if not is_torchvision(source):
+        return str(source)
+    spec = parse_torchvision_source(source)
+    held = "cached" if spec.cache_path.is_file() else f"not cached: {spec.cache_path} from {spec.url}"
+    return f"{source} ({held})"
+
+
 def _weights(cfg: ExperimentConfig, modality: str) -> str:
-    return cfg.model.pretrained.get(modality) or "random"
+    return describe_start(cfg.model.pretrained.get(modality))
+
+
+def without_torchvision_starts(cfg: ExperimentConfig) -> tuple[ExperimentConfig, list[str]]:
+    """``--allow-random-start``: the config with every ``torchvision:`` start replaced by
+    random weights, and the summary line that says which networks lost theirs."""
+
+    named = torchvision_sources(cfg.model)
+    if not named:
+        return cfg, []
+    cfg = copy.deepcopy(cfg)
+    model = cfg.model
+    model.pretrained = {m: s for m, s in model.pretrained.items() if not is_torchvision(s)}
+    if isinstance(model.policy.pretrained, str):
+        model.policy.pretrained = "" if is_torchvision(model.policy.pretrained) else model.policy.pretrained
+    else:
+        model.policy.pretrained = {k: s for k, s in model.policy.pretrained.items() if not is_torchvision(s)}
+    keys = ", ".join(named)
+    return cfg, [f"starts: random weights (--allow-random-start) where the config names torchvision weights: {keys}"]
+
+
+def start_lines(cfg: ExperimentConfig) -> list[str]:
+    """One line on where every network of the recipe starts (run summary)."""
+    nets = "; ".join(f"{m} {cfg.model.backbones[m]} from {_weights(cfg, m)}" for m in cfg.model.modalities)
+    return [f"starts: {nets}; policy extractors: {_policy_starts(cfg)}; policy head {cfg.model.policy.joint}"]
 
 
 def _extractor_backbone(cfg: ExperimentConfig, source: str) -> str | None:
@@ -42,7 +83,7 @@ def _policy_starts(cfg: ExperimentConfig) -> str:
     parts = []
     for source in sorted(sources):
         if source in given:
-            parts.append(f"{source} from {given[source]}")
+            parts.append(f"{source} from {describe_start(given[source])}")
         elif source in cfg.model.modalities and _extractor_backbone(cfg, source) == cfg.model.backbones.get(source):
             parts.append(f"{source} copied from the stage-1 {source} network")
         else:
@@ -106,6 +147,11 @@ def format_plan(cfg: ExperimentConfig, nproc: int = 1) -> str:
         f"Stage 3, AdaMML: {a.warmup_epochs} warm-up + {a.epochs} alternating + {a.finetune_epochs} fine-tune epochs; "
         f"starts from each stage-1 {BEST}; policy extractors: {_policy_starts(cfg)}"
     )
+    p = cfg.model.policy
+    head = ("reference: concatenation -> Linear -> ReLU -> Linear -> ReLU" if p.joint == "reference"
+            else "adamml: per-source LayerNorm + projection, summed, ReLU -> Linear -> ReLU -> LayerNorm")
+    lines.append(f"  policy head {head} ({p.joint_dim}) -> LSTMCell ({p.hidden_size}); "
+                 f"first convolutions inflated {cfg.model.inflation}")
     if alt_taus:
         lines.append(
             f"  temperature {a.temperature:g} x {a.temperature_decay:g} after each alternating epoch: "
@@ -120,7 +166,7 @@ def format_plan(cfg: ExperimentConfig, nproc: int = 1) -> str:
     weights = " ".join(f"{m}={a.cost_weights.get(m, 0):g}" for m in cfg.model.modalities)
     if a.budget is not None:  # the weights follow the budget's multiplier (training/budget.py)
         weights = f"weights adapted to budget {a.budget:g}"
-    finetune_start = None
+    first_finetune = None
     for i, (phase, tau) in enumerate(zip(schedule, taus, strict=True), start=1):
         milestones = a.lr_steps if phase.block == "alternate" else []
         rec = multistep_lr(a.lr, milestones, phase.block_epoch)
@@ -133,20 +179,27 @@ def format_plan(cfg: ExperimentConfig, nproc: int = 1) -> str:
             lrs = f"recognition {rec:g}, fusion head {rec * a.head_lr / a.lr:g}"
             loss = "CE"
         if phase.block == "finetune" and phase.block_epoch == 0:
-            finetune_start = i
+            first_finetune = i
         tau_text = "best's" if phase.block == "finetune" else f"{tau:.3f}"
         lines.append(
             f"  {i:>5}  {phase.block:<9}  {phase.trains:<11}  {frozen:<11}  {lrs:<44}  {tau_text:>6}  {loss:<46}  "
-            + ("yes" if validates(phase) else "no")
+            + ("yes" if validation_due(schedule, i - 1, t.eval_every) else "no")
         )
-    if finetune_start is not None:
-        lines.append(
-            f"  fine-tune (epoch {finetune_start}) starts from the best alternating checkpoint "
-            f"({BEST_ALTERNATE}): its weights and its temperature"
-        )
+    if first_finetune is not None:
+        if finetune_start(schedule, t.eval_every) == "best alternating":
+            lines.append(
+                f"  fine-tune (epoch {first_finetune}) starts from the best validated alternating checkpoint "
+                f"({BEST_ALTERNATE}): its weights and its temperature"
+            )
+        else:
+            lines.append(
+                f"  fine-tune (epoch {first_finetune}) goes on from the last alternating epoch: "
+                "no alternating epoch is validated (train.eval_every)"
+            )
     lines.append(
-        "  validation runs every "
-        + (f"{t.eval_every} epoch(s) where 'validated' says yes" if t.eval_every > 0 else "stage at its end only")
+        "  validated: "
+        + (f"every {t.eval_every}-th of the epochs that may be (after an alternating epoch's policy pass, "
+           "each fine-tune epoch), and the last" if t.eval_every > 0 else "the stage's last epoch only")
         + f"; {BEST} is the best validated epoch (never the warm-up)"
         + (" within the budget" if a.budget is not None else "")
     )

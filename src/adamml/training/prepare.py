@@ -19,7 +19,7 @@ from pathlib import Path
 
 from adamml.config import ExperimentConfig
 from adamml.data.cache import VideoCache
-from adamml.data.catalog import DATASETS, discover, split_exists
+from adamml.data.catalog import DATASETS, discover, missing_evaluation_split, split_exists
 from adamml.data.extract import default_workers, ensure_cached
 from adamml.data.formats import DatasetError, DiscoveryWarning
 from adamml.data.splits import VAL_FRACTION, carve_validation, write_split
@@ -76,6 +76,8 @@ def prepare_run(
         else:
             warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     carved = False
+    if catalogue is not None and not has_val:
+        raise missing_evaluation_split(root, catalogue, data.val_split)
     if has_val:
         shared = sorted({str(e.path) for e in train} & {str(e.path) for e in val})
         if shared:

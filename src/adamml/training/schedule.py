@@ -62,6 +62,28 @@ def validates(phase: Phase) -> bool:
     return True
 
 
+def validation_due(schedule: list[Phase], epoch: int, every: int) -> bool:
+    """Whether the driver validates after ``epoch`` (0-based): every ``every``-th of the epochs
+    that may be validated (``validates``; counted among those only, so with an even
+    ``every`` the alternating epochs, whose policy passes are every other epoch, are still
+    reached), and the stage's last epoch always. ``every`` 0: the last epoch only."""
+    if epoch == len(schedule) - 1:
+        return True
+    if every <= 0 or not validates(schedule[epoch]):
+        return False
+    rank = sum(validates(p) for p in schedule[: epoch + 1])  # 1-based among the validatable
+    return rank % every == 0
+
+
+def finetune_start(schedule: list[Phase], every: int) -> str:
+    """Where the fine-tune starts, as the driver will find it: "best alternating" when at
+    least one alternating epoch is validated (so ``best_alternate.pt`` exists), else "last"."""
+    validated = [validation_due(schedule, e, every) for e in range(len(schedule))]
+    if any(v and p.block == "alternate" for p, v in zip(schedule, validated, strict=True)):
+        return "best alternating"
+    return "last"
+
+
 def temperature_plan(schedule: list[Phase], start: float, decay: float) -> list[float]:
     """The temperature each epoch of an AdaMML schedule trains with, before the fine-tune's
     reload (which takes the best alternating epoch's)."""

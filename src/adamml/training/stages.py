@@ -19,7 +19,7 @@ from adamml.config import ExperimentConfig, ModelConfig, to_dict
 from adamml.data.datasets import build_datasets
 from adamml.data.loader import make_loader, set_loader_epoch
 from adamml.models.adamml import build_adamml
-from adamml.models.build import input_modalities, load_unimodal
+from adamml.models.build import input_modalities, load_unimodal, unimodal_model_config
 from adamml.models.flops import segment_costs
 from adamml.models.multimodal import build_multimodal
 from adamml.runtime import runs
@@ -49,18 +49,6 @@ def stage_dir(cfg: ExperimentConfig, kind: str, name: str | None = None) -> Path
     if kind == "fusion":
         name = name or cfg.model.fusion
     return runs.stage_dir(cfg.train.output_dir, kind, name)
-
-
-def unimodal_model_config(model_cfg: ModelConfig, modality: str) -> ModelConfig:
-    if modality not in model_cfg.backbones:
-        raise ValueError(
-            f"modality {modality!r} has no backbone in the config (model.backbones has "
-            f"{', '.join(model_cfg.backbones)})"
-        )
-    cfg = copy.deepcopy(model_cfg)
-    cfg.modalities = [modality]
-    cfg.backbones = {modality: model_cfg.backbones[modality]}
-    return cfg
 
 
 def load_recognition_from_unimodal(recognition: nn.ModuleDict, cfg: ExperimentConfig, *, required: bool = False) -> list[str]:
