@@ -307,3 +307,21 @@ def test_ctrl_c_ends_the_live_command_with_its_summary(checkpoint, clip_file) ->
     summary = out.strip().splitlines()[-1]
     assert "segments of" in summary and summary.endswith("interrupted")
     assert "Traceback" not in err
+
+
+def test_predict_live_and_model_stream_give_the_live_commands_segments(checkpoint, clip_file, capsys) -> None:
+    """``adamml predict --live`` is the live command; ``Model.stream`` yields the same events."""
+    import json
+
+    import adamml
+    from adamml.cli import main
+
+    words = ["--checkpoint", str(checkpoint), "--json", "--mode", "window", "4", "--follow-idle", "0.2"]
+    assert main(["predict", "--live", str(clip_file), *words]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    segments = lines[:-1]
+    model = adamml.load(checkpoint)
+    events = list(model.stream(clip_file, mode="window", window=4, follow_idle_s=0.2, on_full="block"))
+    assert [e.to_json()["decisions"] for e in events] == [s["decisions"] for s in segments]
+    assert main(["predict", "--live", str(clip_file), str(clip_file), "--checkpoint", str(checkpoint)]) == 2
+    assert "--live reads one stream" in capsys.readouterr().err

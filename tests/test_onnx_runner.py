@@ -219,3 +219,27 @@ def test_int8_quantises_the_chosen_graphs_and_still_runs(exported: Path, video: 
     assert np.isfinite(outcome.logits).all() and runner.calls["recognition_rgb"] == 2
     with pytest.raises(PackageError, match="no graph nope"):
         quantize_folder(copy, video, keep_fp32=["nope"])
+
+
+def test_adamml_load_and_predict_run_an_onnx_folder_without_the_torch_model(exported: Path, video: Path,
+                                                                             torch_predictor: Predictor, capsys) -> None:
+    """The same export through the public API and the command line, as the torch model predicts."""
+    import adamml
+    from adamml.cli import main
+
+    expected = torch_predictor.run(video, topk=4)
+    model = adamml.load(exported, runtime="onnx")
+    try:
+        got = model.predict(video, topk=4)
+    finally:
+        model.close()
+    assert got.segments == expected.segments and [n for n, _ in got.top] == [n for n, _ in expected.top]
+    assert got.gflops == pytest.approx(expected.gflops)
+    assert main(["predict", str(video), "--checkpoint", str(exported), "--runtime", "onnx", "--json", "--topk", "4"]) == 0
+    printed = json.loads(capsys.readouterr().out)["predictions"][0]
+    assert printed["segments"] == expected.segments and printed["top"][0][0] == expected.top[0][0]
+    # what the onnx runtime cannot honour is refused in one line, before anything runs
+    assert main(["predict", str(video), "--checkpoint", str(exported), "--runtime", "onnx", "--budget", "0.5"]) == 2
+    assert "--budget needs the torch runtime" in capsys.readouterr().err
+    with pytest.raises(adamml.AdamMLError, match="budget"):
+        adamml.load(exported, runtime="onnx", budget="50%")

@@ -23,7 +23,7 @@ from adamml.errors import AdamMLError
 from adamml.results import Prediction
 
 # Runtimes a model can run on; exported graphs (ONNX, OpenVINO) plug in here.
-RUNTIMES = ("torch",)
+RUNTIMES = ("torch", "onnx")  # onnx: an export folder with graphs, run without torch
 
 __all__ = ["load", "Model", "Embedding", "ArrayError", "resolve_checkpoint", "checkpoint_digest", "RUNTIMES"]
 
@@ -113,6 +113,8 @@ def load(path: str | Path, device: str = "cpu", budget: str | float | None = Non
     if runtime not in RUNTIMES:
         raise AdamMLError(f"runtime {runtime!r}: expected one of {', '.join(RUNTIMES)}")
     source = resolve_checkpoint(path)
+    if runtime == "onnx":
+        return _load_onnx(source, budget)
     parsed = _parse_budget(budget)  # before reading the file: a typo fails at once
     from adamml.models.build import model_from_state  # torch and the networks, on first use
     from adamml.models.execution import PRECISIONS, ExecutionPlan  # torch: on first use
@@ -122,6 +124,20 @@ def load(path: str | Path, device: str = "cpu", budget: str | float | None = Non
     loaded = model_from_state(_read_state(source), source)
     plan = plan or ExecutionPlan.for_device(device, precision=precision)
     return Model(loaded, plan=plan, budget=parsed, source=source)
+
+
+def _load_onnx(source: Path, budget):
+    """The torch-free runner of an ONNX export folder (adamml.runners.onnx): the same
+    Prediction for a video, with the thresholds the export carries."""
+    if not (source.is_dir() and (source / "manifest.json").is_file()):
+        raise AdamMLError(f"{source}: runtime='onnx' reads an export folder with graphs "
+                          "(adamml export CKPT --to DIR --format onnx)")
+    if budget is not None:
+        raise AdamMLError("runtime='onnx' runs the thresholds the export carries; a budget needs "
+                          "the torch runtime (or export a model trained to that budget)")
+    from adamml.runners.onnx import load_onnx  # onnxruntime: only for this runtime
+
+    return load_onnx(source)
 
 
 class Model:
@@ -230,6 +246,15 @@ class Model:
         """A batch of samples decoded elsewhere (:func:`~adamml.inference.pipeline.prediction_dataset`,
         e.g. in a Ray task); the carried thresholds (a budget needs the whole set of videos)."""
         return self.predictor.finish_all(self.predictor.prepare_samples(samples), None, topk)
+
+    def stream(self, source: str | Path, **options):
+        """Decisions and scores per segment of a live source as it arrives (a URL, a camera,
+        a growing file, ``-``): a :class:`~adamml.inference.live.LiveRun` to iterate for
+        :class:`~adamml.inference.live.LiveEvent`; ``options`` are
+        :func:`~adamml.inference.live.run_live`'s (mode, running, max_lag_s, budget, ...)."""
+        from adamml.inference.live import run_live  # PyAV streams: only when one is read
+
+        return run_live(self.loaded, str(source), predictor=self.predictor, **options)
 
     def predict_windows(self, path: str | Path, seconds: float, *, topk: int = 5):
         """A :class:`~adamml.inference.windows.Timeline`: the video read once, front to back,

@@ -20,7 +20,9 @@ from pathlib import Path
 
 import adamml
 from adamml.api import checkpoint_digest, resolve_checkpoint
+from adamml.commands import live as live_command
 from adamml.data.types import VideoDecodeError
+from adamml.errors import AdamMLError
 from adamml.inference.windows import format_timeline, plot_timeline
 from adamml.models.thresholds import BudgetError, parse_budget
 from adamml.results import STAGES
@@ -32,7 +34,7 @@ PRECISIONS = ("fp32", "bf16")  # adamml.models.execution's, without importing to
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("videos", nargs="+", metavar="VIDEO_OR_DIR_OR_LIST",
+    parser.add_argument("videos", nargs="*", metavar="VIDEO_OR_DIR_OR_LIST",
                         help="video files; with --out also folders and list files (.txt/.csv)")
     parser.add_argument("--checkpoint", required=True,
                         help="a trained model: a checkpoint (runs/x/adamml/best.pt) or a run folder (its best one)")
@@ -50,6 +52,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="move the policy's thresholds so the mean cost over the given videos meets B: "
                         "0.5 or 50%% of weighted fusion's GFLOPs, or 12.3G GFLOPs per video")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="bf16: autocast (CPUs with bf16, GPUs)")
+    parser.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
+                        help="onnx: run an export folder's graphs without torch (adamml export --format onnx)")
+    live = parser.add_argument_group("a live stream (see docs/live.md)")
+    live.add_argument("--live", metavar="SOURCE", default=None,
+                      help="rtsp:// or http(s):// URL, /dev/videoN, a growing file, or - (standard input): "
+                      "one line (or --json object) per segment as it arrives")
+    live.add_argument("--mode", nargs="+", default=["carry"], metavar="MODE",
+                      help="carry (the policy's state runs through the stream) or window N (restarts every N segments)")
+    live.add_argument("--running", type=int, default=10, metavar="N", help="segments in the running video-level score")
+    live.add_argument("--max-lag", type=float, default=None, metavar="S",
+                      help="drop segments the model would reach more than S seconds behind the stream")
+    live.add_argument("--record", metavar="PNG", help="write the live timeline at the end")
+    live.add_argument("--pace", type=float, default=None, metavar="X", help="replay a finished file at X times real time")
+    live.add_argument("--follow-idle", type=float, default=3.0, metavar="S",
+                      help="a growing file has ended once it has not grown for S seconds")
+    live.add_argument("--format", default=None, help="the container format when it cannot be probed (mpegts, matroska)")
     batch = parser.add_argument_group("a corpus into JSON lines (see docs/scale-out.md)")
     batch.add_argument("--out", type=Path, default=None,
                        help="write one JSON line per video here; resumable, with a manifest beside it")
@@ -67,6 +85,20 @@ def option_problems(args: argparse.Namespace) -> list[str]:
     """Every option that is wrong or cannot be honoured with the others, one line each."""
 
     problems, wrong = [], set()  # an option already said to be wrong gets no second line
+    if args.live is not None:
+        for flag, value in (("VIDEO", args.videos), ("--out", args.out), ("--window", args.window),
+                            ("--profile", args.profile), ("--runtime onnx", args.runtime == "onnx")):
+            if value:
+                problems.append(f"--live reads one stream; {flag} is for files: give one of them")
+        return problems
+    if not args.videos:
+        problems.append("give one or more videos (or --live SOURCE)")
+    if args.runtime == "onnx":
+        for flag, value in (("--out", args.out), ("--window", args.window), ("--budget", args.budget),
+                            ("--precision bf16", args.precision != "fp32")):
+            if value is not None and value is not False:
+                problems.append(f"--runtime onnx predicts files one by one with the exported thresholds; "
+                                f"{flag} needs the torch runtime")
     if args.budget is not None:
         try:
             parse_budget(args.budget)
@@ -115,12 +147,17 @@ def run(args: argparse.Namespace) -> int:
         for line in problems:
             print(f"adamml predict: {line}", file=sys.stderr)
         return 2
+    if args.live is not None:
+        args.source, args.device, args.topk = args.live, args.device or "cpu", args.topk
+        return live_command.run(args)
     if args.out is not None:
         return _run_batch(args)
     missing = [v for v in args.videos if not Path(v).is_file()]
     if missing:
         print(f"adamml predict: no such file: {', '.join(missing)}", file=sys.stderr)
         return 2
+    if args.runtime == "onnx":
+        return _run_onnx(args)
 
     model = adamml.load(args.checkpoint, device=_device(args), budget=args.budget, precision=args.precision)
     if args.window is not None:
@@ -133,6 +170,29 @@ def run(args: argparse.Namespace) -> int:
             predictions = model.predict(args.videos, topk=args.topk, failures=failures)
         else:  # one at a time: one video's inputs in memory
             predictions = [p for v in args.videos for p in model.predict([v], topk=args.topk, failures=failures)]
+    if args.json:
+        print(json.dumps({"predictions": [asdict(p) for p in predictions],
+                          "failures": [{"video": v, "error": e} for v, e in failures]}, indent=2))
+    else:
+        for p in predictions:
+            print("\n".join(format_prediction(p, profile=args.profile)))
+        for video, error in failures:
+            print(f"{video}: FAILED: {error}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _run_onnx(args: argparse.Namespace) -> int:
+    """``--runtime onnx``: an export folder's graphs, file by file, without torch."""
+    model = adamml.load(args.checkpoint, runtime="onnx")
+    predictions, failures = [], []
+    try:
+        for video in args.videos:
+            try:
+                predictions.append(model.predict(video, topk=args.topk))
+            except AdamMLError as exc:
+                failures.append((video, " ".join(str(exc).split())))
+    finally:
+        model.close()
     if args.json:
         print(json.dumps({"predictions": [asdict(p) for p in predictions],
                           "failures": [{"video": v, "error": e} for v, e in failures]}, indent=2))
