@@ -83,6 +83,25 @@ def test_the_documented_example_runs_as_written(checkpoint: Path, video: Path, t
     assert printed[0].startswith(str(CLASSES)) and "GFLOPs" in printed[1] and printed[2].startswith("2 ")
 
 
+def test_the_readme_example_runs_as_written(checkpoint: Path, video: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    """README.md's Python block, run verbatim beside a run and the two videos it names."""
+    import shutil
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    example = text.split("```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "runs" / "default" / "adamml").mkdir(parents=True)
+    shutil.copy(checkpoint, tmp_path / "runs" / "default" / "adamml" / "best.pt")
+    shutil.copy(video, tmp_path / "video.mp4")
+    make_video(tmp_path / "long.mkv", num_frames=120, fps=10.0, seed=4)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(example, "README.md", "exec"), namespace)
+    printed = capsys.readouterr().out
+    assert printed.startswith("[(") and "GFLOPs" not in printed  # the top classes, segments, GFLOPs
+    assert namespace["result"].top[0][0] in CLASSES and namespace["result"].gflops > 0
+    assert len(namespace["timeline"].windows) >= 1
+
+
 def test_a_model_says_what_it_is(model) -> None:
     assert model.class_names == CLASSES and model.modalities == ["rgb", "audio"] and model.kind == "adamml"
     assert model.segments == 4 and model.adaptive
