@@ -210,6 +210,23 @@ def test_audio_that_starts_late_is_placed_at_its_time(tmp_path: Path) -> None:
     assert np.abs(decoded.audio[: int(1.3 * sr)]).max() < 0.02  # silence (the tone is 0.5)
 
 
+def test_streamed_audio_is_placed_as_decoding_places_it(tmp_path: Path) -> None:
+    """Long videos are read through stream_media: its audio is the decoded track, late
+    start included (silence first), sample for sample."""
+    from adamml.data.video import stream_media
+
+    sr, fps = 8000, 8.0
+    path = _write_with_audio_at(tmp_path / "late.mp4", moving_frames(24, 32, 64), fps, tone(1.0, sr, 440.0), sr,
+                                audio_start_s=1.5)
+    settings = DecodeSettings(fps=fps, short_side=32, sample_rate=sr)
+    decoded = decode_video(path, settings)
+    chunks = list(stream_media(path, settings))
+    streamed = np.concatenate([p for c in chunks for p in c.audio])
+    assert streamed.size == decoded.audio.size
+    np.testing.assert_allclose(np.clip(streamed, -1, 1), decoded.audio, atol=1e-6)
+    assert np.stack([f for c in chunks for f in c.frames]).shape == decoded.frames.shape
+
+
 def test_audio_that_starts_with_the_picture_is_unchanged(tiny_video: Path) -> None:
     decoded = decode_video(tiny_video, DecodeSettings(fps=25.0, short_side=64, sample_rate=16000))
     assert decoded.meta["audio_offset_s"] == 0.0

@@ -601,8 +601,27 @@ def stream_media(path: str | Path, settings: DecodeSettings) -> Iterator[MediaCh
         resampler = _FrameResampler(fps, settings.short_side)
         audio = _AudioCollector(rate_out) if astream is not None else None
 
+        video_start: float | None = None  # the first frame's time: the audio is placed from it
+        head: int | None = None  # samples still to drop (< 0) from the track's head, once placed
+
+        def placed(pieces: list[np.ndarray]) -> list[np.ndarray]:
+            """The track placed against the picture as :meth:`_AudioCollector.finish` places
+            it: led by silence when it starts later, its head dropped when it starts earlier."""
+            nonlocal head
+            if head is None:
+                if not pieces or audio is None or audio.start is None or video_start is None:
+                    return pieces
+                head = round((audio.start - video_start) * rate_out)
+                if head > 0:
+                    pieces, head = [np.zeros(head, np.float32), *pieces], 0
+            while head < 0 and pieces:
+                drop = min(-head, len(pieces[0]))
+                pieces = [pieces[0][drop:], *pieces[1:]] if drop < len(pieces[0]) else pieces[1:]
+                head += drop
+            return pieces
+
         def chunk(final: bool = False) -> MediaChunk:
-            out = MediaChunk(list(resampler.out), list(audio.chunks) if audio is not None else [],
+            out = MediaChunk(list(resampler.out), placed(list(audio.chunks)) if audio is not None else [],
                              audio is not None, final)
             resampler.out.clear()
             if audio is not None:
@@ -612,6 +631,8 @@ def stream_media(path: str | Path, settings: DecodeSettings) -> Iterator[MediaCh
         last_t = None
         try:
             for t, frame in _frame_times(_video_frames(container, streams, audio, path), _frame_rate(vstream)):
+                if last_t is None and frame.pts is not None and frame.time is not None:
+                    video_start = float(frame.time)
                 resampler.push(t, frame)
                 last_t = t
                 yield chunk()
@@ -621,6 +642,6 @@ def stream_media(path: str | Path, settings: DecodeSettings) -> Iterator[MediaCh
             raise VideoDecodeError(f"{path}: no video frame could be decoded")
         resampler.finish(last_t + 1.0 / _frame_rate(vstream))
         rest = audio.finish() if audio is not None else None  # the resampler's flush, clipped
-        final = MediaChunk(list(resampler.out), [rest] if rest is not None else [], audio is not None, True)
+        final = MediaChunk(list(resampler.out), placed([rest]) if rest is not None else [], audio is not None, True)
         resampler.out.clear()
         yield final
