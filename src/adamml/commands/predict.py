@@ -170,15 +170,7 @@ def run(args: argparse.Namespace) -> int:
             predictions = model.predict(args.videos, topk=args.topk, failures=failures)
         else:  # one at a time: one video's inputs in memory
             predictions = [p for v in args.videos for p in model.predict([v], topk=args.topk, failures=failures)]
-    if args.json:
-        print(json.dumps({"predictions": [asdict(p) for p in predictions],
-                          "failures": [{"video": v, "error": e} for v, e in failures]}, indent=2))
-    else:
-        for p in predictions:
-            print("\n".join(format_prediction(p, profile=args.profile)))
-        for video, error in failures:
-            print(f"{video}: FAILED: {error}", file=sys.stderr)
-    return 1 if failures else 0
+    return _print_predictions(args, predictions, failures)
 
 
 def _run_onnx(args: argparse.Namespace) -> int:
@@ -193,6 +185,11 @@ def _run_onnx(args: argparse.Namespace) -> int:
                 failures.append((video, " ".join(str(exc).split())))
     finally:
         model.close()
+    return _print_predictions(args, predictions, failures)
+
+
+def _print_predictions(args: argparse.Namespace, predictions, failures: list[tuple[str, str]]) -> int:
+    """The predictions as text or one JSON document; the failures named; exit 1 if any."""
     if args.json:
         print(json.dumps({"predictions": [asdict(p) for p in predictions],
                           "failures": [{"video": v, "error": e} for v, e in failures]}, indent=2))
