@@ -120,10 +120,10 @@ def test_predict_computes_flow_with_the_method_the_model_was_trained_with(
         methods.append(method)
         return real(frames, "dis", *args, **kwargs)  # DIS either way: fast
 
-    import adamml.inference.pipeline as pipeline_module
+    import adamml.modalities.flow as flow_module
 
     monkeypatch.setattr(video_module, "compute_flow", spy)  # decoding for datasets
-    monkeypatch.setattr(pipeline_module, "compute_flow", spy)  # the prediction pipeline
+    monkeypatch.setattr(flow_module, "compute_flow", spy)  # the prediction pipeline's lazy flow
     video = make_video(tmp_path / "v.mp4", num_frames=24, fps=8.0, height=40, width=48)
     prediction = adamml.load(path).predict(video, topk=2)
     assert methods and set(methods) == {expected}

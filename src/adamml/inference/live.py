@@ -38,10 +38,10 @@ from adamml.data.datasets import cut_modalities
 from adamml.data.sampling import clip_indices
 from adamml.data.stream import LiveSource, StreamAudio, StreamError, StreamFrame, describe
 from adamml.errors import AdamMLError
-from adamml.inference.pipeline import LazyFlow, Predictor
+from adamml.inference.pipeline import Predictor
 from adamml.inference.windows import Timeline, WindowResult
 from adamml.media import DecodedVideo
-from adamml.modalities.flow import flow_clip
+from adamml.modalities.flow import LazyFlow, flow_clip
 from adamml.modalities.spatial import choose_crop
 from adamml.modalities.table import MODALITIES
 from adamml.models.execution import run_many

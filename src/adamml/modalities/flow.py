@@ -8,6 +8,8 @@ and one step is 40/255 = 0.157 px.
 
 from __future__ import annotations
 
+from typing import Any
+
 import cv2
 import numpy as np
 
@@ -103,3 +105,36 @@ def flow_clip(
     stack = values[inverse]  # (K, T, L, 2, S, S)
     k, t, length, c, s, _ = stack.shape
     return np.ascontiguousarray(stack.reshape(k, t, length * c, s, s))
+
+
+class LazyFlow:
+    """Optical flow fields indexed like ``compute_flow``'s uint8 (N-1, H, W, 2) array, each
+    computed from its two frames the first time it is read. ``computed`` counts them."""
+
+    def __init__(self, frames: Any, method: str) -> None:
+        self.frames = frames
+        self.method = method
+        n, h, w = frames.shape[:3]
+        self.shape = (max(int(n) - 1, 0), int(h), int(w), 2)
+        self.dtype = np.dtype(np.uint8)
+        self.ndim = 4
+        self.fields: dict[int, np.ndarray] = {}
+
+    @property
+    def computed(self) -> int:
+        return len(self.fields)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _get(self, i: int) -> np.ndarray:
+        if i not in self.fields:
+            pair = np.stack([self.frames[i], self.frames[i + 1]])
+            self.fields[i] = compute_flow(pair, self.method)[0]
+        return self.fields[i]
+
+    def __getitem__(self, key: int | np.ndarray) -> np.ndarray:
+        if isinstance(key, int | np.integer):
+            return self._get(int(key))
+        indices = np.asarray(key).reshape(-1)
+        return np.stack([self._get(int(i)) for i in indices]) if len(indices) else np.empty((0, *self.shape[1:]), self.dtype)

@@ -32,7 +32,7 @@ import numpy as np
 from adamml.data.sampling import sample_indices, segment_centres_s
 from adamml.data.video import decode_video
 from adamml.export.format import PackageError, read_config, read_manifest
-from adamml.modalities.flow import compute_flow, flow_clip
+from adamml.modalities.flow import LazyFlow, flow_clip
 from adamml.modalities.rgb import rgb_clip
 from adamml.modalities.rgbdiff import rgbdiff_clip
 from adamml.modalities.spatial import choose_crop
@@ -51,36 +51,6 @@ def clip_settings(values: dict[str, Any], stack_length: int | None = None) -> An
     """The clip settings of config.json (``segment_span`` as adamml.config.ClipSettings)."""
     values = dict(values) if stack_length is None else {**values, "stack_length": stack_length}
     return _settings("ClipSettings", values, segment_span=lambda c: (c.frames_per_segment - 1) * c.frame_stride + c.stack_length + 1)
-
-
-class LazyFlow:
-    """Flow fields indexed like ``compute_flow``'s (N-1, H, W, 2) array, each computed from
-    its two frames the first time it is read; ``computed`` counts them."""
-
-    def __init__(self, frames: Any, method: str) -> None:
-
-        self._compute = compute_flow
-        self.frames = frames
-        self.method = method
-        n, h, w = frames.shape[:3]
-        self.shape = (max(int(n) - 1, 0), int(h), int(w), 2)
-        self.fields: dict[int, np.ndarray] = {}
-
-    @property
-    def computed(self) -> int:
-        return len(self.fields)
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, key: Any) -> np.ndarray:
-        indices = np.asarray(key).reshape(-1)
-        for i in map(int, indices):
-            if i not in self.fields:
-                self.fields[i] = self._compute(np.stack([self.frames[i], self.frames[i + 1]]), self.method)[0]
-        if not len(indices):
-            return np.empty((0, *self.shape[1:]), np.uint8)
-        return np.stack([self.fields[int(i)] for i in indices])
 
 
 @dataclass
