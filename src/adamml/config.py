@@ -33,6 +33,10 @@ STACK_NORMS = ("adamml", "reference")  # flow and RGB-difference values
 INFLATIONS = ("rescaled", "reference")  # RGB first-conv kernels for other inputs
 POLICY_JOINTS = ("adamml", "reference")  # the policy head over its extractors' features
 LOSSES = ("ce", "bce")  # train.loss
+CROPS = ("shared", "independent")  # data.clip.crops: one crop for every visual input, or one each
+AUDIO_WINDOWS = ("clip", "centre")  # train.unimodal.audio_window: where stage 1 draws an audio window
+FROZEN_MODES = ("eval", "train")  # train.adamml.frozen_mode: the frozen side's batch norm and dropout
+VAL_DECISIONS = ("argmax", "sampled")  # train.adamml.val_decisions: the policy's decisions at validation
 
 
 # ---- how videos become tensors (data.decode, data.clip): read by data, modalities and models --
@@ -88,6 +92,10 @@ class ClipSettings:
     # crop's resize; differences of [0, 1] pixels / ImageNet std) or "reference" (the
     # reference code's image normalisation, so its checkpoints can be loaded).
     stack_norm: str = "adamml"
+    # Training crops of the visual inputs (RGB, flow, RGB difference): "shared" (one crop and
+    # flip for all, so they show the same region) or "independent" (each input its own, as
+    # the reference's per-modality augmentors draw them). Evaluation crops are centred either way.
+    crops: str = "shared"
 
     @property
     def segment_span(self) -> int:
@@ -186,6 +194,11 @@ class UnimodalTrainConfig:
     patience: int = 0
     # clips per training video: 1 as the reference (None: data.clip.num_segments)
     train_segments: int | None = 1
+    # Where a training clip's audio window is drawn for the stage-1 audio network: "clip" (at
+    # the centre of the clip sampled as for any modality) or "centre" (near the video's
+    # centre, as the reference's released audio command samples it: the window's centre
+    # uniform in the middle eighth of the video, or of each of the clips' equal parts)
+    audio_window: str = "clip"
 
     def lr_for(self, modality: str) -> float:
         """A modality's base rate: ``modality_lr`` where it names one, else ``lr``."""
@@ -235,6 +248,14 @@ class AdamMLTrainConfig:
     # that its cost on the validation split is the budget (they fit on the policy's outputs
     # alone, no labels; training/budget.py). Off: the argmax, wherever it lands.
     calibrate: bool = True
+    # The frozen side's batch norm and dropout while the other side trains: "eval" (no dropout
+    # noise, batch-norm statistics fixed with the weights) or "train" (as the reference, which
+    # only switches requires_grad off: statistics keep moving, dropout stays on)
+    frozen_mode: str = "eval"
+    # The policy's decisions when an epoch is validated: "argmax" (deterministic) or "sampled"
+    # (one seeded Gumbel draw per segment, as the reference validates; a run trained to a
+    # budget validates at its fitted thresholds, which are deterministic, either way)
+    val_decisions: str = "argmax"
 
 
 @dataclass

@@ -23,8 +23,11 @@ import torch
 import yaml
 
 from adamml.config import (
+    AUDIO_WINDOWS,
+    CROPS,
     DATA_FORMATS,
     EVAL_POSITIONS,
+    FROZEN_MODES,
     INFLATIONS,
     LOSSES,
     POLICY_JOINTS,
@@ -32,6 +35,7 @@ from adamml.config import (
     SPECTROGRAMS,
     STACK_NORMS,
     TRAIN_CROPS,
+    VAL_DECISIONS,
     ConfigError,
     ExperimentConfig,
     _from_dict,
@@ -181,6 +185,7 @@ def check_config(cfg: ExperimentConfig) -> None:
     check_choice("data.clip.eval_positions", data.clip.eval_positions, EVAL_POSITIONS)
     check_choice("data.clip.train_crop", data.clip.train_crop, TRAIN_CROPS)
     check_choice("data.clip.stack_norm", data.clip.stack_norm, STACK_NORMS)
+    check_choice("data.clip.crops", data.clip.crops, CROPS)
     if data.metric is not None:
         check_choice("data.metric", data.metric, METRICS)
     _require(data.decode.fps is None or data.decode.fps > 0, "data.decode.fps",
@@ -255,6 +260,9 @@ def check_config(cfg: ExperimentConfig) -> None:
 
     check_choice("train.precision", train.precision, PRECISIONS)
     check_choice("train.loss", train.loss, LOSSES)
+    check_choice("train.unimodal.audio_window", train.unimodal.audio_window, AUDIO_WINDOWS)
+    check_choice("train.adamml.frozen_mode", train.adamml.frozen_mode, FROZEN_MODES)
+    check_choice("train.adamml.val_decisions", train.adamml.val_decisions, VAL_DECISIONS)
     _require(train.loss != "bce" or data.multi_label, "train.loss",
              "bce needs a multi-label dataset (data.multi_label: true)")
     unknown = sorted(set(train.unimodal.modality_lr) - set(model.modalities))

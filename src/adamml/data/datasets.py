@@ -1,8 +1,9 @@
 """The training/evaluation dataset: decoded (or cached) videos -> the sample dict of layouts.py.
 
 One sample = K segments of one video, each modality sampled at the same frame indices and
-cropped with the same :class:`~adamml.modalities.spatial.Crop`, so the policy and the
-recognition networks look at the same moment and region. Randomness comes from a numpy
+cropped with the same :class:`~adamml.modalities.spatial.Crop` (``data.clip.crops: shared``),
+so the policy and the recognition networks look at the same moment and region; with
+``independent`` each visual input draws its own training crop, as the reference's. Randomness comes from a numpy
 Generator seeded by (seed, epoch, index): a sample is the same whatever the number of
 workers or their order, and changes from epoch to epoch through :meth:`VideoDataset.set_epoch`.
 """
@@ -21,7 +22,12 @@ from adamml.config import ClipSettings, DecodeSettings, ExperimentConfig, ModelC
 from adamml.data.cache import VideoCache
 from adamml.data.catalog import DATASETS, discover
 from adamml.data.formats import DatasetError, frame_folder_audio
-from adamml.data.sampling import policy_frame_indices, sample_indices
+from adamml.data.sampling import (
+    centre_window_starts,
+    clip_indices,
+    policy_frame_indices,
+    sample_indices,
+)
 from adamml.data.types import VideoEntry
 from adamml.media import DecodedVideo
 from adamml.modalities.spatial import choose_crop
@@ -36,16 +42,17 @@ def _tensor(value: Any) -> torch.Tensor:
 def cut_modalities(decoded: DecodedVideo, indices: np.ndarray, crop, clip: ClipSettings, start_s: float,
                    modalities: list[str], frame_subsets: dict[str, list[int]] | None = None) -> dict[str, torch.Tensor]:
     """Each modality's tensor of one sample (layouts.py) from a decoded video, its (K, T) frame
-    indices and crop, through the modality table; a modality in ``frame_subsets`` on those
-    frames of each segment only, with ``"<modality>_frames"`` saying which. ``start_s``: the
-    time of frame 0 in the audio track."""
+    indices and crop (one for all, or {modality: crop}), through the modality table; a
+    modality in ``frame_subsets`` on those frames of each segment only, with
+    ``"<modality>_frames"`` saying which. ``start_s``: the time of frame 0 in the audio track."""
     out: dict[str, torch.Tensor] = {}
     for m in modalities:
         at = indices
         if frame_subsets and m in frame_subsets:
             at = indices[:, frame_subsets[m]]
             out[f"{m}_frames"] = torch.tensor(frame_subsets[m], dtype=torch.int64)
-        out[m] = _tensor(MODALITIES[m].extract(decoded, at, crop, clip, start_s))
+        own = crop.get(m) if isinstance(crop, dict) else crop
+        out[m] = _tensor(MODALITIES[m].extract(decoded, at, own, clip, start_s))
     return out
 
 
@@ -73,6 +80,7 @@ class VideoDataset(Dataset):
         seed: int = 0,
         stream: bool = False,
         frame_subsets: dict[str, list[int]] | None = None,
+        audio_window: str = "clip",
     ) -> None:
         """``stream``: decode video files keeping only the frames a sample reads (evaluation
         and inference on long videos: memory stays one sample's frames whatever the length).
@@ -81,7 +89,11 @@ class VideoDataset(Dataset):
         ``frame_subsets``: modality -> which of each segment's T frames to compute it for;
         the sample then holds those only, and says which under ``"<modality>_frames"``. An
         input only the policy reads (the RGB difference it decides about flow from) is
-        computed on the policy's frames, not on all T."""
+        computed on the policy's frames, not on all T.
+
+        ``audio_window`` "centre" (training an audio-only dataset): each clip centred near
+        the middle of the video, or of its K-th, as the reference's audio sampler
+        (``sampling.centre_window_starts``); "clip": where any clip is drawn."""
         if stream and train:
             raise ValueError("stream=True is for evaluation: training samples random frames")
         if not entries:
@@ -98,6 +110,7 @@ class VideoDataset(Dataset):
         self.seed = int(seed)
         self.stream = stream
         self.frame_subsets = {m: list(frames) for m, frames in (frame_subsets or {}).items()}
+        self.audio_window = audio_window
         self.epoch = 0
         # RGB-only samples may use the video's last frames; stacks need L frames after.
         needs_stack = any(MODALITIES[m].stacked for m in self.modalities)
@@ -190,14 +203,25 @@ class VideoDataset(Dataset):
         decoded = self.load(entry)
         rng = self.rng(index)
         n = decoded.num_frames
-        indices = sample_indices(n, self._sampling_clip, self.train, rng, num_segments=self.num_segments)
+        if self.train and self.audio_window == "centre" and self.modalities == ["audio"]:
+            starts = centre_window_starts(n, self._sampling_clip, rng, num_segments=self.num_segments)
+            indices = clip_indices(starts, self._sampling_clip, n)
+        else:
+            indices = sample_indices(n, self._sampling_clip, self.train, rng, num_segments=self.num_segments)
         sample: dict[str, Any] = {}
-        crop = None
-        if any(MODALITIES[m].visual for m in self.modalities):  # one crop for all of them
+        crop: Any = None
+        visual = [m for m in self.modalities if MODALITIES[m].visual]
+        if visual:
             height, width = decoded.frames.shape[1:3]
-            crop = choose_crop(
-                height, width, self.clip.crop_size, self.train, rng, self.clip.train_crop, self.clip.train_flip
-            )
+
+            def draw():
+                return choose_crop(
+                    height, width, self.clip.crop_size, self.train, rng, self.clip.train_crop, self.clip.train_flip
+                )
+
+            crop = draw()  # one crop for all of them; with "independent", the first one's
+            if self.train and self.clip.crops == "independent":
+                crop = {m: crop if i == 0 else draw() for i, m in enumerate(visual)}
         # A frame folder listed from frame `start` shares its WAV with the whole video.
         start = entry.start if entry.start is not None and Path(entry.path).is_dir() else 1
         start_s = (start - 1) / decoded.fps
@@ -226,11 +250,13 @@ def build_datasets(
     modalities: list[str] | None = None,
     with_train: bool = True,
     train_segments: int | None = None,
+    audio_window: str = "clip",
 ) -> tuple[VideoDataset | None, VideoDataset, list[str]]:
     """Train and validation datasets of an experiment config, and the class names.
 
     ``with_train=False`` (evaluation) skips the training split and returns None for it.
     ``train_segments``: clips per training video (None: ``data.clip.num_segments``).
+    ``audio_window``: where an audio-only training set draws its windows (``VideoDataset``).
 
     Modalities default to the model's, plus what its policy looks at in their place ("rgbdiff"
     for "flow": the policy never computes flow to decide; see the modality table). The cache is
@@ -263,7 +289,8 @@ def build_datasets(
         frame_subsets=policy_frame_subsets(config.model, data.clip, modalities),
     )
     train_ds = (
-        VideoDataset(train_entries, class_names, train=True, num_segments=train_segments, **common)
+        VideoDataset(train_entries, class_names, train=True, num_segments=train_segments, audio_window=audio_window,
+                     **common)
         if with_train
         else None
     )

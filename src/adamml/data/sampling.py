@@ -65,6 +65,25 @@ def segment_starts(
     return np.clip(starts, 0, positions - 1)
 
 
+def centre_window_starts(num_frames: int, clip: ClipSettings, rng: np.random.Generator, *, num_segments: int | None = None) -> np.ndarray:
+    """Training starts whose clips centre near the middle of the video: int64 (K,).
+
+    The reference's audio network trains on one window per video whose centre is uniform in
+    the middle eighth of the video (its sampler's 8 groups, the window at the middle two);
+    with K clips, each centres in the middle eighth of its K-th of the video. The start is
+    the clip centred there, clamped to the starts where a whole clip fits."""
+    k = int(num_segments if num_segments is not None else clip.num_segments)
+    if k < 1:
+        raise ValueError(f"num_segments must be >= 1, got {k}")
+    if num_frames < 1:
+        raise ValueError(f"a video needs at least one frame to sample from, got {num_frames}")
+    part = num_frames / k
+    centres = (np.arange(k, dtype=np.float64) + 0.5) * part + rng.uniform(-part / 16.0, part / 16.0, size=k)
+    half_span = (clip.frames_per_segment - 1) * clip.frame_stride / 2.0
+    positions = max(num_frames - clip.segment_span + 1, 1)
+    return np.clip(np.floor(centres - half_span), 0, positions - 1).astype(np.int64)
+
+
 def clip_indices(starts: np.ndarray, clip: ClipSettings, num_frames: int) -> np.ndarray:
     """Frame indices of every segment's clip: int64 (K, T), all in [0, num_frames).
 

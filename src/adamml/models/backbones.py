@@ -383,10 +383,20 @@ def is_torchvision(source: object) -> bool:
 
 def require_torchvision_weights(model_cfg) -> list[Path]:
     """Fetch (or find) every torchvision file a config names, before any data is read, so a
-    machine without them stops in seconds with the line that says what to download."""
-    paths = []
+    machine without them stops in seconds with what to download: every missing file in one
+    error, a line each (file name, cache folder, URL), not one file per attempt."""
+    paths, missing = [], []
     for source in dict.fromkeys(torchvision_sources(model_cfg).values()):
-        paths.append(fetch_torchvision_weights(source))
+        try:
+            paths.append(fetch_torchvision_weights(source))
+        except PretrainedWeightsError as exc:
+            missing.append(str(exc))
+    if len(missing) == 1:
+        raise PretrainedWeightsError(missing[0])
+    if missing:
+        raise PretrainedWeightsError(
+            f"{len(missing)} weights files the config names are missing:\n" + "\n".join(f"{m};" for m in missing)
+        )
     return paths
 
 

@@ -283,11 +283,26 @@ def train_one_epoch(
     return stats
 
 
+def validates_sampled(task: Task, cfg: ExperimentConfig) -> bool:
+    """Whether validation takes the policy's decisions as Gumbel samples (the reference's
+    validation, ``train.adamml.val_decisions: sampled``) instead of the argmax. A run trained
+    to a budget validates at its fitted thresholds, which only deterministic decisions use."""
+    a = cfg.train.adamml
+    return task.kind == "adamml" and a.val_decisions == "sampled" and a.budget is None
+
+
+# The validation draws' seed, beside train.seed: the same noise at every validation of a run,
+# so epochs are compared on the same draws (the reference draws afresh each time, unseeded).
+VALIDATION_SEED_OFFSET = 7_777_777
+
+
 def evaluate(task: Task, loader: DataLoader, cfg: ExperimentConfig, runtime: Runtime) -> dict:
     """The validation metrics of the task's model (fractions; ``score`` ranks checkpoints)."""
     if task.model_cfg is None:
         raise ValueError(f"the {task.kind} task has no model config to evaluate with")
-    return evaluate_model(task.model, loader, task.kind, task.model_cfg, cfg, runtime).metrics
+    sample = validates_sampled(task, cfg)
+    seed = cfg.train.seed + VALIDATION_SEED_OFFSET + 1_009 * runtime.rank
+    return evaluate_model(task.model, loader, task.kind, task.model_cfg, cfg, runtime, sample=sample, seed=seed).metrics
 
 
 def segment_loss_step(multi_label: bool, loss: str = "ce"):

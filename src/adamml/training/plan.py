@@ -4,9 +4,9 @@ A run of the paper's configuration takes days on 8 GPUs; the plan shows what it 
 without reading data or building a network: per stage and epoch what trains and what is
 frozen, the learning rate of every parameter group, the Gumbel temperature, the cost
 weights, the batch each process gets, and where each stage starts from. It reads the same
-functions the training loop does (``adamml_schedule``, ``temperature_plan``, ``validation_due``,
-``finetune_start``),
-so it cannot drift from it.
+functions the training loop does (``adamml_schedule``, ``temperature_plan``, the driver's
+``validation_due`` for every stage, ``finetune_start``), so it cannot drift from it; and it
+ends with this config's setting of every switch docs/fidelity.md names, beside the reference's.
 """
 
 from __future__ import annotations
@@ -19,14 +19,97 @@ from adamml.models.backbones import is_torchvision, parse_torchvision_source, to
 from adamml.models.policy import policy_extractor, policy_weight_sources
 from adamml.runtime.distributed import per_process_batch
 from adamml.runtime.runs import BEST, BEST_ALTERNATE
+from adamml.training.driver import validation_due
 from adamml.training.engine import multistep_lr
 from adamml.training.schedule import (
     adamml_schedule,
     decays_temperature,
     finetune_start,
+    plain_schedule,
     temperature_plan,
-    validation_due,
 )
+
+# The rows of docs/fidelity.md that have a config switch: (the row's "what", its keys, the
+# reference's setting). ``--plan`` prints each with this config's values; a test holds the
+# list and the document to each other.
+REFERENCE_ROWS: list[tuple[str, tuple[str, ...], str]] = [
+    ("Stage-3 validation", ("train.eval_every",), "1"),
+    ("Fine-tune start", ("train.eval_every",), "from the best validated epoch"),
+    ("Gumbel temperature", ("train.adamml.temperature", "train.adamml.temperature_decay"), "5.0 x 0.965"),
+    ("Batch", ("train.batch_size",), "72, global"),
+    ("Synchronised batch norm", ("train.sync_bn",), "true"),
+    ("Learning-rate steps", ("train.adamml.lr_steps",), "[] (its schedulers have no effect)"),
+    ("Fusion-weight learning rate", ("train.adamml.head_lr",), "0.001"),
+    ("Policy extractor learning rate", ("train.adamml.policy_extractor_lr_scale",), "1.0"),
+    ("Frozen side's batch norm and dropout", ("train.adamml.frozen_mode",), "train"),
+    ("Validation decisions", ("train.adamml.val_decisions",), "sampled"),
+    ("Precision", ("train.precision",), "32"),
+    ("Stage 1 clips", ("train.unimodal.train_segments",), "1"),
+    ("Stage 1 audio window", ("train.unimodal.audio_window",), "centre"),
+    ("Losses on ActivityNet / FCVID", ("train.loss",), "ce"),
+    ("Headline metric and selection score", ("data.metric",), "top1"),
+    ("Policy pre-training", ("train.adamml.policy_pretrain_epochs",), "0"),
+    ("Late fusion", ("model.fusion_mode",), "reference"),
+    ("Class-wise / FC fusion", ("model.fusion",), "weighted"),
+    ("Recognition networks' start", ("model.pretrained",), "torchvision ImageNet"),
+    ("Policy extractors' start", ("model.policy.pretrained", "model.policy.audio_backbone"),
+     "ImageNet MobileNetV2 at 160x160, for every extractor"),
+    ("ImageNet weights", ("model.pretrained", "model.policy.pretrained"), "downloaded at run time"),
+    ("Policy joint head", ("model.policy.joint",), "reference"),
+    ("First-conv inflation (flow, RGB difference, audio)", ("model.inflation",), "reference"),
+    ("Test clips", ("data.clip.eval_positions",), "linspace"),
+    ("Training crop", ("data.clip.train_crop",), "reference"),
+    ("Crops of the visual inputs", ("data.clip.crops",), "independent"),
+    ("Test crop", ("data.decode.short_side", "data.clip.crop_size"), "256, 224"),
+    ("Frame rate", ("data.decode.fps",), "null (the source's own)"),
+    ("Flow normalisation", ("data.clip.stack_norm",), "reference"),
+    ("RGB-difference normalisation", ("data.clip.stack_norm",), "reference"),
+]
+
+
+def config_value(cfg: ExperimentConfig, key: str):
+    """The value at a dotted key of ``cfg`` (``train.adamml.frozen_mode``)."""
+    value = cfg
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def show_value(value) -> str:
+    """A config value as a YAML override would write it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {show_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(show_value(v) for v in value) + "]"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def reference_lines(cfg: ExperimentConfig) -> list[str]:
+    """One line per row of docs/fidelity.md with a switch: this config's setting, and the
+    reference's."""
+    lines = ["Against the reference (docs/fidelity.md: each row's switch, this config's setting; the reference's):"]
+    for what, keys, reference in REFERENCE_ROWS:
+        settings = ", ".join(f"{key}={show_value(config_value(cfg, key))}" for key in keys)
+        lines.append(f"  {what}: {settings} (the reference: {reference})")
+    return lines
+
+
+def _validated_text(validated: list[int], epochs: list[int]) -> str:
+    """Which of ``epochs`` (1-based) are validated, in a few words."""
+    if not validated:
+        return "not validated"
+    if validated == epochs:
+        return "validated each epoch"
+    if len(validated) <= 4:
+        return f"validated after epoch{'s' if len(validated) > 1 else ''} {', '.join(map(str, validated))}"
+    steps = {b - a for a, b in zip(validated, validated[1:], strict=False)}
+    if len(steps) == 1:
+        return f"validated every {steps.pop()} epochs ({validated[0]}, {validated[1]}, ..., {validated[-1]})"
+    return f"validated after epochs {validated[0]}, {validated[1]}, ..., {validated[-2]} and {validated[-1]}"
 
 
 def describe_start(source: str | None) -> str:
@@ -126,16 +209,28 @@ def format_plan(cfg: ExperimentConfig, nproc: int = 1) -> str:
     )
     for m in cfg.model.modalities:
         lines.append(f"  {m}: {cfg.model.backbones[m]}, starts from {_weights(cfg, m)}")
+    if "audio" in cfg.model.modalities:
+        where = ("near the video's centre (the middle eighth), as the reference" if u.audio_window == "centre"
+                 else "at the clip's centre, the clip drawn as for any modality")
+        lines.append(f"  audio windows for training drawn {where} (train.unimodal.audio_window: {u.audio_window})")
     rates = {m: u.lr_for(m) for m in cfg.model.modalities}
+    # The driver's own decision (validation_due), epoch by epoch: train.eval_every holds here too.
+    unimodal = plain_schedule(u.epochs)
+    validated = [e + 1 for e in range(u.epochs) if validation_due(cfg, unimodal, e)]
     for a, b, lrs in _ranges([tuple(multistep_lr(r, u.lr_steps, e) for r in rates.values()) for e in range(u.epochs)]):
         said = f"lr {lrs[0]:g}" if len(set(lrs)) == 1 else "lr " + ", ".join(
             f"{m} {lr:g}" for m, lr in zip(rates, lrs, strict=True))
-        lines.append(f"  epochs {a}-{b}: {said}; everything trains; validated each epoch")
+        inside = list(range(a, b + 1))
+        checks = _validated_text([e for e in validated if a <= e <= b], inside)
+        lines.append(f"  epochs {a}-{b}: {said}; everything trains; {checks}")
     f = t.fusion
+    fusion = plain_schedule(f.epochs)
+    fusion_checks = _validated_text([e + 1 for e in range(f.epochs) if validation_due(cfg, fusion, e)],
+                                    list(range(1, f.epochs + 1)))
     lines += [
         "",
         f"Stage 2, fusion ({cfg.model.fusion}): {f.epochs} epochs SGD, recognition lr {f.lr:g}, "
-        f"fusion head lr {f.head_lr:g}; starts from each stage-1 {BEST}",
+        f"fusion head lr {f.head_lr:g}; starts from each stage-1 {BEST}; {fusion_checks}",
         "",
     ]
     a = t.adamml
@@ -183,7 +278,7 @@ def format_plan(cfg: ExperimentConfig, nproc: int = 1) -> str:
         tau_text = "best's" if phase.block == "finetune" else f"{tau:.3f}"
         lines.append(
             f"  {i:>5}  {phase.block:<9}  {phase.trains:<11}  {frozen:<11}  {lrs:<44}  {tau_text:>6}  {loss:<46}  "
-            + ("yes" if validation_due(schedule, i - 1, t.eval_every) else "no")
+            + ("yes" if validation_due(cfg, schedule, i - 1) else "no")
         )
     if first_finetune is not None:
         if finetune_start(schedule, t.eval_every) == "best alternating":
@@ -206,4 +301,10 @@ def format_plan(cfg: ExperimentConfig, nproc: int = 1) -> str:
     if a.budget is not None and a.calibrate:
         lines.append(f"  at each validation the policy's thresholds are fitted so that its cost on the validation "
                      f"split is {a.budget:g} x weighted fusion's; the epoch is scored and saved with them")
+    decided = ("sampled (one seeded Gumbel draw per segment, as the reference)"
+               if a.val_decisions == "sampled" and a.budget is None else "deterministic")
+    frozen = ("stay in train mode (batch-norm statistics move, dropout on), as the reference"
+              if a.frozen_mode == "train" else "are in eval mode")
+    lines.append(f"  validation decisions {decided}; the frozen side's batch norm and dropout {frozen}")
+    lines += ["", *reference_lines(cfg)]
     return "\n".join(lines)

@@ -99,7 +99,8 @@ def prepare_run(
     if data.use_cache:
         cache = VideoCache(Path(data.cache) if data.cache else root / "cache", data.decode)
         d = data.decode
-        settings = f"{d.fps:g} fps, short side {d.short_side}, audio {d.sample_rate} Hz" + (f", {d.flow} flow" if d.flow else "")
+        rate = "the source's own frame rate" if d.fps is None else f"{d.fps:g} fps"
+        settings = f"{rate}, short side {d.short_side}, audio {d.sample_rate} Hz" + (f", {d.flow} flow" if d.flow else "")
         if runtime.is_main:
             t0 = time.perf_counter()
             n_workers = workers or default_workers()

@@ -197,7 +197,8 @@ def train_unimodal(cfg: ExperimentConfig, modality: str, runtime: Runtime, *, re
     model_cfg = unimodal_model_config(cfg.model, modality)
     # The reference trains each unimodal network on one clip per video (train.unimodal.train_segments).
     train_set, val_set, class_names = build_datasets(
-        cfg, modalities=[modality], train_segments=cfg.train.unimodal.train_segments
+        cfg, modalities=[modality], train_segments=cfg.train.unimodal.train_segments,
+        audio_window=cfg.train.unimodal.audio_window,
     )
     seed_everything(cfg.train.seed)  # the initial weights are part of a reproducible run
     model = build_multimodal(model_cfg, cfg.data.clip)
@@ -258,9 +259,11 @@ def adamml_task(model: nn.Module, cfg: ExperimentConfig) -> Task:
             model.unfreeze_recognition()
 
     def set_modes(phase: Phase) -> None:
-        # The frozen side only supplies logits or decisions; sampling still follows
-        # model.training, so the policy keeps drawing decisions while in eval mode.
-        (model.recognition if phase.trains == "policy" else model.policy).eval()
+        # The frozen side only supplies logits or decisions; "eval" stops its dropout and its
+        # batch-norm statistics, "train" (the reference) leaves both on. Sampling follows
+        # model.training either way, so a frozen policy keeps drawing decisions.
+        if tcfg.frozen_mode == "eval":
+            (model.recognition if phase.trains == "policy" else model.policy).eval()
 
     def make_optimizers(phase: Phase) -> dict[str, torch.optim.Optimizer]:
         fusion_params = list(model.fusion.parameters())
