@@ -12,6 +12,7 @@ modalities run, and only those run.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -57,10 +58,12 @@ def stream_windows(
 ) -> Iterator[Window]:
     """Yield consecutive windows of ``window_s`` seconds (the last may be shorter), decoding the
     file once and holding only the current window (and ``audio_margin_s`` of audio around it)."""
-    from adamml.data.video import stream_media  # PyAV: only when a file is read
+    from adamml.data.video import source_frame_rate, stream_media  # PyAV: only when a file is read
 
     if not (window_s > 0 and np.isfinite(window_s)):
         raise WindowError(f"window must be a positive number of seconds, got {window_s}")
+    if settings.fps is None:  # every frame at the source's own rate (data.decode.fps: null)
+        settings = dataclasses.replace(settings, fps=source_frame_rate(path))
     fps, rate_out = float(settings.fps), int(settings.sample_rate)
     per_window = max(1, round(window_s * fps))
     frames: list[np.ndarray] = []  # output frames from frame index `first`

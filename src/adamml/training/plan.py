@@ -50,7 +50,7 @@ REFERENCE_ROWS: list[tuple[str, tuple[str, ...], str]] = [
     ("Headline metric and selection score", ("data.metric",), "top1"),
     ("Policy pre-training", ("train.adamml.policy_pretrain_epochs",), "0"),
     ("Late fusion", ("model.fusion_mode",), "reference"),
-    ("Class-wise / FC fusion", ("model.fusion",), "weighted"),
+    ("Class-wise / FC fusion", ("model.fusion",), "weighted (class-wise and FC do not run)"),
     ("Recognition networks' start", ("model.pretrained",), "torchvision ImageNet"),
     ("Policy extractors' start", ("model.policy.pretrained", "model.policy.audio_backbone"),
      "ImageNet MobileNetV2 at 160x160, for every extractor"),
