@@ -413,3 +413,18 @@ def test_clean_data_is_discovered_without_a_warning(tmp_path: Path) -> None:
         warnings.simplefilter("error")
         discover(tmp_path, "train")
         read_csv(tmp_path / "val.csv", tmp_path)
+
+
+def test_camcorder_and_broadcast_containers_are_videos_and_other_files_are_named_when_skipped(tmp_path: Path) -> None:
+    from adamml.data.formats import DiscoveryWarning
+
+    for name in ("a.ts", "b.MTS", "c.m2ts", "d.ogv", "e.mp4"):
+        touch(tmp_path / "train" / "cat" / name)
+    touch(tmp_path / "train" / "cat" / "notes.txt")
+    touch(tmp_path / "train" / "cat" / ".DS_Store")  # hidden files are nobody's videos: not named
+    with pytest.warns(DiscoveryWarning) as caught:
+        entries, _ = discover(tmp_path, "train")
+    assert sorted(e.path.name for e in entries) == ["a.ts", "b.MTS", "c.m2ts", "d.ogv", "e.mp4"]
+    said = [str(w.message) for w in caught]
+    assert any("1 file(s) without a video extension skipped" in m and "notes.txt" in m for m in said)
+    assert not any(".DS_Store" in m for m in said)

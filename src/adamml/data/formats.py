@@ -41,6 +41,7 @@ from adamml.errors import AdamMLError
 
 VIDEO_EXTENSIONS: tuple[str, ...] = (
     ".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp",
+    ".ts", ".mts", ".m2ts", ".ogv", ".vob", ".3g2", ".asf", ".f4v", ".mxf",
 )
 LABEL_SEPARATORS = re.compile(r"[;|]")
 
@@ -287,6 +288,7 @@ def read_class_folders(
     entries: list[VideoEntry] = []
     nested: list[Path] = []
     broken: list[Path] = []
+    other: list[Path] = []
     empty: list[str] = []
     for folder in folders:
         if folder.name not in names:
@@ -304,6 +306,8 @@ def read_class_folders(
                 nested.append(video)
             elif video.is_symlink() and not video.exists():
                 broken.append(video)
+            elif video.is_file() and not video.name.startswith("."):
+                other.append(video)
         if not found:
             empty.append(folder.name)
     if not entries:
@@ -315,6 +319,9 @@ def read_class_folders(
               f"<class>/<video> only): {_named(nested)}")
     if broken:
         _warn(f"{split_dir}: {len(broken)} broken link(s) skipped: {_named(broken)}")
+    if other:
+        _warn(f"{split_dir}: {len(other)} file(s) without a video extension skipped (a video needs one of "
+              f"{', '.join(VIDEO_EXTENSIONS)}): {_named(other)}")
     if empty:
         _warn(f"{split_dir}: {len(empty)} class folder(s) hold no video, yet count as classes: {_named(empty)}")
     return entries, names
