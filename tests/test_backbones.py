@@ -329,3 +329,19 @@ def test_run_summary_names_every_start_and_says_when_they_were_dropped():
     assert "rgb resnet50 from random" in line and "audio copied from the stage-1 audio network; rgb random" in line
     assert "torchvision" not in line
     assert "--allow-random-start" in dropped[0]
+
+
+def test_the_summary_says_a_cut_extractor_is_copied_from_stage_1_when_it_is():
+    from adamml.config_files import load_config
+    from adamml.models.adamml import build_adamml
+    from adamml.training.plan import start_lines
+    from adamml.training.stages import init_policy_from_recognition
+
+    cfg = load_config("default")
+    cfg.model.num_classes = 5
+    (line,) = start_lines(cfg)
+    assert "audio copied from the stage-1 audio network; rgb copied from the stage-1 rgb network" in line
+    model = build_adamml(cfg.model, cfg.data.clip)
+    assert sorted(init_policy_from_recognition(model)) == ["audio", "rgb"]
+    first = "features.0.0.weight"
+    assert torch.equal(model.policy.extractors["rgb"].state_dict()[first], model.recognition["rgb"].state_dict()[first])

@@ -343,6 +343,8 @@ def fit(
     tcfg = cfg.train
     run_dir = Path(run_dir)
     model = task.model.to(runtime.device)
+    if tcfg.channels_last:
+        model.to(memory_format=torch.channels_last)
     scaler = make_scaler(runtime, tcfg.precision)
     last_path = run_dir / "last.pt"
     run = RunState()

@@ -153,11 +153,11 @@ def start_lines(cfg: ExperimentConfig) -> list[str]:
 
 
 def _extractor_backbone(cfg: ExperimentConfig, source: str) -> str | None:
-    """The backbone of the policy's extractor for ``source``, or None when it is cut or
-    narrowed: then it cannot take a stage-1 network's weights (the audio network's own
-    backbone can, cut or not)."""
+    """The backbone of the policy's extractor for ``source``, or None when it is narrowed:
+    then it cannot take a stage-1 network's weights. A cut one at full width takes that
+    network's first blocks (as init_policy_from_recognition copies them)."""
     choice = policy_extractor(cfg.model, source)
-    return choice.backbone if choice.own_audio or choice.whole else None
+    return choice.backbone if choice.own_audio or choice.width_mult == 1.0 else None
 
 
 def _policy_starts(cfg: ExperimentConfig) -> str:
