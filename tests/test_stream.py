@@ -148,3 +148,16 @@ def test_missing_files_and_kinds_of_source() -> None:
         list(LiveSource("/nonexistent/cam.ts", SETTINGS))
     assert [describe(s) for s in ("rtsp://cam/1", "https://x/y.m3u8", "/dev/video0", "-", "a.ts")] == [
         "network", "network", "camera", "stdin", "file"]
+
+
+def test_frames_the_reader_skips_are_never_converted(tmp_path: Path) -> None:
+    """``skip`` is asked before each output frame is converted: those come with no image."""
+    path = tmp_path / "clip.ts"
+    assert write_ts(path, 2.0).wait(timeout=30) == 0
+    asked = []
+    frames = [item for item in LiveSource(str(path), SETTINGS, follow_idle_s=0.1,
+                                          skip=lambda i: asked.append(i) or 4 <= i < 12)
+              if isinstance(item, StreamFrame)]
+    assert asked == list(range(16)) and [f.index for f in frames] == list(range(16))
+    assert [f.image is None for f in frames] == [4 <= i < 12 for i in range(16)]
+    assert all(f.image.shape[0] == 32 for f in frames if f.image is not None)
