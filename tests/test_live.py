@@ -16,11 +16,11 @@ from adamml.models.policy import build_policy
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _calibrated_policy(clip: ClipSettings, batch: dict[str, torch.Tensor]):
+def _calibrated_policy(clip: ClipSettings, batch: dict[str, torch.Tensor], joint: str = "adamml"):
     torch.manual_seed(0)
     cfg = ModelConfig(modalities=["rgb", "audio"], backbones={"rgb": "resnet_tiny", "audio": "mobilenet_v2_tiny"},
                       num_classes=5, policy=PolicyConfig(backbone="mobilenet_v2_tiny", frames=2, resolution=24,
-                                                         joint_dim=32, hidden_size=16))
+                                                         joint_dim=32, hidden_size=16, joint=joint))
     policy = build_policy(cfg, clip)
     for m in policy.modules():  # batch-norm statistics from the batch: random nets otherwise say the same
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
@@ -32,11 +32,12 @@ def _calibrated_policy(clip: ClipSettings, batch: dict[str, torch.Tensor]):
     return policy.eval()
 
 
-def test_policy_stepped_k_times_equals_forward_over_k_segments() -> None:
+@pytest.mark.parametrize("joint", ["adamml", "reference"])  # reference: the paper configs' joint head
+def test_policy_stepped_k_times_equals_forward_over_k_segments(joint: str) -> None:
     clip = ClipSettings(num_segments=6, frames_per_segment=4, stack_length=0, crop_size=24)
     g = torch.Generator().manual_seed(1)
     batch = {"rgb": torch.randn(3, 6, 4, 3, 24, 24, generator=g), "audio": torch.randn(3, 6, 1, 32, 32, generator=g)}
-    policy = _calibrated_policy(clip, batch)
+    policy = _calibrated_policy(clip, batch, joint)
     inputs = policy.policy_inputs(batch)
     with torch.no_grad():
         margins = policy(inputs, temperature=1.0, sample=False).logits.diff(dim=-1)[..., 0]

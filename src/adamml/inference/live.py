@@ -437,6 +437,7 @@ def run_live(
     simulate_compute_s: float = 0.0,
     plan: bool = True,
     expect: dict[str, float] | None = None,
+    skip_behind: bool = True,
     predictor=None,
 ) -> LiveRun:
     """Decide and score each segment of ``source`` as it arrives; ``bundle`` is a
@@ -455,7 +456,8 @@ def run_live(
     a slower machine would keep up. ``plan``: measure at start whether the model keeps up
     (``LiveRun.plan``, :class:`LivePlan`; a warm-up of two passes over the networks) at the
     selection rates ``expect`` (modality -> share of segments; default: what ``budget``
-    allows, else every modality on every segment).
+    allows, else every modality on every segment). ``skip_behind`` False: the reader converts
+    every frame and only the queue drops (to compare).
     Source errors end the iteration with :class:`~adamml.data.stream.StreamError` after the
     events so far; ``LiveRun.summary`` then holds the error too.
     """
@@ -499,7 +501,7 @@ def run_live(
                                 follow_idle_s=follow_idle_s, timeout_s=timeout_s,
                                 queue_segments=queue_segments, on_full=on_full, span_frames=span_frames,
                                 span_s=span_s, format=format, simulate_compute_s=simulate_compute_s, clip=clip,
-                                settings=settings)
+                                settings=settings, skip_behind=skip_behind)
 
     return LiveRun(generate, live_plan)
 
@@ -575,7 +577,7 @@ def measure_plan(predictor, rates: dict[str, float], *, simulate_compute_s: floa
 
 def _live_events(run: LiveRun, predictor, source: str, *, mode, window, running, max_lag_s, budget, topk, pace,
                  follow_idle_s, timeout_s, queue_segments, on_full, span_frames, span_s, format, simulate_compute_s,
-                 clip: ClipSettings, settings) -> Iterator[LiveEvent]:
+                 clip: ClipSettings, settings, skip_behind: bool = True) -> Iterator[LiveEvent]:
     model, model_cfg, names = predictor.model, predictor.model_cfg, predictor.class_names
     policy = model.policy
     modalities = list(model_cfg.modalities)
@@ -607,7 +609,7 @@ def _live_events(run: LiveRun, predictor, source: str, *, mode, window, running,
         return decided[1]
 
     source_obj = LiveSource(source, settings, pace=pace, follow_idle_s=follow_idle_s, timeout_s=timeout_s,
-                            format=format, skip=skip)
+                            format=format, skip=skip if skip_behind else None)
 
     def hand_on(segment) -> None:
         if isinstance(segment, _Skipped):
