@@ -170,13 +170,13 @@ def test_when_compute_falls_behind_segments_are_dropped_counted_and_nothing_queu
 
 def test_the_plan_at_start_says_whether_the_model_keeps_up_or_the_span_it_would(bundle, clip_file) -> None:
     """Measured on the model's own networks before the stream is read: the tiny model keeps
-    up with its 0.875 s segments; throttled to 0.6 s a segment on a 4x replay (0.22 s of
+    up with 7 s segments (a margin any loaded machine meets); throttled to 0.6 s a segment on a 4x replay (0.22 s of
     wall time a segment) it cannot, and names a span it keeps up with; at that span the
     throttled run drops nothing."""
     from adamml.inference.live import KEEP_UP_SHARE, run_live
 
-    fast = run_live(bundle, str(clip_file), pace=1.0).plan
-    assert fast.keeps_up and fast.segment_s == 0.875
+    fast = run_live(bundle, str(clip_file), pace=1.0, span_s=7.0).plan
+    assert fast.keeps_up and fast.segment_s == 7.0 and fast.min_span_s == 7.0
     assert set(fast.parts_s) == {"inputs", "policy", "rgb", "audio"}
     assert fast.compute_s == pytest.approx(sum(fast.parts_s.values()), abs=1e-3)  # every modality on (rate 1)
     assert fast.describe().startswith("keeps up: compute ")
@@ -302,7 +302,9 @@ def test_live_command_prints_one_json_object_per_segment_and_records_the_timelin
     assert code == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     plan, segments, summary = lines[0]["plan"], lines[1:-1], lines[-1]["summary"]
-    assert plan["keeps_up"] and plan["statement"].startswith("keeps up: compute")  # said first
+    # Said first; whether this tiny model keeps up depends on the machine's load.
+    assert plan["statement"].startswith("keeps up: compute" if plan["keeps_up"] else "cannot keep up at this span")
+    assert plan["segment_s"] == 0.875 and plan["rates"] == {"rgb": 1.0, "audio": 1.0}
     assert [s["index"] for s in segments] == list(range(8))
     assert set(segments[0]) >= {"start_s", "end_s", "decisions", "gflops", "top", "running", "latency_s", "lag_s"}
     assert summary["segments"] == 8 and summary["error"] is None
@@ -339,7 +341,7 @@ def test_ctrl_c_ends_the_live_command_with_its_summary(checkpoint, clip_file) ->
     first = proc.stdout.readline()  # a segment came out: the run is under way
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
-    assert plan.startswith("plan: keeps up") and " GFLOPs " in first
+    assert plan.startswith(("plan: keeps up", "plan: cannot keep up")) and " GFLOPs " in first
     assert proc.returncode == 0, err
     summary = out.strip().splitlines()[-1]
     assert "segments of" in summary and summary.endswith("interrupted")

@@ -156,6 +156,10 @@ def run(args: argparse.Namespace) -> int:
             live.summary.interrupted = True
     except StreamError as exc:
         error = " ".join(str(exc).split())
+    if shown:
+        import cv2
+
+        cv2.destroyAllWindows()
     summary = live.summary
     if summary is not None:
         print(json.dumps({"summary": summary.to_json()}) if args.json else format_summary(summary), flush=True)
