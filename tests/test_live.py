@@ -16,11 +16,11 @@ from adamml.models.policy import build_policy
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _calibrated_policy(clip: ClipSettings, batch: dict[str, torch.Tensor]):
+def _calibrated_policy(clip: ClipSettings, batch: dict[str, torch.Tensor], joint: str = "adamml"):
     torch.manual_seed(0)
     cfg = ModelConfig(modalities=["rgb", "audio"], backbones={"rgb": "resnet_tiny", "audio": "mobilenet_v2_tiny"},
                       num_classes=5, policy=PolicyConfig(backbone="mobilenet_v2_tiny", frames=2, resolution=24,
-                                                         joint_dim=32, hidden_size=16))
+                                                         joint_dim=32, hidden_size=16, joint=joint))
     policy = build_policy(cfg, clip)
     for m in policy.modules():  # batch-norm statistics from the batch: random nets otherwise say the same
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
@@ -32,11 +32,12 @@ def _calibrated_policy(clip: ClipSettings, batch: dict[str, torch.Tensor]):
     return policy.eval()
 
 
-def test_policy_stepped_k_times_equals_forward_over_k_segments() -> None:
+@pytest.mark.parametrize("joint", ["adamml", "reference"])  # reference: the paper configs' joint head
+def test_policy_stepped_k_times_equals_forward_over_k_segments(joint: str) -> None:
     clip = ClipSettings(num_segments=6, frames_per_segment=4, stack_length=0, crop_size=24)
     g = torch.Generator().manual_seed(1)
     batch = {"rgb": torch.randn(3, 6, 4, 3, 24, 24, generator=g), "audio": torch.randn(3, 6, 1, 32, 32, generator=g)}
-    policy = _calibrated_policy(clip, batch)
+    policy = _calibrated_policy(clip, batch, joint)
     inputs = policy.policy_inputs(batch)
     with torch.no_grad():
         margins = policy(inputs, temperature=1.0, sample=False).logits.diff(dim=-1)[..., 0]
@@ -161,6 +162,42 @@ def test_when_compute_falls_behind_segments_are_dropped_counted_and_nothing_queu
     assert max(lags) <= 3 * max(e.compute_s for e in events) + 0.5  # ... by a bounded amount: two queued + one computing
     assert summary.realtime_fraction > 1.0  # it could not keep up, and says so
     assert [e.dropped_frames for e in events] == sorted(e.dropped_frames for e in events)
+    # The reader saw it was behind (the queue full as a segment began) and dropped those
+    # frames before converting them.
+    assert 0 < summary.dropped_unconverted <= summary.dropped_frames
+    assert summary.dropped_unconverted % 7 == 0
+
+
+def test_the_plan_at_start_says_whether_the_model_keeps_up_or_the_span_it_would(bundle, clip_file) -> None:
+    """Measured on the model's own networks before the stream is read: the tiny model keeps
+    up with 7 s segments (a margin any loaded machine meets); throttled to 0.6 s a segment on a 4x replay (0.22 s of
+    wall time a segment) it cannot, and names a span it keeps up with; at that span the
+    throttled run drops nothing."""
+    import dataclasses
+
+    from adamml.inference.live import KEEP_UP_SHARE, run_live
+
+    fast = run_live(bundle, str(clip_file), pace=1.0, span_s=7.0).plan
+    assert fast.keeps_up and fast.segment_s == 7.0 and fast.min_span_s == 7.0
+    assert set(fast.parts_s) == {"inputs", "policy", "rgb", "audio"}
+    assert fast.compute_s == pytest.approx(sum(fast.parts_s.values()), abs=1e-3)  # every modality on (rate 1)
+    assert fast.describe().startswith("keeps up: compute ")
+    slow = run_live(bundle, str(clip_file), pace=4.0, simulate_compute_s=0.6, expect={"rgb": 0.5}).plan
+    assert not slow.keeps_up and slow.rates == {"rgb": 0.5, "audio": 1.0}
+    assert slow.compute_s == pytest.approx(0.6 + slow.parts_s["inputs"] + slow.parts_s["policy"]
+                                           + 0.5 * slow.parts_s["rgb"] + slow.parts_s["audio"], abs=1e-3)
+    assert slow.min_span_s >= slow.compute_s * 4.0 / KEEP_UP_SHARE - 1e-9
+    assert slow.min_span_s - 1 / FPS < slow.compute_s * 4.0 / KEEP_UP_SHARE  # the shortest whole-frame span
+    line = slow.describe()
+    assert line.startswith("cannot keep up at this span: compute ") and f"--span {slow.min_span_s:.2f}" in line
+    assert dataclasses.replace(slow).resolve(slow.min_span_s, FPS).keeps_up  # the same compute, that span
+    run = run_live(bundle, str(clip_file), pace=4.0, simulate_compute_s=0.6, span_s=slow.min_span_s,
+                   follow_idle_s=0.2, plan=False)
+    events = list(run)
+    assert events[0].end_s - events[0].start_s == pytest.approx(round(slow.min_span_s * FPS) / FPS)
+    assert run.summary.dropped_frames == 0
+    with pytest.raises(AdamMLError, match="shorter than the model's own segment"):
+        run_live(bundle, str(clip_file), span_s=0.5)
 
 
 def test_max_lag_drops_what_would_be_scored_too_late(bundle, clip_file) -> None:
@@ -266,7 +303,10 @@ def test_live_command_prints_one_json_object_per_segment_and_records_the_timelin
                          "--follow-idle", "0.2", "--record", str(png))
     assert code == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    segments, summary = lines[:-1], lines[-1]["summary"]
+    plan, segments, summary = lines[0]["plan"], lines[1:-1], lines[-1]["summary"]
+    # Said first; whether this tiny model keeps up depends on the machine's load.
+    assert plan["statement"].startswith("keeps up: compute" if plan["keeps_up"] else "cannot keep up at this span")
+    assert plan["segment_s"] == 0.875 and plan["rates"] == {"rgb": 1.0, "audio": 1.0}
     assert [s["index"] for s in segments] == list(range(8))
     assert set(segments[0]) >= {"start_s", "end_s", "decisions", "gflops", "top", "running", "latency_s", "lag_s"}
     assert summary["segments"] == 8 and summary["error"] is None
@@ -299,10 +339,11 @@ def test_ctrl_c_ends_the_live_command_with_its_summary(checkpoint, clip_file) ->
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen([sys.executable, "-c", script, str(clip_file), "--checkpoint", str(checkpoint),
                              "--pace", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    plan = proc.stdout.readline()
     first = proc.stdout.readline()  # a segment came out: the run is under way
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=30)
-    assert " GFLOPs " in first
+    assert plan.startswith(("plan: keeps up", "plan: cannot keep up")) and " GFLOPs " in first
     assert proc.returncode == 0, err
     summary = out.strip().splitlines()[-1]
     assert "segments of" in summary and summary.endswith("interrupted")
@@ -319,9 +360,37 @@ def test_predict_live_and_model_stream_give_the_live_commands_segments(checkpoin
     words = ["--checkpoint", str(checkpoint), "--json", "--mode", "window", "4", "--follow-idle", "0.2"]
     assert main(["predict", "--live", str(clip_file), *words]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    segments = lines[:-1]
+    segments = lines[1:-1]
     model = adamml.load(checkpoint)
     events = list(model.stream(clip_file, mode="window", window=4, follow_idle_s=0.2, on_full="block"))
     assert [e.to_json()["decisions"] for e in events] == [s["decisions"] for s in segments]
     assert main(["predict", "--live", str(clip_file), str(clip_file), "--checkpoint", str(checkpoint)]) == 2
     assert "--live reads one stream" in capsys.readouterr().err
+
+
+def test_show_without_a_display_says_why_and_exits_before_reading(tmp_path: Path, monkeypatch, capsys) -> None:
+    """Neither the checkpoint nor the source exist: the display is checked before either is
+    read, with one line that says why and what writes the timeline instead."""
+    from adamml.cli import main
+
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    code = main(["predict", "--live", str(tmp_path / "none.ts"), "--checkpoint", str(tmp_path / "none.pt"), "--show"])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    assert err.strip().count("\n") == 0
+    assert "--show: no display" in err and "--record" in err
+
+
+def test_the_live_timeline_draws_the_leading_classes_and_a_strip_per_modality(bundle, clip_file) -> None:
+    from adamml.inference.live import draw_timeline, run_live
+
+    events = list(run_live(bundle, str(clip_file), on_full="block", follow_idle_s=0.2, plan=False))
+    image = draw_timeline(events, bundle.class_names, ["rgb", "audio"], segments=8, width=400)
+    assert image.shape == (220 + 2 * 22 + 40, 400, 3) and image.dtype == np.uint8
+    step = (400 - 150 - 10) / 8
+    for row, m in enumerate(["rgb", "audio"]):  # the strip is dark where the modality ran
+        centre_y = 220 + row * 22 + 11
+        cells = [int(image[centre_y, int(150 + (i + 0.5) * step)].mean()) < 128 for i in range(8)]
+        assert cells == [e.decisions[m] for e in events]
+    assert (image[10:210, 151:389] != 255).any(axis=-1).sum() > 100  # the class curves

@@ -4,8 +4,6 @@ are not media, audio placed by its time stamps."""
 from __future__ import annotations
 
 import subprocess
-import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -13,48 +11,16 @@ import numpy as np
 import pytest
 
 from adamml.config import DecodeSettings
+from adamml.data.live_producer import start as start_producer
 from adamml.data.stream import LiveSource, StreamAudio, StreamError, StreamFrame, describe
 
 SETTINGS = DecodeSettings(fps=8.0, short_side=32, sample_rate=8000)
 
-# Writes MPEG-TS (H.264 + AAC) at real-time pace, flushing every packet, as a camera relay or
-# `ffmpeg -re ... -f mpegts` would: argv = path, seconds, fps, pace (1 = real time).
-WRITER = textwrap.dedent('''
-    import sys, time
-    import av, numpy as np
-    path, seconds, fps, pace = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
-    out = av.open(path, "w", format="mpegts", options={"flush_packets": "1"})
-    video = out.add_stream("libx264", rate=fps)
-    video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
-    video.options = {"preset": "ultrafast", "tune": "zerolatency"}
-    audio = out.add_stream("aac", rate=8000, layout="mono")
-    start, sent = time.perf_counter(), 0
-    for i in range(int(seconds * fps)):
-        image = np.full((48, 64, 3), (i * 9) % 255, np.uint8)
-        for packet in video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-            out.mux(packet)
-        while sent < (i + 1) * 8000 // fps:
-            wave = 0.5 * np.sin(np.arange(sent, sent + 1024) / 8000 * 2 * np.pi * 440)
-            frame = av.AudioFrame.from_ndarray(wave[None].astype(np.float32), format="fltp", layout="mono")
-            frame.sample_rate, frame.pts = 8000, sent
-            sent += 1024
-            for packet in audio.encode(frame):
-                out.mux(packet)
-        delay = start + (i + 1) / fps / pace - time.perf_counter()
-        if delay > 0:
-            time.sleep(delay)
-    for stream in (video, audio):
-        for packet in stream.encode():
-            out.mux(packet)
-    out.close()
-''')
-
-
 def write_ts(path: Path, seconds: float, *, pace: float = 100.0) -> subprocess.Popen:
-    """Start the writer; ``pace`` 1 writes in real time."""
-    script = path.with_suffix(".writer.py")
-    script.write_text(WRITER)
-    return subprocess.Popen([sys.executable, str(script), str(path), str(seconds), "8", str(pace)])
+    """Start a writer process of MPEG-TS (H.264 + AAC, 64x48 at 8 fps, a 440 Hz tone at
+    8 kHz), flushed every packet; ``pace`` 1 writes in real time."""
+    return start_producer(path, seconds, kind="flat", fps=8, width=64, height=48, sample_rate=8000, layout="mono",
+                          pace=pace)
 
 
 def cut_inside_a_video_packet(whole: Path, cut: Path, after_s: float) -> Path:
@@ -148,3 +114,16 @@ def test_missing_files_and_kinds_of_source() -> None:
         list(LiveSource("/nonexistent/cam.ts", SETTINGS))
     assert [describe(s) for s in ("rtsp://cam/1", "https://x/y.m3u8", "/dev/video0", "-", "a.ts")] == [
         "network", "network", "camera", "stdin", "file"]
+
+
+def test_frames_the_reader_skips_are_never_converted(tmp_path: Path) -> None:
+    """``skip`` is asked before each output frame is converted: those come with no image."""
+    path = tmp_path / "clip.ts"
+    assert write_ts(path, 2.0).wait(timeout=30) == 0
+    asked = []
+    frames = [item for item in LiveSource(str(path), SETTINGS, follow_idle_s=0.1,
+                                          skip=lambda i: asked.append(i) or 4 <= i < 12)
+              if isinstance(item, StreamFrame)]
+    assert asked == list(range(16)) and [f.index for f in frames] == list(range(16))
+    assert [f.image is None for f in frames] == [4 <= i < 12 for i in range(16)]
+    assert all(f.image.shape[0] == 32 for f in frames if f.image is not None)

@@ -251,7 +251,9 @@ class Model:
         """Decisions and scores per segment of a live source as it arrives (a URL, a camera,
         a growing file, ``-``): a :class:`~adamml.inference.live.LiveRun` to iterate for
         :class:`~adamml.inference.live.LiveEvent`; ``options`` are
-        :func:`~adamml.inference.live.run_live`'s (mode, running, max_lag_s, budget, ...)."""
+        :func:`~adamml.inference.live.run_live`'s (mode, running, max_lag_s, budget, span_s,
+        expect, ...). Its ``plan`` (:class:`~adamml.inference.live.LivePlan`), measured before
+        the stream is read, says whether the model keeps up or the span it would keep up with."""
         from adamml.inference.live import run_live  # PyAV streams: only when one is read
 
         return run_live(self.loaded, str(source), predictor=self.predictor, **options)

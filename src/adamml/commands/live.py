@@ -2,21 +2,24 @@
 
 SOURCE is an ``rtsp://`` / ``http(s)://`` URL, a camera (``/dev/video0``), a file still being
 written (MPEG-TS, MKV or fragmented MP4, followed to its end) or ``-`` (a container on
-standard input). Each segment prints as soon as it is decided: its time span, which
-modalities ran, GFLOPs, its top classes, the running top classes, latency and lag. Ctrl-C
-ends the run with its summary.
+standard input). It first says whether the model keeps up with the segment span (the
+compute per segment measured at start on its own networks) or the span it would keep up
+with; then each segment prints as soon as it is decided: its time span, which modalities
+ran, GFLOPs, its top classes, the running top classes, latency and lag. Ctrl-C ends the
+run with its summary.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import warnings
 
 from adamml.data.stream import StreamError
 from adamml.errors import AdamMLError
-from adamml.inference.live import events_timeline, run_live
+from adamml.inference.live import display_problem, draw_timeline, events_timeline, run_live
 from adamml.inference.windows import plot_timeline
 from adamml.models.build import model_from_checkpoint
 from adamml.models.thresholds import parse_budget
@@ -44,6 +47,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--follow-idle", type=float, default=3.0, metavar="S",
                         help="a file has ended once it has not grown for S seconds")
     parser.add_argument("--format", default=None, help="the container format when it cannot be probed (mpegts, matroska)")
+    add_stream_options(parser)
+
+
+def add_stream_options(group) -> None:
+    """Options of a live run that ``predict --live`` shares (an argparse parser or group)."""
+    group.add_argument("--show", action="store_true",
+                       help="draw the live timeline in a window (needs a display and an OpenCV with a GUI)")
+    group.add_argument("--span", type=float, default=None, metavar="S",
+                       help="seconds per segment (default: the model's own span); a longer span lets a slow "
+                       "machine keep up, its clip placed at the segment's centre")
+    group.add_argument("--expect", nargs="+", default=None, metavar="MOD=R",
+                       help="the share of segments each modality is expected to run on, for the keep-up "
+                       "statement at start (e.g. rgb=0.5; default: what --budget allows, else all)")
+
+
+def _expect(words: list[str] | None) -> dict[str, float] | None:
+    if not words:
+        return None
+    rates = {}
+    for word in words:
+        name, _, value = word.partition("=")
+        try:
+            rates[name] = float(value)
+        except ValueError:
+            raise AdamMLError(f"--expect {word}: expected MODALITY=RATE, e.g. rgb=0.5") from None
+    return rates
 
 
 def _mode(words: list[str]) -> tuple[str, int | None]:
@@ -80,31 +109,57 @@ def format_summary(summary) -> str:
     return text + ("; interrupted" if summary.interrupted else "")
 
 
-def run(args: argparse.Namespace) -> int:
+def format_plan(plan) -> str:
+    return f"plan: {plan.describe()}"
 
+
+def run(args: argparse.Namespace) -> int:
+    show = getattr(args, "show", False)
+    if show:  # before anything is loaded or read
+        problem = display_problem()
+        if problem:
+            raise AdamMLError(f"--show: {problem}; --record timeline.png writes the timeline at the end instead")
     mode, window = _mode(args.mode)
     budget = parse_budget(args.budget) if args.budget else None
+    expect = _expect(getattr(args, "expect", None))
     bundle = model_from_checkpoint(args.checkpoint)
     live = run_live(bundle, args.source, mode=mode, window=window, running=args.running, max_lag_s=args.max_lag,
                     budget=budget, topk=args.topk, device=args.device, pace=args.pace,
-                    follow_idle_s=args.follow_idle, format=args.format)
-    recorded = []
+                    follow_idle_s=args.follow_idle, format=args.format, span_s=getattr(args, "span", None),
+                    expect=expect)
+    said = False
+
+    def say_plan() -> None:
+        nonlocal said
+        if not said and live.plan is not None and live.plan.segment_s is not None:
+            said = True
+            print(json.dumps({"plan": live.plan.to_json()}) if args.json else format_plan(live.plan), flush=True)
+
+    say_plan()  # at start, when the config fixes the frame rate; else with the first segment
+    recorded, shown = [], []
     error = None
     try:
         with warnings.catch_warnings():
             if args.json:
                 warnings.simplefilter("ignore")
             for event in live:
+                say_plan()
                 if args.record:
-                    event.scores = None  # the running scores are what the plot shows
-                    recorded.append(event)
+                    recorded.append(dataclasses.replace(event, scores=None))  # the plot shows the running scores
                 print(json.dumps(event.to_json()) if args.json else format_event(event), flush=True)
+                if show and not _show(shown, event, bundle):
+                    live.close()
+                    break
     except KeyboardInterrupt:
         live.close()
         if live.summary is not None:
             live.summary.interrupted = True
     except StreamError as exc:
         error = " ".join(str(exc).split())
+    if shown:
+        import cv2
+
+        cv2.destroyAllWindows()
     summary = live.summary
     if summary is not None:
         print(json.dumps({"summary": summary.to_json()}) if args.json else format_summary(summary), flush=True)
@@ -117,6 +172,18 @@ def run(args: argparse.Namespace) -> int:
         print(f"adamml predict --live: {error} ({summary.segments if summary else 0} segments kept)", file=sys.stderr)
         return 1
     return 0
+
+
+def _show(shown: list, event, bundle, keep: int = 60) -> bool:
+    """Draw the timeline in its window; False once the window is closed or q is pressed."""
+    import cv2
+
+    shown.append(event)
+    del shown[:-keep]
+    title = "adamml live (q: stop)"
+    cv2.imshow(title, draw_timeline(shown, bundle.class_names, list(bundle.modalities), segments=keep))
+    key = cv2.waitKey(1) & 0xFF
+    return key != ord("q") and cv2.getWindowProperty(title, cv2.WND_PROP_VISIBLE) >= 1
 
 
 def _clock(seconds: float) -> str:

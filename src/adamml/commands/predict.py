@@ -68,6 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     live.add_argument("--follow-idle", type=float, default=3.0, metavar="S",
                       help="a growing file has ended once it has not grown for S seconds")
     live.add_argument("--format", default=None, help="the container format when it cannot be probed (mpegts, matroska)")
+    live_command.add_stream_options(live)
     batch = parser.add_argument_group("a corpus into JSON lines (see docs/scale-out.md)")
     batch.add_argument("--out", type=Path, default=None,
                        help="write one JSON line per video here; resumable, with a manifest beside it")

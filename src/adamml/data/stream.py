@@ -23,7 +23,7 @@ import math
 import struct
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -49,10 +49,11 @@ class StreamError(VideoDecodeError):
 @dataclass
 class StreamFrame:
     """One output frame: ``index`` at the model's frame rate (time ``index / fps`` from the
-    first frame), uint8 (H, W, 3) at the config's short side, and the wall time it arrived."""
+    first frame), uint8 (H, W, 3) at the config's short side (None: skipped, never
+    converted), and the wall time it arrived."""
 
     index: int
-    image: np.ndarray
+    image: np.ndarray | None
     arrival: float
 
 
@@ -245,10 +246,14 @@ class LiveSource:
 
     ``pace``: read a finished file at this multiple of its own speed (1: real time, as
     ``ffmpeg -re``), to replay it as if it were live; None: as fast as it comes.
+    ``skip``: asked with each output frame's index before it is converted; True hands the
+    frame on with no image (a reader that has fallen behind drops frames before paying for
+    their conversion and resizing, not after).
     """
 
     def __init__(self, source: str, settings: DecodeSettings, *, pace: float | None = None,
-                 follow_idle_s: float = 3.0, timeout_s: float = 10.0, format: str | None = None) -> None:
+                 follow_idle_s: float = 3.0, timeout_s: float = 10.0, format: str | None = None,
+                 skip: Callable[[int], bool] | None = None) -> None:
         if pace is not None and pace <= 0:
             raise ValueError(f"pace must be positive, got {pace}")
         self.source = str(source)
@@ -257,6 +262,7 @@ class LiveSource:
         self.follow_idle_s = follow_idle_s
         self.timeout_s = timeout_s
         self.format = format
+        self.skip = skip
         self.has_audio: bool | None = None  # known once opened
         self.source_fps: float | None = None
         self.fps: float | None = None  # output frame rate (the config's, or the source's)
@@ -278,7 +284,7 @@ class LiveSource:
             self.has_audio = astream is not None
             self.source_fps = rate = _frame_rate(vstream)
             self.fps = float(self.settings.fps or rate)
-            resampler = _FrameResampler(self.fps, self.settings.short_side)
+            resampler = _SkippingResampler(self.fps, self.settings.short_side, self.skip)
             audio = _AudioAligner(int(self.settings.sample_rate)) if astream is not None else None
             streams = [vstream] + ([astream] if astream is not None else [])
             origin: float | None = None
@@ -324,6 +330,19 @@ class LiveSource:
             container.close()
             if reader is not None:
                 reader.close()
+
+
+class _SkippingResampler(_FrameResampler):
+    """The file reader's frame picker, asking ``skip`` before converting each output frame."""
+
+    def __init__(self, fps: float, short_side: int | None, skip: Callable[[int], bool] | None) -> None:
+        super().__init__(fps, short_side)
+        self.skip = skip
+
+    def _emit(self, frame: av.VideoFrame) -> None:
+        skipped = self.skip is not None and self.skip(self.count)
+        self.out.append(None if skipped else self._array(frame))
+        self.count += 1
 
 
 def _drain(resampler, now: float) -> Iterator[StreamFrame]:

@@ -7,10 +7,17 @@ scored as soon as its frames and its audio window (the spectrogram's look-ahead 
 segment's end) have arrived, and the LSTM state is carried to the next one.
 
 Two threads: a reader decodes the source into complete segments and hands them to the
-model through a queue of at most ``queue_segments``; when the model falls behind real time
-the oldest waiting segment is dropped (its frames counted), so nothing queues without
-bound and the output stays close to the stream. ``max_lag_s`` also drops a segment the
-model would reach more than that far behind the stream.
+model through a queue of at most ``queue_segments``, so decoding never waits for compute.
+When the model falls behind real time, a segment that starts while the queue is full is
+dropped by the reader before its frames are converted (decoded, never turned into arrays
+or resized), and the queue discards its oldest segment if it still overflows: nothing
+queues without bound and the output stays close to the stream. ``max_lag_s`` drops
+segments that would be reached more than that far behind the stream, in the reader (before
+conversion) when the reader itself is that late, else when the model takes them.
+
+At start, :func:`measure_plan` times the model's own networks on a dummy segment of the
+real shapes and says whether the expected compute per segment keeps up with the segment
+span, or the span it would keep up with (:class:`LivePlan`, ``LiveRun.plan``).
 
 Modes: ``carry`` (the state runs through the whole stream; a running video-level score
 over the last ``running`` segments), ``window`` (the state restarts every N segments, and
@@ -22,6 +29,7 @@ weighted fusion's GFLOPs by moving the policy's thresholds online (:class:`Budge
 from __future__ import annotations
 
 import dataclasses
+import math
 import threading
 import time
 import warnings
@@ -47,9 +55,13 @@ from adamml.modalities.table import MODALITIES
 from adamml.models.execution import run_many
 from adamml.models.thresholds import Budget, Thresholds, fit_thresholds, use_margins
 
-__all__ = ["LiveEvent", "LiveSummary", "LiveRun", "BudgetController", "SegmentQueue", "segment_span", "run_live"]
+__all__ = ["LiveEvent", "LiveSummary", "LivePlan", "LiveRun", "BudgetController", "SegmentQueue", "segment_span",
+           "measure_plan", "run_live"]
 
 MODES = ("carry", "window")
+# Keeping up means computing a segment in at most this share of its span: the rest is left
+# for decoding, converting and the jitter of a shared machine.
+KEEP_UP_SHARE = 0.8
 
 
 def segment_span(clip: ClipSettings, fps: float, modalities: list[str]) -> int:
@@ -105,6 +117,7 @@ class LiveSummary:
     segments: int = 0
     dropped_segments: int = 0
     dropped_frames: int = 0
+    dropped_unconverted: int = 0  # of the dropped frames, those dropped before conversion
     frames: int = 0  # frames the stream delivered (at the model's rate)
     duration_s: float = 0.0  # stream time read
     wall_s: float = 0.0
@@ -124,6 +137,49 @@ class LiveSummary:
 
     def to_json(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class LivePlan:
+    """Whether the model keeps up, said at start: the compute per segment measured on the
+    model's own networks (a dummy segment of the real shapes, after one warm-up pass) at
+    the expected selection ``rates``, against the segment's span in wall time (the span
+    over ``pace`` on a replay). ``min_span_s``: the shortest span it keeps up with (the
+    networks see the same clip whatever the span, so their compute does not grow with it)."""
+
+    compute_s: float  # expected seconds per segment: inputs + policy + fusion + sum(rate x network)
+    parts_s: dict[str, float]  # measured: "inputs", "policy" (with fusion), then each modality at 100 %
+    rates: dict[str, float]  # the expected share of segments each modality runs on
+    segment_s: float | None  # stream seconds per segment (None until the source's frame rate is known)
+    fps: float | None
+    pace: float = 1.0
+    keeps_up: bool | None = None
+    min_span_s: float | None = None
+
+    def resolve(self, segment_s: float, fps: float) -> LivePlan:
+        """Fill in the verdict once the segment span is known."""
+        self.segment_s, self.fps = float(segment_s), float(fps)
+        wall = self.segment_s / self.pace
+        self.keeps_up = self.compute_s <= KEEP_UP_SHARE * wall
+        frames = math.ceil(self.compute_s * self.pace / KEEP_UP_SHARE * fps - 1e-9)
+        self.min_span_s = round(max(frames / fps, self.segment_s if self.keeps_up else 0.0), 4)
+        return self
+
+    def describe(self) -> str:
+        """One line: it keeps up, or it does not and the span it would keep up with."""
+        rates = ", ".join(f"{m} {100 * r:.0f}%" for m, r in self.rates.items())
+        parts = ", ".join(f"{k} {v:.3f}" for k, v in self.parts_s.items())
+        if self.segment_s is None:
+            return f"compute {self.compute_s:.2f} s per segment ({rates}; measured s: {parts})"
+        wall = f" ({self.segment_s / self.pace:.2f} s of wall time at pace {self.pace:g})" if self.pace != 1 else ""
+        head = f"compute {self.compute_s:.2f} s per {self.segment_s:.2f} s segment{wall} ({rates}; measured s: {parts})"
+        if self.keeps_up:
+            return f"keeps up: {head}"
+        return (f"cannot keep up at this span: {head}; it keeps up with segments of >= {self.min_span_s:.2f} s "
+                f"(--span {self.min_span_s:.2f}, or a data.clip whose training clips span that long)")
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "statement": self.describe()}
 
 
 class SegmentQueue:
@@ -187,6 +243,14 @@ class _Segment:
     ready_at: float  # wall time its audio look-ahead arrived too
 
 
+@dataclass
+class _Skipped:
+    """A segment the reader dropped before converting its frames (it was behind)."""
+
+    index: int
+    frames: int
+
+
 class _End:
     """Sentinel: the source ended (``error`` None) or broke off."""
 
@@ -239,8 +303,9 @@ class _Assembler:
             return True
         return self.audio_count >= self._window(self.index)[1]
 
-    def emit(self, final: bool) -> _Segment:
+    def emit(self, final: bool) -> _Segment | _Skipped:
         take = self.frames[: self.span]
+        skipped = any(image is None for image in take)
         start, stop = self._window(self.index)
         joined = np.concatenate(self.samples) if self.samples else np.zeros(0, np.float32)
         available = self.audio_first + len(joined)
@@ -253,8 +318,9 @@ class _Assembler:
         if self.audio_enabled and not final:
             reached = self._window(self.index)[1]
             ready_at = max(ready_at, next((t for n, t in self.audio_at if n >= reached), ready_at))
-        segment = _Segment(self.index, np.stack(take), piece.astype(np.float32), lo,
-                           not self.audio_enabled or piece.size == 0, frame_at, ready_at)
+        segment = (_Skipped(self.index, len(take)) if skipped else
+                   _Segment(self.index, np.stack(take), piece.astype(np.float32), lo,
+                            not self.audio_enabled or piece.size == 0, frame_at, ready_at))
         # Keep only what later segments need.
         self.frames = self.frames[self.span :]
         self.arrivals = self.arrivals[self.span :]
@@ -317,8 +383,9 @@ class LiveRun:
     """The events of a live run (iterate it); ``summary`` once it has ended. ``stop()``
     ends it from another thread (or after Ctrl-C), with the summary of what was scored."""
 
-    def __init__(self, generator_factory) -> None:
+    def __init__(self, generator_factory, plan: LivePlan | None = None) -> None:
         self.summary: LiveSummary | None = None
+        self.plan = plan  # said at start (None when not measured; resolved once the span is known)
         self._stop = threading.Event()
         self._iterator = generator_factory(self)
 
@@ -365,8 +432,12 @@ def run_live(
     queue_segments: int = 2,
     on_full: str = "auto",
     span_frames: int | None = None,
+    span_s: float | None = None,
     format: str | None = None,
     simulate_compute_s: float = 0.0,
+    plan: bool = True,
+    expect: dict[str, float] | None = None,
+    skip_behind: bool = True,
     predictor=None,
 ) -> LiveRun:
     """Decide and score each segment of ``source`` as it arrives; ``bundle`` is a
@@ -379,9 +450,14 @@ def run_live(
     finished file at that multiple of real time. ``on_full``: "drop" (the oldest waiting
     segment), "block" (the reader waits: nothing lost) or "auto": drop for URLs, cameras and
     paced replays, block for files and pipes (what waits there stays on disk or in the
-    writer; ``max_lag_s`` then bounds the lag). ``span_frames``: frames per segment (default :func:`segment_span`;
-    longer spans place the clip at the segment's centre). ``simulate_compute_s``: extra
-    seconds of work per segment, to see how a slower machine would keep up.
+    writer; ``max_lag_s`` then bounds the lag). ``span_frames`` or ``span_s``: frames (or
+    seconds) per segment (default :func:`segment_span`; longer spans place the clip at the
+    segment's centre). ``simulate_compute_s``: extra seconds of work per segment, to see how
+    a slower machine would keep up. ``plan``: measure at start whether the model keeps up
+    (``LiveRun.plan``, :class:`LivePlan`; a warm-up of two passes over the networks) at the
+    selection rates ``expect`` (modality -> share of segments; default: what ``budget``
+    allows, else every modality on every segment). ``skip_behind`` False: the reader converts
+    every frame and only the queue drops (to compare).
     Source errors end the iteration with :class:`~adamml.data.stream.StreamError` after the
     events so far; ``LiveRun.summary`` then holds the error too.
     """
@@ -403,38 +479,144 @@ def run_live(
     window = int(window or cfg.data.eval_segments or clip.num_segments) if mode == "window" else None
     if window is not None and window < 1:
         raise AdamMLError(f"--mode window needs N >= 1 segments, got {window}")
+    modalities = list(predictor.model_cfg.modalities)
+    if span_s is not None and settings.fps is not None:
+        own = segment_span(clip, float(settings.fps), modalities)
+        if round(span_s * settings.fps) < own:
+            raise AdamMLError(f"--span {span_s:g}: shorter than the model's own segment "
+                              f"({own / settings.fps:.2f} s, {own} frames at {settings.fps:g} fps)")
+    rates = expected_rates(predictor, budget, expect)
+    live_plan = None
+    if plan:
+        live_plan = measure_plan(predictor, rates, simulate_compute_s=simulate_compute_s, pace=pace or 1.0)
+        if settings.fps is not None:
+            fps = float(settings.fps)
+            span = span_frames or (max(round(span_s * fps), segment_span(clip, fps, modalities)) if span_s
+                                   else segment_span(clip, fps, modalities))
+            live_plan.resolve(span / fps, fps)
 
     def generate(run: LiveRun) -> Iterator[LiveEvent]:
         yield from _live_events(run, predictor, source, mode=mode, window=window, running=running,
                                 max_lag_s=max_lag_s, budget=budget, topk=topk, pace=pace,
                                 follow_idle_s=follow_idle_s, timeout_s=timeout_s,
                                 queue_segments=queue_segments, on_full=on_full, span_frames=span_frames,
-                                format=format, simulate_compute_s=simulate_compute_s, clip=clip,
-                                settings=settings)
+                                span_s=span_s, format=format, simulate_compute_s=simulate_compute_s, clip=clip,
+                                settings=settings, skip_behind=skip_behind)
 
-    return LiveRun(generate)
+    return LiveRun(generate, live_plan)
+
+
+def expected_rates(predictor, budget: Budget | None, expect: dict[str, float] | None) -> dict[str, float]:
+    """The share of segments each modality is expected to run on: ``expect`` where given,
+    else the uniform share a fraction ``budget`` allows, else 1 (every segment: the most a
+    segment can cost)."""
+    modalities = list(predictor.model_cfg.modalities)
+    unknown = sorted(set(expect or {}) - set(modalities))
+    if unknown:
+        raise AdamMLError(f"expected rate for {', '.join(unknown)}: not a modality of this model ({', '.join(modalities)})")
+    default = 1.0
+    if budget is not None:
+        costs = predictor.costs
+        total = sum(costs[m] for m in modalities)
+        target = budget.gflops(total) if budget.unit == "fraction" else budget.value
+        default = min(max((target - costs["policy"]) / total, 0.0), 1.0) if total else 1.0
+    rates = {m: float((expect or {}).get(m, default)) for m in modalities}
+    bad = {m: r for m, r in rates.items() if not 0.0 <= r <= 1.0}
+    if bad:
+        raise AdamMLError(f"expected rates must be between 0 and 1, got {bad}")
+    return rates
+
+
+def _segment_batch(predictor, frames: np.ndarray, audio: np.ndarray, audio_start: int, audio_missing: bool,
+                   local: np.ndarray, fps: float, start_s: float) -> tuple[dict[str, torch.Tensor], np.ndarray, tuple]:
+    """One segment's input tensors, cut as a dataset cuts them (layouts.py), K = 1; with the
+    frame indices and the crop (flow is computed later, only when it runs)."""
+    clip, settings = predictor.cfg.data.clip, predictor.cfg.data.decode
+    n, height, width = frames.shape[:3]
+    indices = np.minimum(local, n - 1)[None]
+    decoded = DecodedVideo(frames=frames, fps=fps, audio=audio, sample_rate=int(settings.sample_rate),
+                           audio_missing=audio_missing)
+    crop = choose_crop(height, width, clip.crop_size, False)
+    audio_offset = start_s - audio_start / settings.sample_rate
+    sample = cut_modalities(decoded, indices, crop, clip, audio_offset, list(predictor.needed), predictor.frame_subsets)
+    return {k: v.unsqueeze(0).to(predictor.device) for k, v in sample.items()}, indices, crop
+
+
+def measure_plan(predictor, rates: dict[str, float], *, simulate_compute_s: float = 0.0, pace: float = 1.0,
+                 repeats: int = 1) -> LivePlan:
+    """Time one segment's work on the model's own networks, on a dummy segment of the real
+    shapes (random frames of the config's short side, 16:9, and random audio), after one
+    warm-up pass: cutting the inputs, the policy step with fusion, and each modality's
+    network (with its flow) alone; the expected compute adds the networks at ``rates``."""
+    cfg = predictor.cfg
+    clip, settings = cfg.data.clip, cfg.data.decode
+    modalities = list(predictor.model_cfg.modalities)
+    stacked = any(MODALITIES[m].stacked for m in predictor.needed) or predictor.defer_flow
+    sampling = clip if stacked else dataclasses.replace(clip, stack_length=0)
+    fps = float(settings.fps or 25.0)
+    span = segment_span(clip, fps, modalities)
+    local = clip_indices(np.array([max(0, (span - sampling.segment_span) // 2)]), sampling, span)[0]
+    rng = np.random.default_rng(0)
+    short = int(settings.short_side or clip.crop_size)
+    frames = rng.integers(0, 256, (span, short, max(short, round(short * 16 / 9)), 3), dtype=np.uint8)
+    audio = (0.1 * rng.standard_normal(int(span / fps * settings.sample_rate) + int(settings.sample_rate))).astype(np.float32)
+    timings: dict[str, list[float]] = {}
+    for _ in range(1 + repeats):
+        started = time.perf_counter()
+        batch, indices, crop = _segment_batch(predictor, frames, audio, 0, False, local, fps, 0.0)
+        timings.setdefault("inputs", []).append(time.perf_counter() - started)
+        for name, seconds in _time_networks(predictor, batch, frames, indices, crop).items():
+            timings.setdefault(name, []).append(seconds)
+    parts = {k: float(np.median(v[1:])) for k, v in timings.items()}
+    compute = parts["inputs"] + parts["policy"] + sum(rates[m] * parts[m] for m in modalities) + simulate_compute_s
+    if simulate_compute_s:
+        parts["simulated"] = float(simulate_compute_s)
+    return LivePlan(compute_s=round(compute, 4), parts_s={k: round(v, 4) for k, v in parts.items()},
+                    rates=dict(rates), segment_s=None, fps=None, pace=float(pace))
 
 
 def _live_events(run: LiveRun, predictor, source: str, *, mode, window, running, max_lag_s, budget, topk, pace,
-                 follow_idle_s, timeout_s, queue_segments, on_full, span_frames, format, simulate_compute_s,
-                 clip: ClipSettings, settings) -> Iterator[LiveEvent]:
-
-
+                 follow_idle_s, timeout_s, queue_segments, on_full, span_frames, span_s, format, simulate_compute_s,
+                 clip: ClipSettings, settings, skip_behind: bool = True) -> Iterator[LiveEvent]:
     model, model_cfg, names = predictor.model, predictor.model_cfg, predictor.class_names
     policy = model.policy
     modalities = list(model_cfg.modalities)
     needed = list(predictor.needed)
     flow_needed = predictor.defer_flow
-    source_obj = LiveSource(source, settings, pace=pace, follow_idle_s=follow_idle_s, timeout_s=timeout_s, format=format)
     stacked = any(MODALITIES[m].stacked for m in needed) or flow_needed
     sampling = clip if stacked else dataclasses.replace(clip, stack_length=0)
     if on_full == "auto":
-
         on_full = "drop" if pace is not None or describe(source) in ("network", "camera") else "block"
     queue = SegmentQueue(queue_segments, on_full)
     speed = pace or 1.0  # stream seconds per wall second (a replay may run faster than real time)
     started = threading.Event()
-    info: dict = {}
+    info: dict = {"skipped_frames": 0, "skipped_segments": 0}
+    decided = [-1, False]  # the segment last decided on by the reader, and whether it is skipped
+
+    def skip(index: int) -> bool:
+        """Asked by the reader before converting output frame ``index``: drop its segment
+        unconverted when the model cannot take it (the queue is full when it starts, on a
+        dropping source) or the reader is already more than ``max_lag_s`` behind."""
+        span = info.get("span")
+        if not span:
+            return False
+        segment = index // span
+        if segment != decided[0]:
+            full = on_full == "drop" and len(queue.items) >= queue.capacity
+            late = (max_lag_s is not None and
+                    time.perf_counter() - info["wall0"] - index / info["fps"] / speed > max_lag_s)
+            decided[:] = [segment, full or late]
+        return decided[1]
+
+    source_obj = LiveSource(source, settings, pace=pace, follow_idle_s=follow_idle_s, timeout_s=timeout_s,
+                            format=format, skip=skip if skip_behind else None)
+
+    def hand_on(segment) -> None:
+        if isinstance(segment, _Skipped):
+            info["skipped_frames"] += segment.frames
+            info["skipped_segments"] += 1
+        else:
+            queue.put(segment)
 
     def read() -> None:
         assembler = None
@@ -446,6 +628,8 @@ def _live_events(run: LiveRun, predictor, source: str, *, mode, window, running,
                 if assembler is None:
                     rate = source_obj.fps
                     span = span_frames or segment_span(clip, rate, modalities)
+                    if span_s and not span_frames:
+                        span = max(span, round(span_s * rate))
                     offset = max(0, (span - sampling.segment_span) // 2)
                     local = clip_indices(np.array([offset]), sampling, span)[0]
                     info.update(fps=rate, span=span, local=local, wall0=float("inf"),
@@ -459,10 +643,10 @@ def _live_events(run: LiveRun, predictor, source: str, *, mode, window, running,
                     frames += 1
                 assembler.push(item)
                 while assembler.ready(final=False):
-                    queue.put(assembler.emit(final=False))
+                    hand_on(assembler.emit(final=False))
             if assembler is not None:
                 while assembler.ready(final=True):
-                    queue.put(assembler.emit(final=True))
+                    hand_on(assembler.emit(final=True))
             queue.put(_End(None, frames))
         except StreamError as exc:
             queue.put(_End(str(exc), frames))
@@ -499,6 +683,8 @@ def _live_events(run: LiveRun, predictor, source: str, *, mode, window, running,
                 break
             span, seg_fps = info["span"], info["fps"]
             summary.segment_s = span / seg_fps
+            if run.plan is not None and run.plan.segment_s is None:
+                run.plan.resolve(summary.segment_s, seg_fps)
             if controller is None and budget is not None:
                 horizon = max(1, int(round(60.0 / summary.segment_s)))
                 initial = Thresholds(tuple(modalities), tuple(float(t) for t in policy.use_thresholds), 0.0)
@@ -517,15 +703,8 @@ def _live_events(run: LiveRun, predictor, source: str, *, mode, window, running,
             if window is not None and item.index % window == 0:
                 state = None
                 history.clear()
-            # The segment's tensors, cut as a dataset cuts them (layouts.py), K = 1.
-            n, height, width = item.frames.shape[:3]
-            indices = np.minimum(info["local"], n - 1)[None]
-            decoded = DecodedVideo(frames=item.frames, fps=seg_fps, audio=item.audio,
-                                   sample_rate=int(settings.sample_rate), audio_missing=item.audio_missing)
-            crop = choose_crop(height, width, clip.crop_size, False)
-            audio_offset = start_s - item.audio_start / settings.sample_rate
-            sample = cut_modalities(decoded, indices, crop, clip, audio_offset, needed, predictor.frame_subsets)
-            batch = {k: v.unsqueeze(0).to(predictor.device) for k, v in sample.items()}
+            batch, indices, crop = _segment_batch(predictor, item.frames, item.audio, item.audio_start,
+                                                  item.audio_missing, info["local"], seg_fps, start_s)
             with predictor.plan.context():
                 features = policy.joint_features(policy.policy_inputs(batch))[:, 0]
                 out, state = policy.step(features, state)
@@ -567,8 +746,9 @@ def _live_events(run: LiveRun, predictor, source: str, *, mode, window, running,
                 gflops=gflops, top=_top(scores, names, topk), running=_top(running_scores, names, topk),
                 latency_s=round(latency, 4), wait_s=round(item.ready_at - item.last_frame_at, 4),
                 queue_s=round(picked - item.ready_at, 4), compute_s=round(done - picked, 4),
-                lag_s=round(done - info["wall0"] - last_frame_s / speed, 4), dropped_frames=dropped_frames,
-                dropped_segments=dropped_segments, budget=controller.report() if controller is not None else None,
+                lag_s=round(done - info["wall0"] - last_frame_s / speed, 4),
+                dropped_frames=dropped_frames + info["skipped_frames"],
+                dropped_segments=dropped_segments + info["skipped_segments"], budget=controller.report() if controller is not None else None,
                 scores=scores, running_scores=running_scores,
             )
             summary.lag_last_s = event.lag_s
@@ -582,7 +762,9 @@ def _live_events(run: LiveRun, predictor, source: str, *, mode, window, running,
         source_obj.closed = True
         queue.close()
         summary.wall_s = time.perf_counter() - first_wall
-        summary.dropped_frames, summary.dropped_segments = dropped_frames, dropped_segments
+        summary.dropped_frames = dropped_frames + info["skipped_frames"]
+        summary.dropped_segments = dropped_segments + info["skipped_segments"]
+        summary.dropped_unconverted = info["skipped_frames"]
         summary.queue_peak = queue.peak
         if end is not None:
             summary.frames = end.frames
@@ -605,6 +787,35 @@ def _live_events(run: LiveRun, predictor, source: str, *, mode, window, running,
         raise StreamError(end.error)
 
 
+def _time_networks(predictor, batch: dict[str, torch.Tensor], frames: np.ndarray, indices: np.ndarray,
+                   crop) -> dict[str, float]:
+    """Seconds of the policy step with fusion, then of each modality's network (with its
+    flow) alone, on one segment's inputs."""
+    model, clip = predictor.model, predictor.cfg.data.clip
+    policy = model.policy
+    modalities = list(predictor.model_cfg.modalities)
+    nets = [model.recognition[m] for m in modalities]
+    out: dict[str, float] = {}
+    with predictor.plan.context():
+        started = time.perf_counter()
+        features = policy.joint_features(policy.policy_inputs(batch))[:, 0]
+        step, _ = policy.step(features, None)
+        policy.decide(use_margins(step.logits.float()).cpu())
+        part = (torch.zeros(1, 1, len(modalities), nets[0].num_classes),
+                [torch.zeros(1, 1, net.feature_dim) for net in nets], torch.ones(1, 1, len(modalities)))
+        _fusion_scores(model.fusion, [part])
+        out["policy"] = time.perf_counter() - started
+        for m, net in zip(modalities, nets, strict=True):
+            started = time.perf_counter()
+            if m == "flow" and predictor.defer_flow:
+                x = _flow_input(frames, indices, clip, crop, predictor.flow_method).to(predictor.device)[:, 0]
+            else:
+                x = batch[m][:, 0]
+            run_many([(net, x)], model.execution)
+            out[m] = time.perf_counter() - started
+    return out
+
+
 def _flow_input(frames: np.ndarray, indices: np.ndarray, clip: ClipSettings, crop, method: str) -> torch.Tensor:
     """(1, 1, T, 2L, S, S) flow of one segment, computed on its frames only."""
 
@@ -624,3 +835,62 @@ def events_timeline(events: list[LiveEvent], source: str, modalities: list[str])
         timeline.scores = np.stack([e.running_scores for e in events])
     return timeline
 
+
+
+# Colours (BGR, as OpenCV draws) of the timeline's class curves, then its modality strips.
+_CURVES = [(180, 119, 31), (14, 127, 255), (44, 160, 44), (40, 39, 214), (189, 103, 148)]
+
+
+def draw_timeline(events: list[LiveEvent], class_names: list[str], modalities: list[str], *, segments: int = 60,
+                  width: int = 960, classes: int = 5) -> np.ndarray:
+    """The live timeline as a BGR image (for ``cv2.imshow``): the running score of the
+    currently leading classes over the last ``segments`` segments, a strip per modality
+    (filled where it ran), and a line with the latest time, latency, lag and drops."""
+    import cv2  # OpenCV: only when a timeline is drawn
+
+    recent = [e for e in events[-segments:] if e.running_scores is not None]
+    plot_h, strip_h, text_h, left = 220, 22, 30, 150
+    height = plot_h + strip_h * len(modalities) + text_h + 10
+    image = np.full((height, width, 3), 255, np.uint8)
+    step = (width - left - 10) / segments
+    cv2.rectangle(image, (left, 5), (width - 10, plot_h - 5), (200, 200, 200), 1)
+    if recent:
+        latest = recent[-1].running_scores
+        leaders = [int(j) for j in np.argsort(-latest, kind="stable")[:classes]]
+        for rank, j in enumerate(leaders):
+            colour = _CURVES[rank % len(_CURVES)]
+            points = np.array([[left + (i + 0.5) * step, plot_h - 5 - (plot_h - 10) * float(e.running_scores[j])]
+                               for i, e in enumerate(recent)], np.int32)
+            cv2.polylines(image, [points.reshape(-1, 1, 2)], False, colour, 2)
+            cv2.putText(image, f"{class_names[j][:14]} {100 * latest[j]:.0f}%", (5, 22 + 20 * rank),
+                        cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, 1, cv2.LINE_AA)
+    for row, m in enumerate(modalities):
+        top = plot_h + row * strip_h
+        cv2.putText(image, m, (5, top + 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+        for i, e in enumerate(recent):
+            if e.decisions.get(m):
+                cv2.rectangle(image, (int(left + i * step), top + 3), (int(left + (i + 1) * step) - 1, top + strip_h - 3),
+                              (90, 90, 90), -1)
+    if recent:
+        e = recent[-1]
+        text = (f"{e.end_s:.1f} s  {e.gflops:.3f} GFLOPs  latency {1000 * e.latency_s:.0f} ms  lag {e.lag_s:+.2f} s"
+                f"  dropped {e.dropped_frames} frames")
+        cv2.putText(image, text, (5, height - 12), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    return image
+
+
+def display_problem() -> str | None:
+    """Why a live window cannot be shown here (None: it can): no display, or an OpenCV built
+    without a GUI (the headless wheels)."""
+    import os
+    import sys
+
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return "no display (DISPLAY and WAYLAND_DISPLAY are not set)"
+    import cv2
+
+    gui = next((line.split(":", 1)[1].strip() for line in cv2.getBuildInformation().splitlines()
+                if line.strip().startswith("GUI:")), "")
+    if gui.upper() == "NONE":
+        return "this OpenCV has no window support (a headless build: opencv-python-headless or -contrib-headless)"
+    return None

@@ -356,6 +356,8 @@ class PolicyNetwork(nn.Module):
             [(extractor, rearrange(inputs[source], "b k ... -> (b k) ...")) for source, extractor in self.extractors.items()],
             self.execution,
         )
+        if self.joint_kind == "reference":  # as forward: the features concatenated
+            return self.joint(rearrange(torch.cat(extracted, dim=-1), "(b k) d -> b k d", b=b, k=k))
         feats = [self.joint_inputs[s](rearrange(self.feature_norms[s](y), "(b k) d -> b k d", b=b, k=k))
                  for s, y in zip(self.extractors, extracted, strict=True)]
         return self.joint(torch.stack(feats).sum(dim=0))
