@@ -289,3 +289,26 @@ def test_int8_by_default_keeps_the_policy_fp32_and_its_decisions(exported: Path,
     expected, got = fp32.run(video), int8.run(video)
     assert np.array_equal(got.margins, expected.margins) and np.array_equal(got.decisions, expected.decisions)
     assert np.isfinite(got.logits).all() and int8.calls == fp32.calls
+
+
+def test_openvino_runs_the_same_graphs_with_the_same_decisions(exported: Path, video: Path) -> None:
+    pytest.importorskip("openvino")
+    import adamml
+
+    expected = load_onnx(exported).run(video, topk=4)
+    model = adamml.load(exported, runtime="openvino")
+    try:
+        got = model.run(video, topk=4)
+    finally:
+        model.close()
+    assert model.runtime == "openvino" and model.calls["policy_step"] == 4
+    assert np.array_equal(got.decisions, expected.decisions)
+    assert 0 < got.decisions.sum() < got.decisions.size
+    assert_same_function(torch.from_numpy(got.margins).float(), torch.from_numpy(expected.margins).float())
+    assert float(np.abs(got.logits - expected.logits).max()) <= 1e-4
+    assert got.prediction.segments == expected.prediction.segments
+
+
+def test_an_unknown_graph_runtime_is_refused(exported: Path) -> None:
+    with pytest.raises(PackageError, match="runtime 'tensorrt': expected one of onnx, openvino"):
+        load_onnx(exported, runtime="tensorrt")
