@@ -57,6 +57,7 @@ from adamml.modalities.table import MODALITIES  # noqa: E402
 from adamml.models.adamml import AdaMML, build_adamml  # noqa: E402
 from adamml.models.execution import PRECISIONS, ExecutionPlan  # noqa: E402
 from adamml.models.flops import gflops_per_video, modality_costs  # noqa: E402
+from adamml.training.plan import without_torchvision_starts  # noqa: E402
 
 RATES = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -179,8 +180,8 @@ def onnx_runner(model: AdaMML, cfg: ExperimentConfig, workers: int):
 
 
 def int8_runner(runner, inputs: dict, decisions, workers: int):
-    """A copy of ``runner``'s folder quantised to INT8 (the policy's step kept fp32),
-    calibrated on the benchmark's own inputs, every network on every segment."""
+    """A copy of ``runner``'s folder quantised to INT8 (the policy's graphs kept fp32, the
+    export's default), calibrated on the benchmark's own inputs, every network on every segment."""
     import shutil
 
     from adamml.export.quantize import quantize_graphs
@@ -232,19 +233,26 @@ def run_device(model: AdaMML, cfg: ExperimentConfig, args, costs: dict[str, floa
 
         return fn
 
-    runner = None
-    if "onnx" in args.runtimes and device.type == "cpu":
-        if b != 1:
-            raise SystemExit("--runtime onnx times one video per call: use --batch 1")
-        runner = onnx_runner(unprepared, cfg, plan.worker_count())
-        inputs = {name: x[0].cpu().numpy() for name, x in batch.items()}
-    int8 = None
-    if runner is not None and args.int8:
-        int8 = int8_runner(runner, inputs, np.ones((k, len(model.modalities)), np.float32), plan.worker_count())
+    # The exported graphs under the torch-free orchestrator: one column per runtime (and INT8).
+    graph_runtimes = [r for r in args.runtimes if r in ("onnx", "openvino")]
+    runners: dict = {}
+    if graph_runtimes and device.type == "cpu":
+        from adamml.runners.onnx import OnnxModel
 
-    def infer_onnx(decisions: torch.Tensor, runtime=None):
+        if b != 1:
+            raise SystemExit("--runtime onnx/openvino times one video per call: use --batch 1")
+        first = onnx_runner(unprepared, cfg, plan.worker_count())
+        inputs = {name: x[0].cpu().numpy() for name, x in batch.items()}
+        int8_folder = None
+        if args.int8:
+            int8_folder = int8_runner(first, inputs, np.ones((k, len(model.modalities)), np.float32), plan.worker_count()).folder
+        for runtime in graph_runtimes:
+            runners[runtime] = first if runtime == "onnx" else OnnxModel(first.folder, workers=plan.worker_count(), runtime=runtime)
+            if int8_folder is not None:
+                runners[f"{runtime} int8"] = OnnxModel(int8_folder, workers=plan.worker_count(), runtime=runtime)
+
+    def infer_graphs(decisions: torch.Tensor, runtime):
         numpy_decisions = decisions[0].cpu().numpy()
-        runtime = runtime or runner
 
         def fn():
             runtime.policy_margins(inputs)
@@ -254,16 +262,14 @@ def run_device(model: AdaMML, cfg: ExperimentConfig, args, costs: dict[str, floa
 
     full = torch.ones(b, k, len(model.modalities), device=device)
     masked_gf = statistics.fmean(gflops_per_video(full, per_seg, costs["policy"]))
-    decisions = {rate: forced_decisions(rate, b, k, model.modalities, costly).to(device) for rate in RATES}
+    decisions = {rate: forced_decisions(rate, b, k, model.modalities, costly).to(device) for rate in args.rates}
     groups: dict = {}
-    for rate in RATES:
+    for rate in args.rates:
         # Masked runs everything whatever the decisions: the reference's cost at every rate.
         groups[rate] = {"conditional": infer(decisions[rate], "conditional"),
                         "masked": infer(decisions[rate], "masked")}
-        if runner is not None:
-            groups[rate]["onnx"] = infer_onnx(decisions[rate])
-        if int8 is not None:
-            groups[rate]["int8"] = infer_onnx(decisions[rate], int8)
+        for key, runtime in runners.items():
+            groups[rate][key] = infer_graphs(decisions[rate], runtime)
     if reference is not None:
         groups["reference"] = {"reference": reference}
     threads = f", {torch.get_num_threads()} threads" if device.type == "cpu" else ""
@@ -282,12 +288,11 @@ def run_device(model: AdaMML, cfg: ExperimentConfig, args, costs: dict[str, floa
         f"{costly.upper() + ' rate':>8} | {'conditional s/video':>19} {'GFLOPs':>8} | "
         f"{'masked s/video':>14} {'GFLOPs':>8} | {'time ratio':>10} {'GFLOPs ratio':>12} {'time/GFLOPs':>11}"
         + (f" | {'vs reference':>12}" if ref_s is not None else "")
-        + (f" | {'onnx s/video':>12} {'onnx speed-up':>13}" if runner is not None else "")
-        + (f" | {'int8 s/video':>12} {'int8 speed-up':>13}" if int8 is not None else "")
+        + "".join(f" | {key + ' s/video':>18} {'speed-up':>8}" for key in runners)
     )
     print(header)
     print("-" * len(header))
-    for rate in RATES:
+    for rate in args.rates:
         cond, masked = times[rate, "conditional"], times[rate, "masked"]
         cond_s, masked_s = med(cond) / b, med(masked) / b
         time_ratio = med([c / m for c, m in zip(cond, masked, strict=True)])
@@ -298,12 +303,10 @@ def run_device(model: AdaMML, cfg: ExperimentConfig, args, costs: dict[str, floa
             f"{masked_s:>14.4f} {masked_gf:>8.2f} | {time_ratio:>10.3f} "
             f"{gf_ratio:>12.3f} {time_ratio / gf_ratio:>11.2f}"
             + (f" | {cond_s / ref_s:>11.2f}x" if ref_s is not None else "")
-            + (f" | {med(times[rate, 'onnx']):>12.4f} "
-               f"{med([c / o for c, o in zip(cond, times[rate, 'onnx'], strict=True)]):>12.2f}x" if runner is not None else "")
-            + (f" | {med(times[rate, 'int8']):>12.4f} "
-               f"{med([c / o for c, o in zip(cond, times[rate, 'int8'], strict=True)]):>12.2f}x" if int8 is not None else "")
+            + "".join(f" | {med(times[rate, key]):>18.4f} "
+                      f"{med([c / o for c, o in zip(cond, times[rate, key], strict=True)]):>7.2f}x" for key in runners)
         )
-    every_masked = [t for rate in RATES for t in times[rate, "masked"]]
+    every_masked = [t for rate in args.rates for t in times[rate, "masked"]]
     print(f"masked, all {len(every_masked)} runs: median {med(every_masked) / b:.4f} s/video, "
           f"min {min(every_masked) / b:.4f}, max {max(every_masked) / b:.4f}")
 
@@ -326,15 +329,23 @@ def main() -> None:
     parser.add_argument("--plain", action="store_true", help="no execution plan: one call per network, NCHW")
     parser.add_argument("--reference", default=None, help="an IBM/AdaMML checkout to time beside ours")
     parser.add_argument("--runtime", dest="runtimes", default="torch", type=lambda s: s.split(","),
-                        help="torch, or torch,onnx: also time the ONNX export under the torch-free orchestrator (CPU)")
+                        help="torch, or torch,onnx[,openvino]: also time the ONNX export under the torch-free "
+                        "orchestrator on onnxruntime / OpenVINO (CPU)")
     parser.add_argument("--int8", action="store_true",
-                        help="with --runtime torch,onnx: also the graphs quantised to INT8 (calibrated on the benchmark's inputs)")
+                        help="with --runtime torch,onnx[,openvino]: also the graphs quantised to INT8 (calibrated on the "
+                        "benchmark's inputs)")
+    parser.add_argument("--rates", default=",".join(f"{r:g}" for r in RATES), type=lambda s: [float(r) for r in s.split(",")],
+                        help="the RGB rates to time, comma-separated fractions (default: 0,0.25,0.5,0.75,1)")
+    parser.add_argument("--random-start", action=argparse.BooleanOptionalAction, default=True,
+                        help="random weights where the config names torchvision ImageNet weights (timing needs none)")
     parser.add_argument("overrides", nargs="*", help="config key=value overrides")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
     cfg = load_config(args.config, args.overrides)
+    if args.random_start:
+        cfg, _ = without_torchvision_starts(cfg)
     args.segments = args.segments or cfg.data.eval_segments or cfg.data.clip.num_segments
     costs = modality_costs(cfg.model, cfg.data.clip)  # GMACs per segment, counted on the meta device
     print(

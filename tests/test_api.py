@@ -211,8 +211,8 @@ def test_embed_gives_features_per_segment_and_modality(model, video: Path) -> No
 
 
 def test_unknown_runtimes_and_missing_checkpoints_are_refused(checkpoint: Path, tmp_path: Path) -> None:
-    with pytest.raises(adamml.AdamMLError, match="runtime 'openvino'"):
-        adamml.load(checkpoint, runtime="openvino")
+    with pytest.raises(adamml.AdamMLError, match="runtime 'tensorrt'"):
+        adamml.load(checkpoint, runtime="tensorrt")
     with pytest.raises(adamml.AdamMLError, match="runtime='onnx' reads an export folder"):
         adamml.load(checkpoint, runtime="onnx")  # a training checkpoint has no graphs
     with pytest.raises(adamml.AdamMLError, match="no such checkpoint"):

@@ -243,3 +243,72 @@ def test_adamml_load_and_predict_run_an_onnx_folder_without_the_torch_model(expo
     assert "--budget needs the torch runtime" in capsys.readouterr().err
     with pytest.raises(adamml.AdamMLError, match="budget"):
         adamml.load(exported, runtime="onnx", budget="50%")
+
+
+def test_frame_gather_pool_equals_the_temporal_max_pool_and_the_graph_has_no_3d_pool(exported: Path) -> None:
+    import onnx
+
+    from adamml.export.onnx import _FrameGatherMaxPool
+    from adamml.models.temporal import TemporalMaxPool
+
+    for frames in (1, 2, 3, 5, 8):
+        pool = TemporalMaxPool(frames)
+        x = torch.randn(3 * frames, 4, 5, 6)
+        assert torch.equal(_FrameGatherMaxPool(pool)(x), pool(x)), frames
+    ops = [n for n in onnx.load(str(exported / "recognition_rgb.onnx")).graph.node]
+    assert "Max" in {n.op_type for n in ops}  # the tiny RGB network pools over its 4 frames
+    assert not [n for n in ops if n.op_type == "MaxPool" and len(next(a.ints for a in n.attribute if a.name == "kernel_shape")) == 3]
+
+
+def test_int8_by_default_keeps_the_policy_fp32_and_its_decisions(exported: Path, video: Path, tmp_path: Path) -> None:
+    """The default quantises the recognition graphs only, with unsigned 8-bit activations
+    (onnxruntime's fast x86 kernels); the policy's graphs are untouched, so its decisions are."""
+    import onnx
+
+    from adamml.export.quantize import quantize_folder
+
+    copy = tmp_path / "int8"
+    shutil.copytree(exported, copy)
+    before = json.loads((copy / MANIFEST_FILE).read_text())["graphs"]
+    manifest = quantize_folder(copy, video)
+    policy = {n for n, g in before.items() if g["role"] in ("policy_extractor", "policy_step")}
+    assert policy == {"policy_rgb", "policy_rgbdiff", "policy_audio", "policy_step"}
+    assert set(manifest["quantization"]["fp32"]) == policy
+    assert set(manifest["quantization"]["graphs"]) == set(before) - policy
+    for name, graph in manifest["graphs"].items():
+        model = onnx.load(str(copy / graph["file"]))
+        quantize = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
+        if name in policy:
+            assert not quantize and graph["sha256"] == before[name]["sha256"], name
+            continue
+        assert quantize, name
+        constants = {t.name: t for t in model.graph.initializer}
+        zero_points = [constants[n.input[2]] for n in quantize if n.input[2] in constants]
+        assert zero_points and all(z.data_type == onnx.TensorProto.UINT8 for z in zero_points), name
+    fp32, int8 = load_onnx(exported), load_onnx(copy)
+    expected, got = fp32.run(video), int8.run(video)
+    assert np.array_equal(got.margins, expected.margins) and np.array_equal(got.decisions, expected.decisions)
+    assert np.isfinite(got.logits).all() and int8.calls == fp32.calls
+
+
+def test_openvino_runs_the_same_graphs_with_the_same_decisions(exported: Path, video: Path) -> None:
+    pytest.importorskip("openvino")
+    import adamml
+
+    expected = load_onnx(exported).run(video, topk=4)
+    model = adamml.load(exported, runtime="openvino")
+    try:
+        got = model.run(video, topk=4)
+    finally:
+        model.close()
+    assert model.runtime == "openvino" and model.calls["policy_step"] == 4
+    assert np.array_equal(got.decisions, expected.decisions)
+    assert 0 < got.decisions.sum() < got.decisions.size
+    assert_same_function(torch.from_numpy(got.margins).float(), torch.from_numpy(expected.margins).float())
+    assert float(np.abs(got.logits - expected.logits).max()) <= 1e-4
+    assert got.prediction.segments == expected.prediction.segments
+
+
+def test_an_unknown_graph_runtime_is_refused(exported: Path) -> None:
+    with pytest.raises(PackageError, match="runtime 'tensorrt': expected one of onnx, openvino"):
+        load_onnx(exported, runtime="tensorrt")

@@ -23,7 +23,7 @@ from adamml.errors import AdamMLError
 from adamml.results import Prediction
 
 # Runtimes a model can run on; exported graphs (ONNX, OpenVINO) plug in here.
-RUNTIMES = ("torch", "onnx")  # onnx: an export folder with graphs, run without torch
+RUNTIMES = ("torch", "onnx", "openvino")  # onnx, openvino: an export folder with graphs, run without torch
 
 __all__ = ["load", "Model", "Embedding", "ArrayError", "resolve_checkpoint", "checkpoint_digest", "RUNTIMES"]
 
@@ -113,8 +113,8 @@ def load(path: str | Path, device: str = "cpu", budget: str | float | None = Non
     if runtime not in RUNTIMES:
         raise AdamMLError(f"runtime {runtime!r}: expected one of {', '.join(RUNTIMES)}")
     source = resolve_checkpoint(path)
-    if runtime == "onnx":
-        return _load_onnx(source, budget)
+    if runtime in ("onnx", "openvino"):
+        return _load_onnx(source, budget, runtime)
     parsed = _parse_budget(budget)  # before reading the file: a typo fails at once
     from adamml.models.build import model_from_state  # torch and the networks, on first use
     from adamml.models.execution import PRECISIONS, ExecutionPlan  # torch: on first use
@@ -126,18 +126,18 @@ def load(path: str | Path, device: str = "cpu", budget: str | float | None = Non
     return Model(loaded, plan=plan, budget=parsed, source=source)
 
 
-def _load_onnx(source: Path, budget):
+def _load_onnx(source: Path, budget, runtime: str = "onnx"):
     """The torch-free runner of an ONNX export folder (adamml.runners.onnx): the same
     Prediction for a video, with the thresholds the export carries."""
     if not (source.is_dir() and (source / "manifest.json").is_file()):
-        raise AdamMLError(f"{source}: runtime='onnx' reads an export folder with graphs "
+        raise AdamMLError(f"{source}: runtime={runtime!r} reads an export folder with graphs "
                           "(adamml export CKPT --to DIR --format onnx)")
     if budget is not None:
-        raise AdamMLError("runtime='onnx' runs the thresholds the export carries; a budget needs "
+        raise AdamMLError(f"runtime={runtime!r} runs the thresholds the export carries; a budget needs "
                           "the torch runtime (or export a model trained to that budget)")
     from adamml.runners.onnx import load_onnx  # onnxruntime: only for this runtime
 
-    return load_onnx(source)
+    return load_onnx(source, runtime=runtime)
 
 
 class Model:

@@ -23,8 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calibrate", metavar="DATA_OR_LIST", default=None,
                         help="with --quantize: calibration videos (a video, a folder of videos or a text file of paths)")
     parser.add_argument("--keep-fp32", default=None, metavar="GRAPHS",
-                        help="with --quantize: graphs left in fp32, comma-separated (default: policy_step), "
-                        "e.g. policy_step,policy_rgb,policy_audio")
+                        help="with --quantize: graphs left in fp32, comma-separated (default: the policy's, "
+                        "policy_step and each policy_<source>; '' quantises all)")
 
 
 def run(args: argparse.Namespace) -> int:

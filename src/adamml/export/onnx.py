@@ -33,6 +33,7 @@ from adamml.modalities.table import MODALITIES
 from adamml.models.adamml import AdaMML
 from adamml.models.build import input_modalities
 from adamml.models.execution import CPU_PIXELS_PER_CALL, ExecutionPlan
+from adamml.models.temporal import TemporalMaxPool
 
 EXPORT_BATCH = 2  # traced with 2 segments, run with any number
 
@@ -55,9 +56,42 @@ class _PolicyExtractor(nn.Module):
         return self.extractor(x)
 
 
+class _FrameGatherMaxPool(nn.Module):
+    """TemporalMaxPool as frame gathers and an elementwise max, for the graphs.
+
+    The same values: each output frame is the max of the frames its window covers, and a
+    window's padded position reads the nearest real frame instead (one the window holds
+    anyway, so the max is unchanged). ``MaxPool3d`` between transposes runs fast in fp32, but
+    onnxruntime runs an 8-bit 3D max pool in a plain loop (a third of the INT8 ResNet's
+    time); gathers and a max need no transposes and stay fast in either precision."""
+
+    def __init__(self, pool: TemporalMaxPool) -> None:
+        super().__init__()
+        self.frames = pool.frames
+        (kernel, _, _), (stride, _, _), (pad, _, _) = pool.pool.kernel_size, pool.pool.stride, pool.pool.padding
+        starts = [stride * t - pad for t in range(pool.out_frames)]
+        self.windows = [[min(max(s + j, 0), self.frames - 1) for s in starts] for j in range(kernel)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x.reshape(-1, self.frames, *x.shape[1:])
+        out = y[:, self.windows[0]]
+        for window in self.windows[1:]:
+            out = torch.maximum(out, y[:, window])
+        return out.reshape(-1, *x.shape[1:])
+
+
+def _graph_friendly(model: nn.Module) -> nn.Module:
+    """Swap the modules whose traced form runs slowly on the runtimes for equivalent ones."""
+    for module in list(model.modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, TemporalMaxPool):
+                setattr(module, child_name, _FrameGatherMaxPool(child))
+    return model
+
+
 class _PolicyStep(nn.Module):
-    """One segment of ``PolicyNetwork.forward`` after the extractors: per-source norms and
-    projections, the joint MLP, the LSTM cell, the heads."""
+    """One segment of ``PolicyNetwork.forward`` after the extractors: the joint head (per-source
+    norms and projections, or the reference's concatenation), the LSTM cell, the heads."""
 
     def __init__(self, policy: nn.Module) -> None:
         super().__init__()
@@ -67,8 +101,11 @@ class _PolicyStep(nn.Module):
     def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         p = self.policy
         *feats, prev, h, c = args
-        joint = torch.stack([p.joint_inputs[s](p.feature_norms[s](f)) for s, f in zip(self.sources, feats, strict=True)]).sum(dim=0)
-        joint = p.joint(joint)
+        if p.joint_kind == "reference":  # the reference's head: the features side by side
+            joint = p.joint(torch.cat(feats, dim=-1))
+        else:
+            joint = torch.stack([p.joint_inputs[s](p.feature_norms[s](f)) for s, f in zip(self.sources, feats, strict=True)]).sum(dim=0)
+            joint = p.joint(joint)
         h, c = p.lstm(torch.cat([joint, prev], dim=-1), (h, c))
         logits = torch.stack([p.heads[m](h) for m in p.modalities], dim=1)
         return logits, h, c
@@ -112,7 +149,7 @@ def export_graphs(model: nn.Module, config: dict[str, Any], folder: str | Path, 
     if fusion is None:
         raise PackageError(f"fusion {model_cfg.fusion!r} is a network over features: the ONNX export handles late "
                            "fusions (unimodal, average, weighted, classwise); export this model as safetensors")
-    model = ExecutionPlan(device="cpu", channels_last=False, fuse_pointwise=False).prepare(model)
+    model = _graph_friendly(ExecutionPlan(device="cpu", channels_last=False, fuse_pointwise=False).prepare(model))
     graphs: dict[str, dict[str, Any]] = {}
 
     def write(name: str, net: nn.Module, example: tuple, inputs: list[str], outputs: list[str], role: dict) -> None:

@@ -33,7 +33,7 @@ from adamml.export.format import (
     sha256_file,
 )
 from adamml.export.onnx import export_graphs
-from adamml.export.quantize import DEFAULT_FP32, quantize_folder
+from adamml.export.quantize import quantize_folder
 from adamml.models.build import LoadedModel, model_from_state
 from adamml.models.flops import modality_costs
 from adamml.models.fusion import UnimodalFusion, _LateFusion
@@ -127,7 +127,7 @@ def export_package(source: str | Path, to: str | Path, *, format: str = "safeten
     ``license`` goes into the model card's metadata (the weights' licence is their owner's
     choice; the default is the package's own). ``quantize`` "int8" (with ``format`` "onnx")
     quantises the graphs, calibrated on the videos ``calibrate`` names, but for those in
-    ``keep_fp32`` (adamml.export.quantize)."""
+    ``keep_fp32`` (None: the policy's; adamml.export.quantize)."""
 
     if format not in FORMATS:
         raise PackageError(f"unknown export format {format!r}: expected one of {', '.join(FORMATS)}")
@@ -152,7 +152,7 @@ def export_package(source: str | Path, to: str | Path, *, format: str = "safeten
         export_graphs(loaded.network, config, tmp, model_cfg=loaded.model_cfg, cfg=loaded.cfg, opset=opset)
         if quantize:
 
-            quantize_folder(tmp, calibrate, DEFAULT_FP32 if keep_fp32 is None else keep_fp32)
+            quantize_folder(tmp, calibrate, keep_fp32)
     card = model_card(config, license=license)
     if format == "onnx":
         card += (f"\n## ONNX\n\nOne graph per component, listed with their inputs and SHA-256 in {MANIFEST_FILE}; "

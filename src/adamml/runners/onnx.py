@@ -1,5 +1,5 @@
 """Run an ONNX export (``adamml export --format onnx``) without torch: numpy, PyAV, OpenCV
-and onnxruntime.
+and onnxruntime (``runtime="onnx"``) or OpenVINO (``runtime="openvino"``).
 
 The same staged pipeline as ``adamml.inference.pipeline``: decode only the frames a sample
 reads -> the cheap inputs (RGB crops, spectrogram, RGB difference on the policy's frames) ->
@@ -9,9 +9,10 @@ selected segments only -> late fusion from the manifest's weights. The inputs ar
 path's own numpy functions (adamml.modalities, adamml.data.video); the spectrogram is its
 numpy twin (adamml.runners.spectrogram).
 
-Each graph is one onnxruntime session with one intra-op thread, and the micro-batches of
-the graphs that run at one point share a pool of worker threads, as the execution plan runs
-the torch model on a CPU (two single-threaded executors measured fastest on 2 cores).
+Each graph is one single-threaded onnxruntime session (or OpenVINO compiled model), and the
+micro-batches of the graphs that run at one point share a pool of worker threads, as the
+execution plan runs the torch model on a CPU (two single-threaded executors measured fastest
+on 2 cores, with both runtimes).
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ from adamml.modalities.rgbdiff import rgbdiff_clip
 from adamml.modalities.spatial import choose_crop
 from adamml.results import STAGES, Prediction
 from adamml.runners.spectrogram import log_spectrogram
+
+RUNTIMES = ("onnx", "openvino")
 
 
 def _settings(name: str, values: dict[str, Any], **properties: Any) -> Any:
@@ -89,15 +92,59 @@ def late_fusion(segment_logits: np.ndarray, mask: np.ndarray, fusion: dict[str, 
     return fused.sum(axis=0) / max(float(used.sum()), 1.0)
 
 
+def _onnxruntime_sessions(folder: Path, graphs: dict[str, Any], providers: Sequence[str] | None) -> dict[str, Any]:
+    import onnxruntime as ort  # onnxruntime: the `onnx` extra, only when graphs run
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1  # one thread per session: the workers run them side by side
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return {name: ort.InferenceSession(str(folder / graph["file"]), options, providers=list(providers or ["CPUExecutionProvider"]))
+            for name, graph in graphs.items()}
+
+
+class _OpenVinoGraph:
+    """An OpenVINO compiled graph behind onnxruntime's ``run(None, feeds)``: one inference
+    thread and stream (the workers run graphs side by side), fp32 inference (an AVX-512 host
+    would otherwise run bf16), one infer request per worker thread (a request is not
+    shareable across threads)."""
+
+    def __init__(self, core: Any, path: Path) -> None:
+        self.compiled = core.compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": 1, "NUM_STREAMS": 1,
+                                                              "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"})
+        self.outputs = list(self.compiled.outputs)
+        self._local = threading.local()
+
+    def run(self, _names: None, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self.compiled.create_infer_request()
+        result = request.infer(feeds)
+        return [np.array(result[o]) for o in self.outputs]  # copies: the request's buffers are reused
+
+
+def _openvino_sessions(folder: Path, graphs: dict[str, Any]) -> dict[str, Any]:
+    try:
+        import openvino  # openvino: the `openvino` extra, only for this runtime
+    except ImportError:
+        raise PackageError("runtime 'openvino' needs OpenVINO: pip install adamml[openvino]") from None
+    core = openvino.Core()
+    return {name: _OpenVinoGraph(core, folder / graph["file"]) for name, graph in graphs.items()}
+
+
 class OnnxModel:
     """An ONNX export folder, ready for videos: :meth:`predict` gives a Prediction.
 
+    ``runtime``: "onnx" (onnxruntime) or "openvino", the same graphs and orchestration.
     ``calls`` counts the graph runs by graph name and ``flow_fields`` the flow fields
     computed, so what was skipped can be checked."""
 
-    def __init__(self, folder: str | Path, *, workers: int = 2, providers: Sequence[str] | None = None) -> None:
-        import onnxruntime as ort  # onnxruntime: the `onnx` extra, only when graphs run
-
+    def __init__(self, folder: str | Path, *, workers: int = 2, providers: Sequence[str] | None = None,
+                 runtime: str = "onnx") -> None:
+        if runtime not in RUNTIMES:
+            raise PackageError(f"runtime {runtime!r}: expected one of {', '.join(RUNTIMES)}")
+        self.runtime = runtime
         self.folder = Path(folder)
         self.config = read_config(self.folder)
         self.manifest = read_manifest(self.folder)  # every graph checked against its SHA-256
@@ -116,14 +163,11 @@ class OnnxModel:
         self.decode = _settings("DecodeSettings", decode)
         self.workers = max(1, int(workers))
         self.pool = ThreadPoolExecutor(self.workers, thread_name_prefix="adamml-onnx")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1  # one thread per session: the workers run them side by side
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        self.sessions = {
-            name: ort.InferenceSession(str(self.folder / graph["file"]), options, providers=list(providers or ["CPUExecutionProvider"]))
-            for name, graph in self.manifest["graphs"].items()
-        }
+        graphs = self.manifest["graphs"]
+        if runtime == "openvino":
+            self.sessions = _openvino_sessions(self.folder, graphs)
+        else:
+            self.sessions = _onnxruntime_sessions(self.folder, graphs, providers)
         self.calls: Counter[str] = Counter()
         self.flow_fields = 0
         self._lock = threading.Lock()
@@ -305,10 +349,10 @@ class OnnxModel:
         return self.run(video, thresholds, topk).prediction
 
 
-def load_onnx(folder: str | Path, *, workers: int = 2) -> OnnxModel:
-    """An ONNX export folder as an :class:`OnnxModel` (refused if a graph's SHA-256 or the
-    adamml version does not match)."""
-    return OnnxModel(folder, workers=workers)
+def load_onnx(folder: str | Path, *, workers: int = 2, runtime: str = "onnx") -> OnnxModel:
+    """An ONNX export folder as an :class:`OnnxModel` on ``runtime`` (refused if a graph's
+    SHA-256 or the adamml version does not match)."""
+    return OnnxModel(folder, workers=workers, runtime=runtime)
 
 
 def predict_videos(folder: str | Path, videos: Sequence[str | Path], *, topk: int = 5) -> list[Prediction]:
