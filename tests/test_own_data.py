@@ -296,3 +296,26 @@ def test_the_run_ends_with_each_stages_result_and_a_collapse_verdict(budget_run)
     assert "of fusion's), running" in verdict
     assert "WARNING: " in summary or "no sign of a collapse" in summary
     assert verdict in printed
+
+
+def test_a_run_that_misses_fusion_says_by_how_much_with_the_oracle_and_the_budget_that_meets_it(budget_run, own_videos,
+                                                                                             tmp_path):
+    import shutil
+
+    out, _ = budget_run
+    for stage in out.iterdir():  # stage 1 and fusion from the budget run; stage 3 at a budget too small
+        if stage.name.startswith(("unimodal_", "fusion_")) or stage.name == "splits":
+            shutil.copytree(stage, tmp_path / stage.name)
+    code, printed = _train(["--data", str(own_videos), "--output", str(tmp_path), "--budget", "0.15", "--stage", "adamml",
+                            "train.batch_size=4", "train.adamml.warmup_epochs=1", "train.adamml.epochs=1",
+                            "train.adamml.finetune_epochs=0"])
+    assert code == 0, printed
+    verdict = next(line for line in printed.splitlines() if "points under weighted fusion" in line)
+    import re
+
+    adamml, fusion = (float(v) for v in re.search(r"\((\d+\.\d)% against (\d+\.\d)%\)", verdict).groups())
+    assert fusion - adamml > 2
+    oracle = float(re.search(r"the labels\) reaches (\d+\.\d)%", verdict).group(1))
+    assert adamml <= oracle <= 100.0
+    assert re.search(r"meets fusion at a budget of \d\.\d\d|stays under fusion at every budget", verdict)
+    assert "no sign of a collapse" not in printed

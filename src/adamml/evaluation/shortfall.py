@@ -55,7 +55,8 @@ def measure(checkpoint: Path, fusion_accuracy: float, runtime: Runtime | None = 
     gflops = video_cost(decisions, per_segment, costs["policy"])
     fusion_here = score(model, data, torch.ones_like(data.margins), multi_label=False)
     oracle = oracle_point(model, data, per_segment, max(gflops - costs["policy"] * k, 0.0))
-    curve = [(f, budget_point(model, data, Budget(f, "fraction"), costs, False)[0]) for f in FRACTIONS]
+    affordable = [f for f in FRACTIONS if f * full > costs["policy"] * k]  # the policy alone costs the rest
+    curve = [(f, budget_point(model, data, Budget(f, "fraction"), costs, False)[0]) for f in affordable]
     meets = next((f for f, p in curve if p.accuracy >= fusion_accuracy), None)
     best = max(curve, key=lambda fp: fp[1].accuracy)
     return Shortfall(accuracy=accuracy, gflops=gflops, fusion_accuracy=fusion_here, fusion_gflops=full,

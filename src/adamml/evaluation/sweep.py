@@ -95,7 +95,8 @@ def score(model, data: SweepData, decisions: torch.Tensor, multi_label: bool) ->
     return 100 * topk_accuracy(logits.numpy(), data.labels.numpy(), k=1)["top1"]
 
 
-def _cost(decisions: torch.Tensor, costs: Sequence[float], policy_cost: float) -> float:
+def video_cost(decisions: torch.Tensor, costs: Sequence[float], policy_cost: float) -> float:
+    """Mean GFLOPs per video of ``decisions`` (N, K, M): the selected pairs plus the policy on every segment."""
     per_video = (decisions.double() * torch.tensor(costs, dtype=torch.float64)).sum(dim=(1, 2))
     return float(per_video.mean()) + policy_cost * decisions.shape[1]
 
@@ -110,7 +111,7 @@ def budget_point(model, data: SweepData, budget: Budget, costs: dict[str, float]
     decisions = thresholds.decide(data.margins)
     point = SweepPoint(
         method="AdaMML", budget=str(budget), accuracy=score(model, data, decisions, multi_label),
-        gflops=_cost(decisions, per_seg, costs["policy"]),
+        gflops=video_cost(decisions, per_seg, costs["policy"]),
         rates={m: 100 * float(decisions[..., i].mean()) for i, m in enumerate(modalities)},
         thresholds=thresholds.probabilities(),
     )
@@ -128,7 +129,7 @@ def random_point(model, data: SweepData, rates: dict[str, float], costs: dict[st
     for _ in range(draws):
         d = policy(n, k, modalities)
         accs.append(score(model, data, d, multi_label))
-        gfs.append(_cost(d, [costs[m] for m in modalities], 0.0))
+        gfs.append(video_cost(d, [costs[m] for m in modalities], 0.0))
         used.append(d.mean(dim=(0, 1)))
     mean_used = torch.stack(used).mean(0)
     return SweepPoint(
