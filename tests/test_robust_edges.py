@@ -8,6 +8,8 @@ import contextlib
 import io
 from pathlib import Path
 
+import pytest
+import torch
 from media import make_video
 
 from adamml.cli import main
@@ -62,3 +64,26 @@ def test_only_a_last_batch_of_one_clip_is_left_out_and_evaluation_keeps_every_vi
     assert sizes(Clips(range(6))) == [4, 2]
     assert sizes(Clips(range(5)), train=False) == [4, 1]
     assert sizes(Segments(range(5))) == [4, 1]
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_training_in_bf16_runs_it_only_on_a_cpu_that_has_it_and_says_the_fp32_fallback_once(native, monkeypatch, capsys):
+    from adamml.models import execution
+    from adamml.runtime.distributed import Runtime
+    from adamml.training.engine import autocast
+
+    monkeypatch.setattr(execution, "_said", set())
+    monkeypatch.setattr(execution, "cpu_has_native_bf16", lambda: native)
+    layer = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    for _ in range(2):  # two training steps: the line once
+        with autocast(Runtime(), "bf16"):
+            out = layer(torch.randn(2, 3, 8, 8))
+        out.float().sum().backward()
+    assert out.dtype == (torch.bfloat16 if native else torch.float32)
+    err = capsys.readouterr().err.splitlines()
+    if native:
+        assert err == []
+    else:
+        assert len(err) == 1 and "has no native bf16" in err[0] and "running fp32 instead" in err[0]
+    with autocast(Runtime(), "32"):
+        assert layer(torch.randn(2, 3, 8, 8)).dtype == torch.float32
