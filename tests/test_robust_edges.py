@@ -87,3 +87,54 @@ def test_training_in_bf16_runs_it_only_on_a_cpu_that_has_it_and_says_the_fp32_fa
         assert len(err) == 1 and "has no native bf16" in err[0] and "running fp32 instead" in err[0]
     with autocast(Runtime(), "32"):
         assert layer(torch.randn(2, 3, 8, 8)).dtype == torch.float32
+
+
+def test_without_a_fusion_row_the_saving_is_against_fusions_cost_never_a_single_modality() -> None:
+    from adamml.evaluation.report import MethodResult, format_table, reference_note
+
+    rows = [  # a run evaluated without its fusion stage (the tiny config's costs per video)
+        MethodResult("RGB", 50.0, selection={"rgb": 100.0}, gflops=0.1727),
+        MethodResult("Audio", 50.0, selection={"audio": 100.0}, gflops=0.0113),
+        MethodResult("AdaMML", 50.0, selection={"rgb": 40.0, "audio": 90.0}, gflops=0.0957),
+        MethodResult("Random policy (AdaMML's rates)", 50.0, selection={"rgb": 40.0, "audio": 90.0}, gflops=0.0792),
+    ]
+    fusion = 0.1840
+    table = format_table(rows, ["rgb", "audio"], fusion_gflops=fusion)
+    adamml = next(line for line in table.splitlines() if line.startswith("| AdaMML "))
+    assert f"0.0957 ({100 * (0.0957 / fusion - 1):+.1f}%)" in adamml
+    assert "from the networks' costs" in reference_note(rows, fusion)
+    bare = format_table(rows, ["rgb", "audio"])  # no cost known: no comparison at all
+    assert "%)" not in next(line for line in bare.splitlines() if line.startswith("| AdaMML "))
+    assert reference_note(rows).startswith("GFLOPs changes are not shown")
+    # With the fusion row measured, it is the reference and no note is added.
+    measured = [*rows, MethodResult("Weighted fusion", 55.0, selection={"rgb": 100.0, "audio": 100.0}, gflops=0.2)]
+    assert f"0.0957 ({100 * (0.0957 / 0.2 - 1):+.1f}%)" in format_table(measured, ["rgb", "audio"], fusion_gflops=fusion)
+    assert reference_note(measured, fusion) is None
+
+
+def test_evaluate_without_the_fusion_stage_compares_adamml_with_fusions_counted_cost(tmp_path: Path, capsys) -> None:
+    from adamml.config import to_dict
+    from adamml.config_files import load_config
+    from adamml.data.cache import VideoCache
+    from adamml.data.catalog import discover
+    from adamml.data.extract import extract_videos
+    from adamml.models.adamml import build_adamml
+    from adamml.models.flops import segment_costs
+    from adamml.runtime.checkpoint import save_checkpoint
+
+    root = _write_dataset(tmp_path / "data", (1, 1))
+    cfg = load_config("tiny", [f"data.root={root}", "model.num_classes=2"])
+    extract_videos(discover(root, "val")[0], VideoCache(root / "cache", cfg.data.decode), progress=False)
+    torch.manual_seed(0)
+    checkpoint = save_checkpoint({
+        "kind": "adamml", "model": build_adamml(cfg.model, cfg.data.clip).state_dict(), "config": to_dict(cfg),
+        "model_config": to_dict(cfg.model), "class_names": CLASSES,
+    }, tmp_path / "adamml" / "best.pt")
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--no-plots", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    costs = segment_costs(cfg.model, cfg.data.clip)
+    fusion = cfg.data.eval_segments * (costs["rgb"] + costs["audio"])
+    assert f"against weighted fusion's {fusion:.4f} GFLOPs per video" in printed
+    adamml = next(line for line in printed.splitlines() if line.startswith("| AdaMML "))
+    gflops = float(adamml.split("|")[-2].split()[0])
+    assert f"({100 * (gflops / fusion - 1):+.1f}%)" in adamml, printed
