@@ -8,7 +8,7 @@ from pathlib import Path
 
 from adamml.config import ModelConfig, _from_dict
 from adamml.evaluation.evaluate import method_name
-from adamml.evaluation.health import collapse_warnings
+from adamml.evaluation.health import collapse_warnings, silent_inputs
 from adamml.evaluation.report import MethodResult
 from adamml.runtime.checkpoint import load_checkpoint
 from adamml.runtime.runs import find_stage_checkpoints
@@ -31,7 +31,7 @@ def run_verdict(cfg) -> list[str]:
                     f"{m} p_use > {p:.3f}" for m, p in r.extra["thresholds"].items()) + ")"
         parts.append(part)
     lines = ["validation: " + "; ".join(parts)]
-    warnings = collapse_warnings(rows, num_classes=num_classes, budget=cfg.train.adamml.budget)
+    warnings = collapse_warnings(rows, num_classes=num_classes, budget=cfg.train.adamml.budget, silent=silent_inputs(cfg))
     lines += [f"WARNING: {w}" for w in warnings] or ["no sign of a collapse: AdaMML is at least as accurate as "
                                                       "each single modality and runs every modality"]
     return lines
