@@ -138,3 +138,39 @@ def test_evaluate_without_the_fusion_stage_compares_adamml_with_fusions_counted_
     adamml = next(line for line in printed.splitlines() if line.startswith("| AdaMML "))
     gflops = float(adamml.split("|")[-2].split()[0])
     assert f"({100 * (gflops / fusion - 1):+.1f}%)" in adamml, printed
+
+
+def test_csv_labels_of_two_kinds_without_a_class_list_are_refused_naming_the_row(tmp_path: Path) -> None:
+    from adamml.data.formats import DatasetError, read_csv
+
+    for name in "abcd":
+        (tmp_path / f"{name}.mp4").touch()
+    (tmp_path / "train.csv").write_text("path,label\na.mp4,cat\nb.mp4,dog\nc.mp4,1\nd.mp4,cat\n")
+    with pytest.raises(DatasetError, match=r"train\.csv:4: label '1' is a class index where the other rows give "
+                                           r"class names \(such as 'cat' at .*train\.csv:2\)"):
+        read_csv(tmp_path / "train.csv", tmp_path)
+    (tmp_path / "train.csv").write_text("path,label\na.mp4,0\nb.mp4,1\nc.mp4,l\nd.mp4,2\n")  # a typo of 1
+    with pytest.raises(DatasetError, match=r"train\.csv:4: label 'l' is a class name where the other rows give class indices"):
+        read_csv(tmp_path / "train.csv", tmp_path)
+    (tmp_path / "classes.txt").write_text("cat\ndog\n")  # with a class list, names and indices mix as before
+    (tmp_path / "train.csv").write_text("path,label\na.mp4,cat\nb.mp4,1\n")
+    entries, names = read_csv(tmp_path / "train.csv", tmp_path, ["cat", "dog"])
+    assert [e.labels for e in entries] == [[0], [1]] and names == ["cat", "dog"]
+
+
+def test_a_class_only_one_split_names_is_told_in_the_run_summary(tmp_path: Path) -> None:
+    import warnings
+
+    from adamml.data.catalog import discover
+    from adamml.data.formats import DiscoveryWarning
+
+    for name in "abcde":
+        (tmp_path / f"{name}.mp4").touch()
+    (tmp_path / "train.csv").write_text("path,label\na.mp4,cat\nb.mp4,dog\nc.mp4,dgo\n")  # a typo: a class of its own
+    (tmp_path / "val.csv").write_text("path,label\nd.mp4,cat\ne.mp4,dog\n")
+    _, names = discover(tmp_path, "train")
+    with warnings.catch_warnings(record=True) as told:
+        warnings.simplefilter("always", DiscoveryWarning)
+        discover(tmp_path, "val", class_names=names)
+    (line,) = [str(w.message) for w in told if w.category is DiscoveryWarning]
+    assert "val.csv: 1 class(es) of the class list have no video here, yet count as classes: dgo" in line
