@@ -158,7 +158,7 @@ def test_csv_labels_of_two_kinds_without_a_class_list_are_refused_naming_the_row
     assert [e.labels for e in entries] == [[0], [1]] and names == ["cat", "dog"]
 
 
-def test_a_class_only_one_split_names_is_told_in_the_run_summary(tmp_path: Path) -> None:
+def test_a_class_that_a_split_never_names_is_told_as_a_discovery_warning(tmp_path: Path) -> None:
     import warnings
 
     from adamml.data.catalog import discover
