@@ -47,6 +47,26 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def command_parser(command: str) -> argparse.ArgumentParser:
+    """The parser of one sub-command (``adamml NAME``), its module's options added."""
+    module_name, help_text = COMMANDS[command]
+    parser = argparse.ArgumentParser(prog=f"adamml {command}", description=help_text)
+    importlib.import_module(module_name).add_arguments(parser)
+    parser.set_defaults(command=command, _module=module_name)
+    return parser
+
+
+def parse_command(command: str, words: list[str]) -> argparse.Namespace:
+    """A sub-command's words, options and positionals in any order: ``adamml train --data R
+    train.seed=1 --budget 0.5 train.progress=false`` (plain parsing stops taking the overrides
+    at the first option after them)."""
+    parser = command_parser(command)
+    try:
+        return parser.parse_intermixed_args(words)
+    except TypeError:  # a command with sub-commands of its own (weights ACTION): argparse cannot intermix
+        return parser.parse_args(words)
+
+
 def main(argv: list[str] | None = None) -> int:
     words = sys.argv[1:] if argv is None else argv
     command = words[0] if words and words[0] in COMMANDS else None
@@ -55,8 +75,11 @@ def main(argv: list[str] | None = None) -> int:
         from adamml.runtime.allocator import request_huge_pages
 
         request_huge_pages()
-    parser = build_parser(command)
-    args = parser.parse_args(words)
+    if command is not None:
+        args = parse_command(command, words[1:])
+    else:
+        parser = build_parser()
+        args = parser.parse_args(words)
     if not getattr(args, "command", None):
         parser.print_help()
         return 0

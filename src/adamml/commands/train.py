@@ -51,7 +51,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--nproc", type=int, default=None,
                         help="with --plan: processes to plan for (default: WORLD_SIZE or 1)")
-    parser.add_argument("overrides", nargs="*", help="config overrides: section.key=value")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs, CI): train.progress=false")
+    parser.add_argument("overrides", nargs="*", help="config overrides: section.key=value (before, between or after the options)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -62,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"train.output_dir={args.output}")
     if args.budget is not None:
         overrides.append(f"train.adamml.budget={args.budget}")
+    if args.no_progress:
+        overrides.append("train.progress=false")
     cfg = load_config(args.config, overrides)  # checked whole: a wrong name fails here, not mid-run
     if args.fusion is not None:
         check_choice("--fusion", args.fusion, [f for f in FUSIONS if f != "unimodal"])

@@ -312,6 +312,19 @@ class VideoCache:
             meta=info.get("meta", {}),
         )
 
+    def audio_track(self, video_path: str | Path, frame_range: FrameRange = None) -> tuple[np.ndarray, bool]:
+        """The cached waveform (as stored: 16-bit PCM or float32) and whether the video had no
+        audio track, without reading its frames (what a look over a whole split's sound
+        reads); a missing or damaged file raises :class:`CacheError`."""
+        path = self.entry_path(video_path, frame_range)
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                missing = bool(json.loads(str(npz["info"]))["audio_missing"])
+                audio = npz["audio_pcm16"] if "audio_pcm16" in npz else npz["audio"]
+        except (zipfile.BadZipFile, ValueError, KeyError, EOFError, OSError, json.JSONDecodeError) as exc:
+            raise CacheError(f"{path}: cannot read the cached audio of {video_path} ({type(exc).__name__}: {exc})") from None
+        return audio, missing
+
     def entries(self) -> list[Path]:
         """Every finished cache file (temporary files excluded)."""
         if not self.folder.is_dir():

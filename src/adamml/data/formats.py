@@ -178,18 +178,47 @@ def read_csv(
         raise DatasetError(f"{path}: no videos listed below the header")
     names = class_names
     if names is None:
+        _check_one_label_kind(path, parsed)
         all_tokens = sorted({t for _, _, ts in parsed for t in ts})
-        if not all(t.lstrip("-").isdigit() for t in all_tokens):
+        if not all(_is_index(t) for t in all_tokens):
             names = all_tokens
     entries = [
         VideoEntry(path=video, labels=[_resolve_label(t, names, where) for t in tokens], source=where)
         for where, video, tokens in parsed
     ]
     _check_rows(path, entries)
+    if class_names is not None:
+        used = {i for e in entries for i in e.labels}
+        unused = [name for i, name in enumerate(class_names) if i not in used]
+        if unused:  # a class of another split's labels that this one never names: often a typo there
+            _warn(f"{path}: {len(unused)} class(es) of the class list have no video here, yet count as classes: "
+                  f"{_named(unused)}")
     if names is None and entries and min(min(e.labels) for e in entries if e.labels) > 0:
         _warn(f"{path}: integer labels from {min(min(e.labels) for e in entries)} with no class list: read as "
               "0-based indices, so class 0 has no video; give a classes.txt (one name per line, class 0 first)")
     return entries, names if names is not None else _index_names(entries)
+
+
+def _is_index(token: str) -> bool:
+    return token.lstrip("-").isdigit()
+
+
+def _check_one_label_kind(path: Path, parsed: list[tuple[str, Path, list[str]]]) -> None:
+    """Without a class list, labels are all indices or all names: a mix would make the odd
+    ones classes of their own ("1" beside "cat" and "dog"; a typo among indices, which then
+    also sorts "10" before "2"). Refused, naming the row of the first odd label."""
+    found = [(where, t) for where, _, tokens in parsed for t in tokens]
+    indices = [(where, t) for where, t in found if _is_index(t)]
+    names = [(where, t) for where, t in found if not _is_index(t)]
+    if not indices or not names:
+        return
+    (where, odd), (other_where, other) = (indices[0], names[0]) if len(indices) <= len(names) else (names[0], indices[0])
+    kind, others = ("a class index", "class names") if _is_index(odd) else ("a class name", "class indices")
+    raise DatasetError(
+        f"{where}: label {odd!r} is {kind} where the other rows give {others} (such as {other!r} at "
+        f"{other_where}) and no class list says which are classes; give one kind of label, or a "
+        f"{path.parent / 'classes.txt'} (one name per line, class 0 first)"
+    )
 
 
 def _check_rows(path: Path, entries: list[VideoEntry]) -> None:

@@ -25,7 +25,7 @@ def make_loader(dataset, batch_size: int, runtime: Runtime, *, train: bool, seed
         batch_size=batch_size,
         sampler=sampler,
         num_workers=num_workers,
-        drop_last=False,
+        drop_last=train and _last_batch_is_one_clip(len(sampler), batch_size, dataset),
         pin_memory=runtime.device.type == "cuda",
         persistent_workers=False,
         # Every iterator draws its workers' base seed; from the global generator that draw
@@ -33,6 +33,14 @@ def make_loader(dataset, batch_size: int, runtime: Runtime, *, train: bool, seed
         # anything starting an extra iterator (a progress bar did) changed the weights.
         generator=torch.Generator().manual_seed(seed),
     )
+
+
+def _last_batch_is_one_clip(count: int, batch_size: int, dataset) -> bool:
+    """Whether an epoch's last batch of ``count`` samples (this process's share) would hold a
+    single clip, which batch norm cannot normalise while training: that batch is then left
+    out (a different video each epoch, the order being shuffled). Every other size keeps it."""
+    clips_per_sample = int(getattr(dataset, "num_segments", 1))
+    return count > batch_size and count % batch_size == 1 and clips_per_sample == 1
 
 
 def set_loader_epoch(loader: DataLoader, epoch: int, seed: int) -> None:

@@ -27,6 +27,7 @@ from adamml.evaluation.metrics import MetricAccumulator
 from adamml.evaluation.report import (
     MethodResult,
     format_table,
+    reference_note,
     write_csv,
     write_json,
 )
@@ -246,13 +247,22 @@ def evaluate_run(
         results += budget_rows(adamml_outputs, results, budgets=budgets or [], sweep_curve=sweep,
                                out_dir=out_dir if runtime.is_main else None, seed=seed, progress=progress)
     metric = results[0].metric if results else "top1"
-    table = format_table(results, all_modalities, metric=metric) + "\n" + protocol_note(protocol, draws, seed)
+    fusion_gflops = None
+    if adamml_outputs is not None:  # what weighted fusion costs, for a run evaluated without it
+        _, adamml_cfg, adamml_run_cfg, adamml_res = adamml_outputs[:4]
+        costs = segment_costs(adamml_cfg, adamml_run_cfg.data.clip)
+        segments = np.asarray(adamml_res.gathered["decisions"]).shape[1]
+        fusion_gflops = segments * sum(costs[m] for m in adamml_cfg.modalities)
+    table = format_table(results, all_modalities, metric=metric, fusion_gflops=fusion_gflops)
+    if note := reference_note(results, fusion_gflops):
+        table += "\n" + note
+    table += "\n" + protocol_note(protocol, draws, seed)
     if adamml_outputs is not None and (note := threshold_note(adamml_outputs[0], adamml_outputs[2])):
         table += "\n" + note
     if out_dir is not None and runtime.is_main:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        write_csv(results, out_dir / "results.csv", all_modalities)
+        write_csv(results, out_dir / "results.csv", all_modalities, fusion_gflops=fusion_gflops)
         write_json(results, out_dir / "results.json")
         atomic_write_text(out_dir / "results.txt", table + "\n")
         if plots:

@@ -8,27 +8,50 @@ say why. After ``adamml train`` (from each stage's ``best.pt``) and after ``adam
   modality everywhere);
 - a modality the policy (almost) never runs: selection rate under 5 %;
 - a recognition network near chance after stage 1 (the usual root cause of both);
-- a GFLOPs budget missed by more than 10 %.
+- a GFLOPs budget missed by more than 10 %;
+- an input with no signal at all (every training video silent or without an audio track):
+  no amount of training helps there, the modality is better dropped.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
+from adamml.modalities.table import title
 from adamml.runtime.checkpoint import load_checkpoint
 
 MIN_SELECTION = 5.0  # percent of segments
 BUDGET_TOLERANCE = 0.10
 
 
-def collapse_warnings(rows: list, *, num_classes: int | None = None, budget: float | None = None) -> list[str]:
-    """Warnings for a list of ``MethodResult`` rows (percent figures), one line each."""
+def _modality(row) -> str | None:
+    """The one modality a single-modality row runs."""
+    used = [m for m, v in row.selection.items() if v is not None]
+    return used[0] if len(used) == 1 else None
+
+
+def collapse_warnings(rows: list, *, num_classes: int | None = None, budget: float | None = None,
+                      silent: dict[str, str] | None = None) -> list[str]:
+    """Warnings for a list of ``MethodResult`` rows (percent figures), one line each.
+    ``silent``: modality -> why its input carries no signal (:func:`silent_inputs`)."""
+    silent = silent or {}
     adamml = next((r for r in rows if r.method == "AdaMML"), None)
     single = [r for r in rows if not r.adaptive and sum(v is not None for v in r.selection.values()) == 1]
     fusion = next((r for r in rows if r.method.endswith("fusion")), None)
     lines: list[str] = []
     chance = 100.0 / num_classes if num_classes else None
-    weak = [r for r in single if chance is not None and r.accuracy < 2 * chance]
+    used = list(adamml.selection) if adamml is not None else [m for r in single if (m := _modality(r))]
+    for modality, reason in silent.items():
+        own = next((r for r in single if _modality(r) == modality), None)
+        scored = f" ({own.method} {own.accuracy:.1f}% after stage 1{f', chance {chance:.1f}%' if chance else ''})" if own else ""
+        rest = [m for m in used if m not in silent]
+        drop = f"drop it (model.modalities=[{','.join(rest)}])" if rest else "drop it"
+        lines.append(
+            f"{title(modality)} carries no signal: {reason}, so every spectrogram is the same and its network "
+            f"can only guess{scored}; training longer cannot help: {drop}, or give videos with sound"
+        )
+    weak = [r for r in single if chance is not None and r.accuracy < 2 * chance and _modality(r) not in silent]
     for r in weak:
         lines.append(
             f"{r.method} reaches only {r.accuracy:.1f}% after stage 1 (chance {chance:.1f}%): its network "
@@ -39,15 +62,20 @@ def collapse_warnings(rows: list, *, num_classes: int | None = None, budget: flo
         return lines
     best = max(single, key=lambda r: r.accuracy, default=None)
     if best is not None and adamml.accuracy < best.accuracy:
-        cause = ("the recognition networks are weak (above)" if weak else
-                 "the policy skips segments the networks need")
         knob = "raise --budget" if budget is not None else "lower train.adamml.cost_weights or raise --budget"
-        fix = "train stage 1 longer" if weak else f"{knob}, or give the policy more epochs (train.adamml.epochs)"
+        if weak:
+            cause, fix = "the recognition networks are weak (above)", "train stage 1 longer"
+        elif silent:
+            cause, fix = f"{', '.join(map(title, silent))} carries no signal (above)", f"drop {', '.join(silent)}"
+        else:
+            cause, fix = "the policy skips segments the networks need", f"{knob}, or give the policy more epochs (train.adamml.epochs)"
         lines.append(
             f"AdaMML {adamml.accuracy:.1f}% is below its best single modality ({best.method} "
             f"{best.accuracy:.1f}%): {cause}; likely fix: {fix}"
         )
     for modality, rate in adamml.selection.items():
+        if modality in silent:  # skipping an input without signal is right: said above
+            continue
         if rate is not None and rate < MIN_SELECTION:
             # Trained to a budget, the cost weights are not the user's: the budget is the knob.
             knob = "raise --budget" if budget is not None else f"lower train.adamml.cost_weights.{modality} or raise --budget"
@@ -72,11 +100,53 @@ def collapse_warnings(rows: list, *, num_classes: int | None = None, budget: flo
     return lines
 
 
+def silent_inputs(cfg) -> dict[str, str]:
+    """Modalities of ``cfg``'s model whose input carries no signal on any training video,
+    with why: audio, when every cached training video has no audio track or a silent
+    (constant) one. Stops at the first video with sound, so a dataset with sound costs one
+    read; says nothing where the cache cannot tell (no cache, videos not extracted)."""
+    from adamml.data.cache import CacheError, VideoCache
+    from adamml.data.catalog import DATASETS, discover
+    from adamml.data.formats import DatasetError, DiscoveryWarning
+
+    data = cfg.data
+    if "audio" not in cfg.model.modalities or not data.use_cache or not data.root:
+        return {}
+    cache = VideoCache(Path(data.cache) if data.cache else Path(data.root) / "cache", data.decode)
+    try:
+        with warnings.catch_warnings():  # what discovery passed over was said when the run began
+            warnings.simplefilter("ignore", DiscoveryWarning)
+            entries, _ = discover(data.root, data.train_split, data.dataset if data.dataset in DATASETS else None)
+    except DatasetError:
+        return {}
+    silent = absent = 0
+    for entry in entries:
+        try:
+            audio, missing = cache.audio_track(entry.path, entry.frame_range)
+        except CacheError:
+            continue
+        if not missing and audio.size and audio.max() != audio.min():
+            return {}
+        absent += missing
+        silent += not missing
+    if not silent + absent:
+        return {}
+    parts = [f"{absent} without an audio track" if absent else "", f"{silent} silent" if silent else ""]
+    return {"audio": f"all {silent + absent} training videos have no sound ({', '.join(p for p in parts if p)})"}
+
+
 def checkpoint_context(checkpoints: list[Path]) -> dict:
-    """``num_classes`` and ``budget`` for :func:`collapse_warnings`, from the last checkpoint
-    (AdaMML's, when the list is a run's)."""
+    """``num_classes``, ``budget`` and ``silent`` for :func:`collapse_warnings`, from the last
+    checkpoint (AdaMML's, when the list is a run's) and the training data it names."""
+    from adamml.config import ConfigError, config_from_dict
+
     if not checkpoints:
         return {}
     config = load_checkpoint(checkpoints[-1]).get("config") or {}
     train = (config.get("train") or {}).get("adamml") or {}
-    return {"num_classes": (config.get("model") or {}).get("num_classes"), "budget": train.get("budget")}
+    context = {"num_classes": (config.get("model") or {}).get("num_classes"), "budget": train.get("budget")}
+    try:
+        context["silent"] = silent_inputs(config_from_dict(config))
+    except (ConfigError, OSError):
+        pass
+    return context

@@ -121,7 +121,16 @@ class MethodResult:
         return cls(**dict(d))
 
 
-def _find_reference(results: Sequence[MethodResult], reference: str | None) -> MethodResult | None:
+FUSION_FROM_COSTS = "Weighted fusion (from the networks' costs)"
+
+
+def _find_reference(
+    results: Sequence[MethodResult], reference: str | None, fusion_gflops: float | None = None
+) -> MethodResult | None:
+    """The row the adaptive rows' GFLOPs are compared with: the named one, else a static row
+    that runs every modality of the adaptive rows on every segment (weighted fusion first),
+    else weighted fusion's cost ``fusion_gflops`` when given, else none. Never a single
+    modality: against it an adaptive row's "saving" is a meaningless surcharge."""
     if reference is not None:
         for r in results:
             if r.method == reference:
@@ -129,9 +138,32 @@ def _find_reference(results: Sequence[MethodResult], reference: str | None) -> M
         raise ValueError(
             f"reference row {reference!r} not among the methods: {[r.method for r in results]}"
         )
-    # Default: the most expensive static row, i.e. the fusion of every modality.
-    static = [r for r in results if not r.adaptive and r.gflops > 0]
-    return max(static, key=lambda r: r.gflops) if static else None
+    needed = {m for r in results if r.adaptive for m, v in r.selection.items() if v is not None}
+    every = [
+        r for r in results
+        if not r.adaptive and r.gflops > 0 and all((r.selection.get(m) or 0.0) >= 100.0 - 1e-6 for m in needed)
+    ]
+    if every:
+        weighted = [r for r in every if r.method.strip().lower().startswith("weighted")]
+        return max(weighted or every, key=lambda r: r.gflops)
+    if fusion_gflops is not None and fusion_gflops > 0:
+        return MethodResult(FUSION_FROM_COSTS, 0.0, selection=dict.fromkeys(needed, 100.0),
+                            gflops=float(fusion_gflops), adaptive=False)
+    return None
+
+
+def reference_note(results: Sequence[MethodResult], fusion_gflops: float | None = None) -> str | None:
+    """The line under a table whose adaptive rows are compared with weighted fusion's cost
+    counted from the networks (no fusion row was measured), or that shows no comparison."""
+    if not any(r.adaptive for r in results):
+        return None
+    ref = _find_reference(results, None, fusion_gflops)
+    if ref is None:
+        return "GFLOPs changes are not shown: no row runs every modality on every segment to compare with."
+    if ref.method == FUSION_FROM_COSTS:
+        return (f"GFLOPs changes are against weighted fusion's {ref.gflops:.4f} GFLOPs per video (every modality "
+                "on every segment), counted from the networks' costs: no fusion checkpoint was evaluated.")
+    return None
 
 
 def gflops_saving(result: MethodResult, reference: MethodResult) -> float:
@@ -146,10 +178,11 @@ def _rows(
     modalities: Sequence[str],
     metric: str,
     reference: str | None,
+    fusion_gflops: float | None = None,
 ) -> tuple[list[str], list[list[str]]]:
     if metric not in METRIC_TITLES:
         raise ValueError(f"unknown metric {metric!r}; expected one of {', '.join(METRIC_TITLES)}")
-    ref = _find_reference(results, reference)
+    ref = _find_reference(results, reference, fusion_gflops)
     header = (
         ["Method", METRIC_TITLES[metric]]
         + [f"{title(m)} (%)" for m in modalities]
@@ -177,13 +210,15 @@ def format_table(
     modalities: Sequence[str],
     metric: str = "top1",
     reference: str | None = None,
+    fusion_gflops: float | None = None,
 ) -> str:
     """A Markdown table like the paper's: ``Method | Acc. (%) | RGB (%) ... | GFLOPs``.
 
-    reference: the method the adaptive rows' GFLOPs are compared with (the paper uses
-    weighted fusion); by default the most expensive non-adaptive row.
+    reference: the method the adaptive rows' GFLOPs are compared with; by default weighted
+    fusion's row (the paper's reference), or ``fusion_gflops`` (its cost counted from the
+    networks) when no row runs every modality (see :func:`reference_note`).
     """
-    header, rows = _rows(results, modalities, metric, reference)
+    header, rows = _rows(results, modalities, metric, reference, fusion_gflops)
     widths = [max(len(c) for c in col) for col in zip(header, *rows, strict=True)]
 
     def line(cells: list[str]) -> str:
@@ -208,11 +243,13 @@ def write_csv(
     path: str | os.PathLike[str],
     modalities: Sequence[str] | None = None,
     reference: str | None = None,
+    fusion_gflops: float | None = None,
 ) -> Path:
-    """One row per method with plain numbers (empty cell = modality not used)."""
+    """One row per method with plain numbers (empty cell = modality not used); the GFLOPs
+    change is against the reference of :func:`format_table`."""
     if modalities is None:
         modalities = list(dict.fromkeys(m for r in results for m in r.selection))
-    ref = _find_reference(results, reference)
+    ref = _find_reference(results, reference, fusion_gflops)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(

@@ -71,6 +71,16 @@ def _say_once(line: str) -> None:
         print(f"adamml: {line}", file=sys.stderr, flush=True)
 
 
+def usable_precision(device: str | torch.device, precision: str) -> str:
+    """``precision``, except bf16 on a CPU without native bf16 (emulated there, several times
+    slower than fp32): "fp32" then, said once. Inference plans and training both ask here."""
+    if precision == "bf16" and torch.device(device).type == "cpu" and not cpu_has_native_bf16():
+        _say_once(f"precision bf16: this CPU ({torch.backends.cpu.get_cpu_capability()}) has no native bf16 "
+                  "instructions, where bf16 runs several times slower than fp32; running fp32 instead")
+        return "fp32"
+    return precision
+
+
 @dataclass(frozen=True)
 class ExecutionPlan:
     """Inference settings for one device. Build with :meth:`for_device`, apply with
@@ -109,11 +119,7 @@ class ExecutionPlan:
         else:
             plan = cls(device=device, pixels_per_call=CPU_PIXELS_PER_CALL)
         plan = replace(plan, **overrides)
-        if plan.precision == "bf16" and torch.device(device).type == "cpu" and not cpu_has_native_bf16():
-            _say_once(f"precision bf16: this CPU ({torch.backends.cpu.get_cpu_capability()}) has no native bf16 "
-                      "instructions, where bf16 runs several times slower than fp32; running fp32 instead")
-            plan = replace(plan, precision="fp32")
-        return plan
+        return replace(plan, precision=usable_precision(device, plan.precision))
 
     def worker_count(self) -> int:
         """Worker threads a call uses now (1 on a GPU: its kernels are asynchronous anyway)."""

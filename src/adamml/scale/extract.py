@@ -4,7 +4,9 @@ One row per video (``ray.data.read_videos`` would make a row per frame); each ro
 :func:`adamml.data.extract.extract_path` in a one-CPU task, which writes the same atomic cache
 file the local engine writes. The driver streams the results into a :class:`Manifest`
 (``<cache folder>/manifest.jsonl`` by default), so a killed run is rerun and continues: videos
-already in the cache, or recorded as failed, are not redone (``retry_failed`` redoes failures).
+already in the cache, or recorded as failed, are not redone (``retry_failed`` redoes failures),
+unless the file at their path changed since (size or modification time, as the local engine
+checks): a replaced video is decoded again, a failed one that was replaced is retried.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from adamml.data.cache import VideoCache
+from adamml.data.cache import VideoCache, source_stamp
 from adamml.data.extract import ExtractReport, extract_path, limit_threads
 from adamml.data.types import VideoEntry
 from adamml.scale.manifest import DONE, FAILED, Manifest
@@ -67,6 +69,7 @@ def extract_videos_ray(
     report = ExtractReport()
     todo: list[VideoEntry] = []
     reconciled = []
+    stamps: dict[str, dict | None] = {}
     for item in entries:
         entry = item if isinstance(item, VideoEntry) else VideoEntry(path=Path(item), labels=[])
         key = video_key(entry)
@@ -74,10 +77,16 @@ def extract_videos_ray(
             report.skipped += 1
             if log.status(key) != DONE:  # killed between the rename and the manifest line
                 reconciled.append({"video": key, "status": DONE})
-        elif log.status(key) == FAILED and not retry_failed:
+            continue
+        stamps[key] = source_stamp(entry.path)
+        # The local engine's check: cached, or failed, from another file than the one there now.
+        failed_file = log.records.get(key, {}).get("source_stamp")
+        replaced = failed_file is not None and stamps[key] is not None and failed_file != stamps[key]
+        if log.status(key) == FAILED and not retry_failed and not replaced:
             report.failed.append((str(entry.path), f"{log.error(key)} (failed in an earlier run)"))
-        else:
-            todo.append(entry)
+            continue
+        report.changed += cache.changed(entry.path, entry.frame_range) or (log.status(key) == FAILED and replaced)
+        todo.append(entry)
     log.mark(reconciled)
     log.add_pending(video_key(e) for e in todo)
     if todo:
@@ -100,7 +109,8 @@ def extract_videos_ray(
             if row["status"] == "done":
                 log.mark([{"video": row["key"], "status": DONE, "seconds": round(row["seconds"], 4), "t": round(time.time(), 3)}])
             else:
-                log.mark([{"video": row["key"], "status": FAILED, "error": row["status"].removeprefix("failed: "), "t": round(time.time(), 3)}])
+                log.mark([{"video": row["key"], "status": FAILED, "error": row["status"].removeprefix("failed: "),
+                           "source_stamp": stamps.get(row["key"]), "t": round(time.time(), 3)}])
             bar.update()
         bar.close()
     return report.finish(t0)

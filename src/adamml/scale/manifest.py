@@ -8,7 +8,9 @@ partial line (ignored on reading), and a rerun knows exactly which videos are fi
     {"video": "/data/a.mp4", "status": "done", "seconds": 1.52, "t": 1796100000.123}
     {"video": "/data/b.mp4", "status": "failed", "error": "/data/b.mp4: not a media file ...", "t": ...}
 
-(``t``: when it finished, Unix time; ``seconds``: the work it took, where the engine says.)
+(``t``: when it finished, Unix time; ``seconds``: the work it took, where the engine says;
+an extraction's failure also keeps the ``source_stamp`` of the file that failed, so a file
+replaced since is retried.)
 A ``{"run": {...}}`` line records what the results depend on (a prediction run's checkpoint
 SHA-256 and options): a later run with other values is refused instead of mixing them in.
 """

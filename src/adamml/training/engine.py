@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 
 from adamml.config import ExperimentConfig, ModelConfig
 from adamml.evaluation.evaluate import evaluate_model
+from adamml.models.execution import usable_precision
 from adamml.runtime.distributed import Runtime, all_reduce_sum
 from adamml.training.loss import adamml_loss, classification_loss, is_correct
 from adamml.training.schedule import Phase, decays_temperature
@@ -67,7 +68,11 @@ def uses_fp16(runtime: Runtime, precision: str) -> bool:
 
 
 def autocast(runtime: Runtime, precision: str):
-    """Mixed precision on GPU (bf16 where supported, else fp16); full precision on CPU."""
+    """Mixed precision on GPU (bf16 where supported, else fp16); full precision on CPU, or bf16
+    where asked and the CPU has it natively (else fp32, said in one line)."""
+    if runtime.device.type == "cpu" and precision == "bf16":
+        native = usable_precision(runtime.device, precision) == "bf16"
+        return torch.autocast(device_type="cpu", dtype=torch.bfloat16, enabled=native)
     if runtime.device.type != "cuda" or precision == "32":
         return torch.autocast(device_type=runtime.device.type, enabled=False)
     if uses_fp16(runtime, precision):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from adamml.config import ModelConfig, _from_dict
 from adamml.evaluation.evaluate import method_name
-from adamml.evaluation.health import collapse_warnings
+from adamml.evaluation.health import collapse_warnings, silent_inputs
 from adamml.evaluation.report import MethodResult
 from adamml.evaluation.shortfall import MARGIN, measure
 from adamml.runtime.checkpoint import load_checkpoint
@@ -34,7 +34,7 @@ def run_verdict(cfg) -> list[str]:
                     f"{m} p_use > {p:.3f}" for m, p in r.extra["thresholds"].items()) + ")"
         parts.append(part)
     lines = ["validation: " + "; ".join(parts)]
-    warnings = collapse_warnings(rows, num_classes=num_classes, budget=cfg.train.adamml.budget)
+    warnings = collapse_warnings(rows, num_classes=num_classes, budget=cfg.train.adamml.budget, silent=silent_inputs(cfg))
     warnings += still_improving(Path(cfg.train.output_dir), cfg.train.unimodal.epochs, cfg.train.unimodal.patience)
     adamml = next((r for r in rows if r.adaptive), None)
     if adamml is not None and fusion is not None and adamml.accuracy < fusion.accuracy - MARGIN and checkpoints:
