@@ -211,7 +211,11 @@ def budget_rows(adamml_outputs, fixed: Sequence, *, budgets: Sequence[Budget], s
                                  gflops=point.gflops, adaptive=point.method == "AdaMML",
                                  extra={"thresholds": point.thresholds} if point.thresholds else {}))
     if sweep_curve and out_dir is not None:
-        points = sweep(model, data, [Budget(f, "fraction") for f in DEFAULT_FRACTIONS], costs, multi_label, seed=seed)
+        k = data.margins.shape[1]
+        fusion_gflops = sum(costs[m] for m in model.modalities) * k
+        # Budgets under the policy's own cost cannot be met by any thresholds: the curve starts above it.
+        fractions = [f for f in DEFAULT_FRACTIONS if f * fusion_gflops > costs["policy"] * k]
+        points = sweep(model, data, [Budget(f, "fraction") for f in fractions], costs, multi_label, seed=seed)
         write_sweep_csv(points, Path(out_dir) / "budget_sweep.csv", model.modalities)
         plot_sweep(points, [r for r in fixed if not r.method.startswith(("AdaMML", "Random"))],
                    Path(out_dir) / "budget_sweep.png", metric=metric)
