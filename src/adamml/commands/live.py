@@ -157,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
     except StreamError as exc:
         error = " ".join(str(exc).split())
     if shown:
-        import cv2
+        import cv2  # OpenCV only when a window is asked for
 
         cv2.destroyAllWindows()
     summary = live.summary
@@ -176,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _show(shown: list, event, bundle, keep: int = 60) -> bool:
     """Draw the timeline in its window; False once the window is closed or q is pressed."""
-    import cv2
+    import cv2  # OpenCV only when a window is asked for
 
     shown.append(event)
     del shown[:-keep]

@@ -105,6 +105,7 @@ def silent_inputs(cfg) -> dict[str, str]:
     with why: audio, when every cached training video has no audio track or a silent
     (constant) one. Stops at the first video with sound, so a dataset with sound costs one
     read; says nothing where the cache cannot tell (no cache, videos not extracted)."""
+    # the cache and discovery only when the check runs: `adamml evaluate --help` stays light
     from adamml.data.cache import CacheError, VideoCache
     from adamml.data.catalog import DATASETS, discover
     from adamml.data.formats import DatasetError, DiscoveryWarning
@@ -138,6 +139,7 @@ def silent_inputs(cfg) -> dict[str, str]:
 def checkpoint_context(checkpoints: list[Path]) -> dict:
     """``num_classes``, ``budget`` and ``silent`` for :func:`collapse_warnings`, from the last
     checkpoint (AdaMML's, when the list is a run's) and the training data it names."""
+    # only when a checkpoint is read
     from adamml.config import ConfigError, config_from_dict
 
     if not checkpoints:

@@ -118,7 +118,9 @@ def quantize_graphs(folder: str | Path, feeds: dict[str, list[dict[str, Any]]], 
         QuantType,
         quantize_static,
     )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    from onnxruntime.quantization.shape_inference import (
+        quant_pre_process,  # the `onnx` extra, as above
+    )
 
     onnxruntime.set_default_logger_severity(3)  # not one warning per unused initialiser
     folder = Path(folder)

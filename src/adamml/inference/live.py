@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import sys
 import threading
 import time
 import warnings
@@ -882,12 +884,9 @@ def draw_timeline(events: list[LiveEvent], class_names: list[str], modalities: l
 def display_problem() -> str | None:
     """Why a live window cannot be shown here (None: it can): no display, or an OpenCV built
     without a GUI (the headless wheels)."""
-    import os
-    import sys
-
     if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
         return "no display (DISPLAY and WAYLAND_DISPLAY are not set)"
-    import cv2
+    import cv2  # OpenCV's build information only when a window is asked for
 
     gui = next((line.split(":", 1)[1].strip() for line in cv2.getBuildInformation().splitlines()
                 if line.strip().startswith("GUI:")), "")
