@@ -238,16 +238,16 @@ def test_an_old_run_folders_config_yaml_loads_as_a_config_file(tmp_path):
     assert (cfg.train.unimodal.lr, cfg.train.fusion.lr, cfg.train.adamml.head_lr) == (0.03, 0.002, 0.03)
 
 
-def test_the_default_recipe_starts_from_imagenet_lite0_with_a_policy_that_hears_the_stage1_network():
+def test_the_default_recipe_starts_from_imagenet_lite0_with_a_policy_copied_from_the_stage1_networks():
     from adamml.models.efficientnet_lite import IMAGENET_SOURCE
 
     cfg = load_config("default")
     assert cfg.model.backbones == {"rgb": "efficientnet_lite0", "audio": "efficientnet_lite0"}
     assert cfg.model.pretrained == {"rgb": IMAGENET_SOURCE, "audio": IMAGENET_SOURCE}
-    # the policy: Lite0's first blocks from ImageNet on frames, the first blocks of the
-    # stage-1 audio network on sound (copied: audio is not in policy.pretrained)
+    # the policy: the first blocks of the stage-1 networks on frames and on sound (copied:
+    # neither modality is in policy.pretrained)
     assert cfg.model.policy.backbone == "efficientnet_lite0" and cfg.model.policy.blocks
-    assert cfg.model.policy.pretrained == {"rgb": IMAGENET_SOURCE}
+    assert cfg.model.policy.pretrained == {}
     assert cfg.model.policy.audio_backbone == cfg.model.backbones["audio"]
     assert cfg.model.policy.audio_blocks and not cfg.train.unimodal.train_segments
     # every segment of a training video in stage 1 (the reference's one clip gives a wrong
