@@ -338,3 +338,32 @@ def test_three_modalities_with_flow_decided_from_rgbdiff() -> None:
         learned = net(batch)
     torch.testing.assert_close(cond.logits, masked.logits, rtol=1e-4, atol=1e-5)
     assert learned.decisions.shape == (B, K, 3)
+
+
+def test_the_guidance_loss_adds_to_the_policy_step_only_and_its_gradient_reaches_the_policy():
+    from adamml.training.engine import Temperature, adamml_step
+    from adamml.training.loss import guidance_loss
+    from adamml.training.schedule import Phase
+
+    torch.manual_seed(0)
+    net = build_adamml(tiny_cfg(), CLIP)
+    net.train()
+    batch = {**tiny_batch(seed=3), "label": torch.tensor([1, 4])}
+    policy_phase = Phase(block="alternate", trains="policy", block_epoch=0, block_epochs=1)
+    recognition_phase = Phase(block="alternate", trains="recognition", block_epoch=0, block_epochs=1)
+    losses = {}
+    for weight in (0.0, 2.0):
+        step = adamml_step(torch.ones(2), 10.0, False, Temperature(5.0), guidance=weight)
+        for phase in (policy_phase, recognition_phase):
+            torch.manual_seed(7)  # the same Gumbel draws for every weight
+            losses[weight, phase.trains] = step(net, batch, phase).loss
+    torch.manual_seed(7)
+    out = net(batch, temperature=5.0, mode="masked")
+    assert out.all_segment_logits.shape == (B, K, 2, C)
+    expected = 2.0 * guidance_loss(out.policy_logits, out.all_segment_logits, batch)
+    assert (losses[2.0, "policy"] - losses[0.0, "policy"]).item() == pytest.approx(expected.item(), rel=1e-4)
+    assert losses[2.0, "recognition"].item() == pytest.approx(losses[0.0, "recognition"].item())
+    net.zero_grad()
+    expected.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.policy.parameters())
+    assert net(batch, mode="conditional", sample=False).all_segment_logits is None

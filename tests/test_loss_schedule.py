@@ -5,7 +5,13 @@ import torch
 
 from adamml.config import AdamMLTrainConfig
 from adamml.training.engine import multistep_lr
-from adamml.training.loss import adamml_loss, efficiency_loss, is_correct
+from adamml.training.loss import (
+    adamml_loss,
+    efficiency_loss,
+    guidance_loss,
+    guidance_targets,
+    is_correct,
+)
 from adamml.training.schedule import adamml_schedule, plain_schedule
 
 
@@ -53,6 +59,29 @@ def test_correctness_for_multi_label_means_top1_is_one_of_the_labels():
     batch = {"label": torch.tensor([0, 2]), "multi_hot": torch.tensor([[1.0, 1.0, 0], [0, 0, 1.0]])}
     assert is_correct(logits, batch, multi_label=True).tolist() == [True, False]
     assert is_correct(logits, batch, multi_label=False).tolist() == [False, False]
+
+
+def test_guidance_targets_are_the_share_of_the_labels_uncertainty_a_segment_removes():
+    # One video, 2 segments, 2 modalities, 4 classes; label 2.
+    certain = torch.tensor([-20.0, -20.0, 20.0, -20.0])  # p(label) ~ 1
+    uniform = torch.zeros(4)  # p(label) = 1/4: tells nothing
+    wrong = torch.tensor([20.0, -20.0, -20.0, -20.0])  # confident and wrong
+    half = torch.log(torch.tensor([0.25, 0.25, 0.5, 1e-9]))  # p(label) = 1/2
+    seg = torch.stack([torch.stack([certain, uniform]), torch.stack([wrong, half])])[None]
+    got = guidance_targets(seg, {"label": torch.tensor([2])})
+    assert got.shape == (1, 2, 2)
+    assert got[0].flatten().tolist() == pytest.approx([1.0, 0.0, 0.0, 0.5], abs=1e-4)  # 1 + log(1/2)/log(4) = 0.5
+    multi = guidance_targets(seg, {"multi_hot": torch.tensor([[1, 0, 1, 0]])}, multi_label=True)
+    assert multi[0, 1, 0].item() == pytest.approx(1.0, abs=1e-4)  # "wrong" names the other label
+    assert multi[0, 1, 1].item() == pytest.approx(1 + torch.log(torch.tensor(0.75)).item() / torch.log(torch.tensor(4.0)).item(), abs=1e-4)
+
+
+def test_guidance_loss_pushes_use_up_where_a_segment_tells_and_down_where_it_does_not():
+    seg = torch.tensor([[[[5.0, -5.0]], [[-5.0, 5.0]]]])  # (1, K=2, M=1, C=2); label 0: segment 0 tells
+    policy_logits = torch.zeros(1, 2, 1, 2, requires_grad=True)
+    guidance_loss(policy_logits, seg, {"label": torch.tensor([0])}).backward()
+    use_grad = policy_logits.grad[..., 1] - policy_logits.grad[..., 0]
+    assert use_grad[0, 0, 0] < 0 < use_grad[0, 1, 0]  # descent raises "use" on segment 0, lowers it on 1
 
 
 def test_adamml_schedule_warms_up_alternates_then_finetunes():

@@ -40,6 +40,7 @@ def test_paper_configs_take_the_references_settings(name):
     assert cfg.train.unimodal.audio_window == "centre"
     assert cfg.data.clip.crops == "independent"
     assert cfg.train.precision == "32"
+    assert cfg.train.unimodal.val_segments == 1
     if name in FLOW_CONFIGS:
         assert cfg.data.decode.fps is None  # the source's own rate, as the reference extracts
     else:
@@ -51,6 +52,7 @@ def test_the_package_configs_keep_the_current_behaviour(name):
     cfg = load_config(name)
     assert (cfg.train.adamml.frozen_mode, cfg.train.adamml.val_decisions) == ("eval", "argmax")
     assert (cfg.train.unimodal.audio_window, cfg.data.clip.crops, cfg.train.precision) == ("clip", "shared", "auto")
+    assert cfg.train.unimodal.val_segments is None
 
 
 @pytest.mark.parametrize(("key", "value"), [("train.adamml.frozen_mode", "trian"),
@@ -213,6 +215,55 @@ def _loud_fraction(audio_window: str) -> float:
 def test_stage1_audio_windows_near_the_centre_hear_the_middle_of_the_video():
     assert _loud_fraction("centre") == 1.0
     assert _loud_fraction("clip") < 0.5  # drawn anywhere: mostly the silent seconds
+
+
+def _validation_hears_the_tone(audio_window: str) -> bool:
+    """One validation clip of a silent 64 s video with a tone over seconds 27-37 only."""
+    cfg = load_config("tiny")
+    rate, fps, seconds = cfg.data.decode.sample_rate, 8.0, 64
+    t = np.arange(seconds * rate) / rate
+    audio = np.where((t > 27) & (t < 37), 0.5 * np.sin(2 * np.pi * 440 * t), 0.0).astype(np.float32)
+    decoded = DecodedVideo(frames=np.zeros((int(seconds * fps), 8, 8, 3), np.uint8), fps=fps, audio=audio,
+                           sample_rate=rate, audio_missing=False)
+    clip = ClipSettings(**{**cfg.data.clip.__dict__, "eval_positions": "linspace"})
+    dataset = _InMemory(decoded, modalities=["audio"], clip=clip, decode=cfg.data.decode, train=False,
+                        num_segments=1, audio_window=audio_window)
+    spec = dataset[0]["audio"]
+    return bool(spec.max() - spec.min() > 1.0)
+
+
+def test_one_validation_clip_of_the_audio_network_hears_the_video_centre_as_the_reference():
+    assert _validation_hears_the_tone("centre")
+    assert not _validation_hears_the_tone("clip")  # linspace with one clip: the first second
+
+
+def test_stage1_validation_clips_follow_val_segments(monkeypatch, tmp_path):
+    from adamml.data.datasets import build_datasets
+    from adamml.data.synth import generate_dataset
+    from adamml.training import stages
+
+    seen = {}
+
+    def fake_build(cfg, **kwargs):
+        seen.update(kwargs)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(stages, "build_datasets", fake_build)
+    cfg = load_config("tiny", ["train.unimodal.val_segments=1"])
+    with pytest.raises(RuntimeError, match="stop here"):
+        stages.train_unimodal(cfg, "audio", Runtime())
+    assert seen["val_segments"] == 1
+
+    from adamml.data.synth import CLASS_NAMES
+
+    generate_dataset(tmp_path, seed=0, train_per_class=1, val_per_class=1, duration_s=2.0, progress=False, workers=1)
+    cfg = load_config("tiny", [f"data.root={tmp_path}", "data.use_cache=false", "data.eval_segments=3",
+                               f"model.num_classes={len(CLASS_NAMES)}"])
+    _, one, _ = build_datasets(cfg, modalities=["audio"], audio_window="centre", val_segments=1)
+    _, spread, _ = build_datasets(cfg, modalities=["audio"], audio_window="centre")
+    assert (one.num_segments, one.audio_window) == (1, "centre")
+    assert (spread.num_segments, spread.audio_window) == (3, "clip")  # the test clips, as every stage
+    assert one[0]["audio"].shape[0] == 1 and spread[0]["audio"].shape[0] == 3
 
 
 def test_train_unimodal_passes_the_audio_window_to_its_dataset(monkeypatch):

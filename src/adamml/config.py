@@ -199,6 +199,10 @@ class UnimodalTrainConfig:
     # centre, as the reference's released audio command samples it: the window's centre
     # uniform in the middle eighth of the video, or of each of the clips' equal parts)
     audio_window: str = "clip"
+    # clips per validation video in stage 1 (None: data.eval_segments, the test clips). 1 is
+    # the reference's --num_clips 1: with linspace test positions RGB and flow at the video's
+    # first frame; the audio network with audio_window "centre" hears the video's centre.
+    val_segments: int | None = None
 
     def lr_for(self, modality: str) -> float:
         """A modality's base rate: ``modality_lr`` where it names one, else ``lr``."""
@@ -236,6 +240,10 @@ class AdamMLTrainConfig:
     temperature: float = 5.0  # Gumbel-Softmax temperature at the start ...
     temperature_decay: float = 0.965  # ... multiplied by this after each alternating epoch
     cost_weights: dict[str, float] = field(default_factory=lambda: {"rgb": 1.0, "audio": 0.05})
+    # Weight of the policy's guidance loss (not in the paper; 0: off): while the policy trains,
+    # each "use" probability is also pulled toward how much that segment's own prediction tells
+    # about the label (training/loss.py, guidance_loss), so it ranks the segments that matter.
+    guidance: float = 0.0
     gamma: float = 10.0  # the efficiency loss of a wrong prediction (the paper's gamma)
     # Target GFLOPs as a fraction of weighted fusion's (adamml train --budget): the cost
     # weights are then adapted while the policy trains (training/budget.py) instead of

@@ -273,6 +273,9 @@ def check_config(cfg: ExperimentConfig) -> None:
     segs = train.unimodal.train_segments
     _require(segs is None or segs >= 1, "train.unimodal.train_segments",
              f"got {segs}; expected 1 or more (or null: data.clip.num_segments)")
+    segs = train.unimodal.val_segments
+    _require(segs is None or segs >= 1, "train.unimodal.val_segments",
+             f"got {segs}; expected 1 or more (or null: data.eval_segments)")
     _require(train.batch_size >= 1, "train.batch_size", f"got {train.batch_size}; expected 1 or more")
     _require(train.eval_every >= 0, "train.eval_every", f"got {train.eval_every}; expected 0 or more")
     stages = {"unimodal": train.unimodal, "fusion": train.fusion, "adamml": train.adamml}

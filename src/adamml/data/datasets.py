@@ -91,9 +91,11 @@ class VideoDataset(Dataset):
         input only the policy reads (the RGB difference it decides about flow from) is
         computed on the policy's frames, not on all T.
 
-        ``audio_window`` "centre" (training an audio-only dataset): each clip centred near
+        ``audio_window`` "centre" (an audio-only dataset): in training each clip centred near
         the middle of the video, or of its K-th, as the reference's audio sampler
-        (``sampling.centre_window_starts``); "clip": where any clip is drawn."""
+        (``sampling.centre_window_starts``); in evaluation the centre of each K-th (for one
+        clip, the video's centre, where the reference validates audio); "clip": where any clip
+        is drawn."""
         if stream and train:
             raise ValueError("stream=True is for evaluation: training samples random frames")
         if not entries:
@@ -115,6 +117,8 @@ class VideoDataset(Dataset):
         # RGB-only samples may use the video's last frames; stacks need L frames after.
         needs_stack = any(MODALITIES[m].stacked for m in self.modalities)
         self._sampling_clip = clip if needs_stack else dataclasses.replace(clip, stack_length=0)
+        if not train and audio_window == "centre" and self.modalities == ["audio"]:
+            self._sampling_clip = dataclasses.replace(self._sampling_clip, eval_positions="centre")
         num_classes = len(self.class_names)
         for entry in self.entries:
             if not entry.labels:
@@ -251,12 +255,15 @@ def build_datasets(
     with_train: bool = True,
     train_segments: int | None = None,
     audio_window: str = "clip",
+    val_segments: int | None = None,
 ) -> tuple[VideoDataset | None, VideoDataset, list[str]]:
     """Train and validation datasets of an experiment config, and the class names.
 
     ``with_train=False`` (evaluation) skips the training split and returns None for it.
     ``train_segments``: clips per training video (None: ``data.clip.num_segments``).
-    ``audio_window``: where an audio-only training set draws its windows (``VideoDataset``).
+    ``audio_window``: where an audio-only set draws its windows (``VideoDataset``).
+    ``val_segments``: clips per validation video (None: ``data.eval_segments``); with it the
+    validation set samples its audio windows as ``audio_window`` says, as the training set.
 
     Modalities default to the model's, plus what its policy looks at in their place ("rgbdiff"
     for "flow": the policy never computes flow to decide; see the modality table). The cache is
@@ -296,6 +303,7 @@ def build_datasets(
     )
     # Decoding while evaluating (no cache): keep only the frames each sample reads.
     val_ds = VideoDataset(
-        val_entries, class_names, train=False, num_segments=data.eval_segments, stream=cache is None, **common
+        val_entries, class_names, train=False, num_segments=val_segments or data.eval_segments,
+        stream=cache is None, audio_window=audio_window if val_segments else "clip", **common
     )
     return train_ds, val_ds, class_names

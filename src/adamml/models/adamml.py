@@ -36,13 +36,16 @@ class AdaMMLOutput:
     """logits: (B, C) video logits; decisions: (B, K, M) float in {0, 1};
     segment_logits: (B, K, M, C), zero where a pair was not selected;
     policy_logits: (B, K, M, 2), None when decisions were given from outside;
-    probs: (B, K, M) the policy's probability of "use", None likewise."""
+    probs: (B, K, M) the policy's probability of "use", None likewise;
+    all_segment_logits: (B, K, M, C) every pair's logits, selected or not (masked mode only,
+    where every pair runs; what the policy's guidance loss reads), else None."""
 
     logits: torch.Tensor
     decisions: torch.Tensor
     segment_logits: torch.Tensor
     policy_logits: torch.Tensor | None = None
     probs: torch.Tensor | None = None
+    all_segment_logits: torch.Tensor | None = None
 
 
 class RandomPolicy:
@@ -182,6 +185,7 @@ class AdaMML(nn.Module):
             segment_logits=segment_logits * decisions.detach()[..., None],
             policy_logits=policy_logits,
             probs=probs,
+            all_segment_logits=segment_logits if mode == "masked" else None,
         )
 
     def _recognition_inputs(self, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:

@@ -24,7 +24,7 @@ from adamml.config import ExperimentConfig, ModelConfig
 from adamml.evaluation.evaluate import evaluate_model
 from adamml.models.execution import usable_precision
 from adamml.runtime.distributed import Runtime, all_reduce_sum
-from adamml.training.loss import adamml_loss, classification_loss, is_correct
+from adamml.training.loss import adamml_loss, classification_loss, guidance_loss, is_correct
 from adamml.training.schedule import Phase, decays_temperature
 
 
@@ -320,14 +320,17 @@ def segment_loss_step(multi_label: bool, loss: str = "ce"):
     return step
 
 
-def adamml_step(cost_weights: torch.Tensor, gamma: float, multi_label: bool, temperature: Temperature, loss: str = "ce"):
+def adamml_step(cost_weights: torch.Tensor, gamma: float, multi_label: bool, temperature: Temperature, loss: str = "ce",
+                guidance: float = 0.0):
     """Step for stage 3: masked execution at the task's temperature, CE always, the efficiency
-    loss when the policy trains."""
+    loss (and the guidance loss, with a weight) when the policy trains."""
 
     def step(model: nn.Module, batch: dict, phase: Phase) -> StepResult:
         out = model(batch, temperature=temperature.value, mode="masked")
         parts = adamml_loss(out.logits, out.decisions, batch, cost_weights.to(out.logits.device), gamma, multi_label, loss)
         total = parts.total if phase.trains == "policy" else parts.classification
+        if phase.trains == "policy" and guidance > 0 and out.policy_logits is not None:
+            total = total + guidance * guidance_loss(out.policy_logits, out.all_segment_logits, batch, multi_label)
         return StepResult(loss=total, logits=out.logits, decisions=out.decisions)
 
     return step

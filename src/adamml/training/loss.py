@@ -8,10 +8,17 @@ prediction equal to the label (for multi-label sets: the top-1 prediction is one
 labels), detached. The squared usage is differentiable through the straight-through Gumbel
 decisions, so a correct video pushes the policy to use fewer segments; a wrong one costs the
 constant gamma, which gives no gradient to the policy but makes the loss honest.
+
+The guidance loss (``train.adamml.guidance``, not in the paper) gives the policy a target per
+decision: how much the segment's own prediction by that modality tells about the label. The
+paper's loss only says, per video, whether the prediction was right; where every class needs
+two modalities and each is informative on some segments only, that signal is too weak for
+the policy to find the segments that matter.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -67,6 +74,32 @@ def efficiency_loss(
     usage = decisions.sum(dim=1) / decisions.shape[1]  # (B, M): |U_k|_0 / C
     per_modality = torch.where(correct[:, None], usage**2, torch.full_like(usage, float(gamma)))
     return (per_modality * cost_weights.to(per_modality)).sum(dim=-1).mean()
+
+
+def guidance_targets(all_segment_logits: torch.Tensor, batch: dict, multi_label: bool = False) -> torch.Tensor:
+    """(B, K, M) in [0, 1]: 1 - CE / log C of each pair's own prediction, the share of the
+    label's uncertainty that the segment's prediction by that modality removes (0: no better
+    than a uniform guess; 1: certain and right). Multi-label: the probability of any label."""
+    log_probs = all_segment_logits.detach().float().log_softmax(dim=-1)  # (B, K, M, C)
+    num_classes = log_probs.shape[-1]
+    if multi_label:
+        hot = batch["multi_hot"].to(log_probs.device) > 0  # (B, C)
+        masked = log_probs.masked_fill(~hot[:, None, None, :], float("-inf"))
+        log_true = masked.logsumexp(dim=-1)
+    else:
+        label = batch["label"].to(log_probs.device)
+        index = label[:, None, None, None].expand(*log_probs.shape[:3], 1)
+        log_true = log_probs.gather(-1, index).squeeze(-1)
+    return (1.0 + log_true / math.log(num_classes)).clamp(0.0, 1.0)
+
+
+def guidance_loss(policy_logits: torch.Tensor, all_segment_logits: torch.Tensor, batch: dict, multi_label: bool = False) -> torch.Tensor:
+    """Binary cross-entropy of the policy's "use" logit (B, K, M) against ``guidance_targets``:
+    its probabilities come to rank the segments by what they tell, which is what the fitted
+    thresholds cut at a budget (adamml.models.thresholds)."""
+    use_logit = (policy_logits[..., 1] - policy_logits[..., 0]).float()
+    target = guidance_targets(all_segment_logits, batch, multi_label)
+    return F.binary_cross_entropy_with_logits(use_logit, target)
 
 
 def adamml_loss(

@@ -46,9 +46,11 @@ REFERENCE_ROWS: list[tuple[str, tuple[str, ...], str]] = [
     ("Precision", ("train.precision",), "32"),
     ("Stage 1 clips", ("train.unimodal.train_segments",), "1"),
     ("Stage 1 audio window", ("train.unimodal.audio_window",), "centre"),
+    ("Stage 1 validation clips", ("train.unimodal.val_segments",), "1"),
     ("Losses on ActivityNet / FCVID", ("train.loss",), "ce"),
     ("Headline metric and selection score", ("data.metric",), "top1"),
     ("Policy pre-training", ("train.adamml.policy_pretrain_epochs",), "0"),
+    ("Policy guidance", ("train.adamml.guidance",), "0"),
     ("Late fusion", ("model.fusion_mode",), "reference"),
     ("Class-wise / FC fusion", ("model.fusion",), "weighted (class-wise and FC do not run)"),
     ("Recognition networks' start", ("model.pretrained",), "torchvision ImageNet"),
@@ -203,9 +205,11 @@ def format_plan(cfg: ExperimentConfig, nproc: int = 1) -> str:
     ]
     u = t.unimodal
     clips = u.train_segments or cfg.data.clip.num_segments
+    val_clips = u.val_segments or cfg.data.eval_segments or cfg.data.clip.num_segments
     lines.append(
         f"Stage 1, unimodal ({', '.join(cfg.model.modalities)}, each alone): {u.epochs} epochs SGD "
-        f"momentum {t.momentum} wd {t.weight_decay}, {clips} clip{'s' if clips != 1 else ''} per training video"
+        f"momentum {t.momentum} wd {t.weight_decay}, {clips} clip{'s' if clips != 1 else ''} per training video, "
+        f"validated on {val_clips} clip{'s' if val_clips != 1 else ''} per video"
     )
     for m in cfg.model.modalities:
         lines.append(f"  {m}: {cfg.model.backbones[m]}, starts from {_weights(cfg, m)}")
@@ -268,7 +272,7 @@ def format_plan(cfg: ExperimentConfig, nproc: int = 1) -> str:
         pol = multistep_lr(a.policy_lr, milestones, phase.block_epoch)
         if phase.trains == "policy":
             frozen, lrs = "recognition", f"policy {pol:g}, extractors {pol * a.policy_extractor_lr_scale:g}"
-            loss = f"CE + efficiency ({weights}, gamma {a.gamma:g})"
+            loss = f"CE + efficiency ({weights}, gamma {a.gamma:g})" + (f" + {a.guidance:g} x guidance" if a.guidance else "")
         else:
             frozen = "policy"
             lrs = f"recognition {rec:g}, fusion head {rec * a.head_lr / a.lr:g}"

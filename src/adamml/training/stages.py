@@ -195,10 +195,11 @@ def _plain_task(kind: str, model: nn.Module, model_cfg: ModelConfig, cfg: Experi
 
 def train_unimodal(cfg: ExperimentConfig, modality: str, runtime: Runtime, *, resume: bool = False, fault_after_steps: int | None = None) -> dict:
     model_cfg = unimodal_model_config(cfg.model, modality)
-    # The reference trains each unimodal network on one clip per video (train.unimodal.train_segments).
+    # The reference trains and validates each unimodal network on one clip per video
+    # (train.unimodal.train_segments, train.unimodal.val_segments).
     train_set, val_set, class_names = build_datasets(
         cfg, modalities=[modality], train_segments=cfg.train.unimodal.train_segments,
-        audio_window=cfg.train.unimodal.audio_window,
+        audio_window=cfg.train.unimodal.audio_window, val_segments=cfg.train.unimodal.val_segments,
     )
     seed_everything(cfg.train.seed)  # the initial weights are part of a reproducible run
     model = build_multimodal(model_cfg, cfg.data.clip)
@@ -296,7 +297,7 @@ def adamml_task(model: nn.Module, cfg: ExperimentConfig) -> Task:
         kind="adamml",
         model=model,
         modalities=modalities,
-        step=adamml_step(weights, tcfg.gamma, cfg.data.multi_label, temperature, cfg.train.loss),
+        step=adamml_step(weights, tcfg.gamma, cfg.data.multi_label, temperature, cfg.train.loss, tcfg.guidance),
         make_optimizers=make_optimizers,
         phase_lrs=phase_lrs,
         set_trainable=set_trainable,
