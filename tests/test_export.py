@@ -26,13 +26,16 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 CLASSES = ["low", "mid", "high", "none"]
 
 
-def tiny_checkpoint(path: Path, overrides: list[str] | None = None, thresholds: list[float] | None = None) -> Path:
+def tiny_checkpoint(path: Path, overrides: list[str] | None = None, thresholds: list[float] | None = None,
+                    quota: list[int] | None = None) -> Path:
     """An untrained tiny AdaMML saved as training saves it, optimiser state included."""
     cfg = load_config("tiny", overrides or [])
     torch.manual_seed(0)
     model = build_adamml(cfg.model, cfg.data.clip)
     if thresholds is not None:
         model.policy.use_thresholds.copy_(torch.tensor(thresholds))
+    if quota is not None:
+        model.policy.use_quota.copy_(torch.tensor(quota, dtype=torch.float32))
     optimiser = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     for p in model.parameters():
         p.grad = torch.ones_like(p)

@@ -137,3 +137,90 @@ def test_sweep_writes_its_csv_and_plot(tmp_path) -> None:
     assert len(lines) == 5 and lines[1].endswith("0.700000,0.400000")
     png = plot_sweep(points, [MethodResult(method="RGB", accuracy=70.0, gflops=1.0)], tmp_path / "budget_sweep.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_quota_decisions_take_each_videos_best_segments_per_modality() -> None:
+    from adamml.models.thresholds import quota_decisions
+
+    margins = torch.tensor([[[0.0, -5.0], [3.0, -1.0], [1.0, -9.0]],
+                            [[-7.0, 2.0], [-8.0, 1.0], [-6.0, 0.5]]]).double()  # (2 videos, K=3, M=2)
+    got = quota_decisions(margins, (1, 2))
+    assert got[:, :, 0].tolist() == [[0, 1, 0], [0, 0, 1]]  # the best rgb segment, however low it scores
+    assert got[:, :, 1].tolist() == [[1, 1, 0], [1, 1, 0]]
+    assert quota_decisions(margins, (0, 0)).sum() == 0
+
+
+@pytest.mark.parametrize("fraction", [0.25, 0.4, 0.5, 0.75])
+def test_a_quota_fit_gives_every_video_its_share_and_stays_within_the_budget(fraction: float) -> None:
+    margins = random_margins(n=80, k=4, seed=3)
+    margins[:40, :, 0] -= 20.0  # half the videos: the policy is sure RGB is useless everywhere
+    costs = [0.5, 0.4]
+    k = margins.shape[1]
+    target = fraction * sum(costs) * k
+    plain = fit_thresholds(margins, costs, POLICY, target, MODALITIES)
+    fitted = fit_thresholds(margins, costs, POLICY, target, MODALITIES, allocation="quota")
+    decisions = fitted.decide(margins)
+    cost = float((decisions.double() * torch.tensor(costs, dtype=torch.float64)).sum(dim=(1, 2)).mean()) + POLICY * k
+    assert cost <= target + 1e-9 and cost >= 0.9 * target
+    per_video = decisions.sum(dim=1)  # (N, M)
+    for j, q in enumerate(fitted.quota):
+        assert bool((per_video[:, j] >= q).all())
+    assert any(fitted.quota)
+    # The plain thresholds leave the first half without RGB; the quota gives each of them some.
+    if fitted.quota[0]:
+        assert int(plain.decide(margins)[:40, :, 0].sum(dim=1).eq(0).sum()) > 20
+        assert bool((per_video[:40, 0] >= 1).all())
+    assert "per video at least" in str(fitted)
+    assert fit_thresholds(margins, costs, POLICY, target, MODALITIES, allocation="threshold") == plain
+    with pytest.raises(ValueError, match="allocation"):
+        fit_thresholds(margins, costs, POLICY, target, MODALITIES, allocation="greedy")
+
+
+def test_the_policy_carries_its_quota_in_forward_decide_and_its_state_but_a_stream_decides_by_thresholds() -> None:
+    from adamml.models.thresholds import use_margins
+
+    torch.manual_seed(0)
+    model = build_adamml(tiny_cfg(), CLIP)
+    calibrate_batch_norm(model, tiny_batch(seed=99))
+    policy = model.policy
+    batch = tiny_batch(seed=1)
+    with torch.no_grad():
+        margins = use_margins(policy(policy.policy_inputs(batch), temperature=1.0, sample=False).logits.float())
+    high = Thresholds(tuple(MODALITIES), (1e9, 1e9), 0.0, (1, 2))  # nothing passes a threshold
+    policy.set_thresholds(high)
+    assert policy.quota == (1, 2)
+    decided = policy.decide(margins)
+    assert decided.sum(dim=1).tolist() == [[1.0, 2.0]] * margins.shape[0]
+    assert torch.equal(decided, high.decide(margins))
+    with torch.no_grad():
+        forward = policy(policy.policy_inputs(batch), temperature=1.0, sample=False).decisions
+    assert torch.equal(forward, decided)
+    assert policy.decide(margins, whole_videos=False).sum() == 0  # causal: thresholds only
+    # The quota travels in the state dict, and a state without it (older checkpoints) loads as none.
+    fresh = build_adamml(tiny_cfg(), CLIP).policy
+    fresh.load_state_dict(policy.state_dict())
+    assert fresh.quota == (1, 2)
+    old = {k: v for k, v in policy.state_dict().items() if k != "use_quota"}
+    fresh.load_state_dict(old)
+    assert fresh.quota == (0, 0)
+
+
+def test_the_sweep_fits_with_the_models_allocation() -> None:
+    from adamml.evaluation.sweep import budget_point, collect
+    from adamml.models.execution import ExecutionPlan
+
+    torch.manual_seed(0)
+    model = build_adamml(tiny_cfg(policy=tiny_cfg().policy.__class__(**{**vars(tiny_cfg().policy), "allocation": "quota"})), CLIP)
+    calibrate_batch_norm(model, tiny_batch(seed=99))
+    assert model.policy.allocation == "quota"
+    batches = []
+    for seed in range(4):
+        b = tiny_batch(seed=seed)
+        b["label"] = torch.tensor([seed % 5, (seed + 2) % 5])
+        b["multi_hot"] = torch.nn.functional.one_hot(b["label"], 5).float()
+        batches.append(b)
+    data = collect(model, batches, ExecutionPlan.for_device("cpu"))
+    costs = {"rgb": 0.5, "audio": 0.4, "policy": 0.02}
+    _, thresholds = budget_point(model, data, Budget(0.6, "fraction"), costs, multi_label=False)
+    assert any(thresholds.quota)
+    assert bool((thresholds.decide(data.margins).sum(dim=1) >= torch.tensor(thresholds.quota)).all())

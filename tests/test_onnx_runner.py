@@ -127,6 +127,20 @@ def test_only_the_selected_graphs_run_and_flow_only_where_selected(exported: Pat
     assert outcome.prediction.flow_fields <= 4 * 2  # the selected segment's frames x stack length
 
 
+def test_a_quota_exported_with_the_policy_decides_as_the_torch_model(video: Path, tmp_path: Path) -> None:
+    """Thresholds nothing passes and quotas of (1, 0, 2) segments: every decision is the quota's."""
+    checkpoint = tiny_checkpoint(tmp_path / "run" / "best.pt", OVERRIDES, thresholds=[1e9, 1e9, 1e9], quota=[1, 0, 2])
+    folder = export_package(checkpoint, tmp_path / "model", format="onnx")
+    assert json.loads((folder / "config.json").read_text())["quota"] == {"rgb": 1, "flow": 0, "audio": 2}
+    predictor = _predictor(model_from_package(folder))
+    prepared = predictor.prepare(video)
+    decisions = predictor.model.policy.decide(predictor.decide(prepared))[0]
+    assert decisions.sum(dim=0).tolist() == [1.0, 0.0, 2.0]
+    outcome = load_onnx(folder).run(video)
+    assert np.array_equal(outcome.decisions, decisions.numpy())
+    assert load_onnx(folder).run(video, thresholds=[1e9, 1e9, 1e9]).decisions.sum() == 0  # given thresholds: theirs alone
+
+
 def test_the_runner_imports_no_torch(exported: Path, video: Path) -> None:
     script = f"""
 import json, sys

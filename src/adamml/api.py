@@ -194,8 +194,9 @@ class Model:
             return None
         from adamml.models.thresholds import Thresholds  # torch: on first use
 
-        margins = tuple(float(t) for t in self.predictor.model.policy.use_thresholds.tolist())
-        return Thresholds(tuple(self.modalities), margins, 0.0)
+        policy = self.predictor.model.policy
+        margins = tuple(float(t) for t in policy.use_thresholds.tolist())
+        return Thresholds(tuple(self.modalities), margins, 0.0, policy.quota)
 
     @property
     def plan(self):

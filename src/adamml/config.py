@@ -32,6 +32,7 @@ TRAIN_CROPS = ("reference", "zoom")  # how training crops are drawn
 STACK_NORMS = ("adamml", "reference")  # flow and RGB-difference values
 INFLATIONS = ("rescaled", "reference")  # RGB first-conv kernels for other inputs
 POLICY_JOINTS = ("adamml", "reference")  # the policy head over its extractors' features
+POLICY_ALLOCATIONS = ("threshold", "quota")  # how a budget fit shares out the spend (models/thresholds.py)
 LOSSES = ("ce", "bce")  # train.loss
 CROPS = ("shared", "independent")  # data.clip.crops: one crop for every visual input, or one each
 AUDIO_WINDOWS = ("clip", "centre")  # train.unimodal.audio_window: where stage 1 draws an audio window
@@ -151,6 +152,12 @@ class PolicyConfig:
     # summed; LayerNorm before the LSTM) or "reference" (concatenation -> Linear -> ReLU ->
     # Linear -> ReLU -> LSTMCell, as the reference; its checkpoints import into it)
     joint: str = "adamml"
+    # How a budget's spend is shared out when thresholds are fitted to it: "threshold" (the
+    # paper: each decision alone, one threshold per modality over all videos) or "quota"
+    # (every video also gets its round(rate x K) best-ranked segments of each modality,
+    # thresholds share out the rest; adamml.models.thresholds). A quota needs the whole
+    # video's margins: a live stream decides each segment as it comes, by thresholds only.
+    allocation: str = "threshold"
 
 
 @dataclass

@@ -30,6 +30,7 @@ from adamml.config import (
     FROZEN_MODES,
     INFLATIONS,
     LOSSES,
+    POLICY_ALLOCATIONS,
     POLICY_JOINTS,
     PRECISIONS,
     SPECTROGRAMS,
@@ -237,6 +238,7 @@ def check_config(cfg: ExperimentConfig) -> None:
     # modality itself (the table's rule, modalities.table.policy_source).
     check_choice("model.policy.flow_proxy", policy.flow_proxy, [MODALITIES["flow"].proxy, "flow"])
     check_choice("model.policy.joint", policy.joint, POLICY_JOINTS)
+    check_choice("model.policy.allocation", policy.allocation, POLICY_ALLOCATIONS)
     if policy.audio_backbone is not None:
         check_choice("model.policy.audio_backbone", policy.audio_backbone, framewise)
     if policy.audio_blocks is not None and "audio" in model.modalities:

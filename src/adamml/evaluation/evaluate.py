@@ -305,7 +305,9 @@ def threshold_note(model, cfg) -> str | None:
     fitted = f"fitted to its training budget of {budget:g} x fusion's GFLOPs on its validation split" if budget else "carried by its checkpoint"
 
     probs = Thresholds(tuple(policy.modalities), tuple(policy.use_thresholds.tolist()), 0.0).probabilities()
-    return f"AdaMML's thresholds ({fitted}): " + ", ".join(f"{m} when p_use > {p:.4f}" for m, p in probs.items()) + "."
+    quota = "" if not any(policy.quota) else "; and every video uses its " + ", ".join(
+        f"{q} best {m} segment{'s' if q != 1 else ''}" for m, q in zip(policy.modalities, policy.quota, strict=True) if q)
+    return f"AdaMML's thresholds ({fitted}): " + ", ".join(f"{m} when p_use > {p:.4f}" for m, p in probs.items()) + quota + "."
 
 
 def protocol_note(protocol: str, draws: int, seed: int) -> str:

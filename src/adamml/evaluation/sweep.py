@@ -107,7 +107,8 @@ def budget_point(model, data: SweepData, budget: Budget, costs: dict[str, float]
     per_seg = [costs[m] for m in modalities]
     k = data.margins.shape[1]
     fusion_gflops = sum(per_seg) * k
-    thresholds = fit_thresholds(data.margins, per_seg, costs["policy"], budget.gflops(fusion_gflops), modalities)
+    thresholds = fit_thresholds(data.margins, per_seg, costs["policy"], budget.gflops(fusion_gflops), modalities,
+                                getattr(model.policy, "allocation", "threshold"))
     decisions = thresholds.decide(data.margins)
     point = SweepPoint(
         method="AdaMML", budget=str(budget), accuracy=score(model, data, decisions, multi_label),

@@ -182,7 +182,7 @@ def export_graphs(model: nn.Module, config: dict[str, Any], folder: str | Path, 
               ["logits", "h_out", "c_out"], {"role": "policy_step"})
         policy = {"modalities": list(p.modalities), "sources": dict(p.sources), "extractors": list(p.extractors),
                   "frame_indices": list(p.frame_indices), "resolution": p.resolution, "hidden_size": p.lstm.hidden_size,
-                  "thresholds": p.use_thresholds.double().tolist()}
+                  "thresholds": p.use_thresholds.double().tolist(), "quota": list(p.quota)}
     import onnx  # onnx: the `export` extra, only for --format onnx
 
     manifest = {

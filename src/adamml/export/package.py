@@ -86,6 +86,7 @@ def package_config(state: dict[str, Any], checkpoint: Path) -> dict[str, Any]:
     loaded = model_from_package(state, where=checkpoint)
     model, kind, model_cfg, cfg = loaded.network, loaded.kind, loaded.model_cfg, loaded.cfg
     thresholds = state["model"].get("policy.use_thresholds")
+    quota = state["model"].get("policy.use_quota")
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -94,6 +95,8 @@ def package_config(state: dict[str, Any], checkpoint: Path) -> dict[str, Any]:
         "modalities": list(model_cfg.modalities),
         "class_names": list(state.get("class_names") or [str(i) for i in range(model_cfg.num_classes)]),
         "thresholds": dict(zip(model_cfg.modalities, thresholds.tolist(), strict=True)) if thresholds is not None else None,
+        # each video's best segments per modality used whatever the thresholds (model.policy.allocation)
+        "quota": dict(zip(model_cfg.modalities, (int(q) for q in quota.tolist()), strict=True)) if quota is not None else None,
         "gflops_per_segment": modality_costs(model_cfg, cfg.data.clip),
         "fusion": fusion_parameters(model.fusion, model_cfg.fusion),
         "segments": cfg.data.eval_segments or cfg.data.clip.num_segments,

@@ -711,8 +711,10 @@ def _live_events(run: LiveRun, predictor, source: str, *, mode, window, running,
                 features = policy.joint_features(policy.policy_inputs(batch))[:, 0]
                 out, state = policy.step(features, state)
                 margins = use_margins(out.logits.float()).cpu()  # (1, 1, M)
-                decisions = (controller.thresholds.decide(margins) if controller is not None
-                             else policy.decide(margins))
+                # Causal: a stream's segment is decided as it comes, by thresholds only (no
+                # per-video quota, which needs the whole video's margins).
+                decisions = (controller.thresholds.decide(margins, whole_videos=False) if controller is not None
+                             else policy.decide(margins, whole_videos=False))
                 chosen = [i for i, m in enumerate(modalities) if decisions[0, 0, i] > 0.5]
                 if flow_needed and modalities.index("flow") in chosen:
                     batch["flow"] = _flow_input(item.frames, indices, clip, crop, predictor.flow_method).to(predictor.device)
@@ -802,7 +804,7 @@ def _time_networks(predictor, batch: dict[str, torch.Tensor], frames: np.ndarray
         started = time.perf_counter()
         features = policy.joint_features(policy.policy_inputs(batch))[:, 0]
         step, _ = policy.step(features, None)
-        policy.decide(use_margins(step.logits.float()).cpu())
+        policy.decide(use_margins(step.logits.float()).cpu(), whole_videos=False)
         part = (torch.zeros(1, 1, len(modalities), nets[0].num_classes),
                 [torch.zeros(1, 1, net.feature_dim) for net in nets], torch.ones(1, 1, len(modalities)))
         _fusion_scores(model.fusion, [part])

@@ -205,7 +205,8 @@ class Predictor:
         margins = torch.cat([p.margins if p.margins is not None else self.decide(p) for p in prepared])
         per_seg = [self.costs[m] for m in self.modalities]
         fusion = sum(per_seg) * margins.shape[1]
-        return fit_thresholds(margins, per_seg, self.costs["policy"], budget.gflops(fusion), self.modalities)
+        return fit_thresholds(margins, per_seg, self.costs["policy"], budget.gflops(fusion), self.modalities,
+                              self.model.policy.allocation)
 
     def add_flow(self, prepared: Prepared, segments: np.ndarray) -> None:
         """Flow tensors for the given segments only (zeros elsewhere, never read); B = 1."""

@@ -31,6 +31,7 @@ from adamml.models.backbones import (
 )
 from adamml.models.execution import ExecutionPlan, run_many
 from adamml.models.temporal import TemporalMaxPool
+from adamml.models.thresholds import ALLOCATIONS, quota_decisions
 
 
 @dataclass(frozen=True)
@@ -190,11 +191,15 @@ class PolicyNetwork(nn.Module):
         resolution: int,
         pretrained: list[str] | None = None,
         joint: str = "adamml",
+        allocation: str = "threshold",
     ):
         super().__init__()
         if joint not in ("adamml", "reference"):
             raise ValueError(f"policy joint head {joint!r}: expected adamml or reference")
+        if allocation not in ALLOCATIONS:
+            raise ValueError(f"policy allocation {allocation!r}: expected {' or '.join(ALLOCATIONS)}")
         self.joint_kind = joint
+        self.allocation = allocation  # how fits to a budget share it out (model.policy.allocation)
         # Sources whose extractor started from given weights (model.policy.pretrained); the
         # stage-3 set-up leaves them as they are instead of copying stage-1 networks in.
         self.pretrained_sources = list(pretrained or [])
@@ -217,6 +222,9 @@ class PolicyNetwork(nn.Module):
         # Training to a budget fits them on the validation split so the kept policy lands on
         # the budget (adamml.training.budget); a buffer, so every checkpoint carries its own.
         self.register_buffer("use_thresholds", torch.zeros(num))
+        # Per-video quotas (segments of each modality every video uses; 0: none), fitted with
+        # the thresholds under model.policy.allocation "quota" (adamml.models.thresholds).
+        self.register_buffer("use_quota", torch.zeros(num))
 
     def _reference_joint(self, joint_dim: int) -> None:
         """The reference's head (``JointMobileNetV2.joint``): the extractors' features
@@ -256,11 +264,30 @@ class PolicyNetwork(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Checkpoints written before the thresholds existed decide by the argmax.
         state_dict.setdefault(prefix + "use_thresholds", torch.zeros_like(self.use_thresholds))
+        state_dict.setdefault(prefix + "use_quota", torch.zeros_like(self.use_quota))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def decide(self, margins: torch.Tensor) -> torch.Tensor:
-        """(..., M) margins (logit of "use") -> (..., M) deterministic {0, 1} decisions."""
-        return (margins > self.use_thresholds.to(margins)).float()
+    def set_thresholds(self, thresholds) -> None:
+        """Decide from now on by ``thresholds`` (adamml.models.thresholds.Thresholds): their
+        margins and quotas go into the buffers a checkpoint carries."""
+        self.use_thresholds.copy_(torch.tensor(thresholds.margins, dtype=self.use_thresholds.dtype))
+        quota = thresholds.quota or (0,) * len(self.modalities)
+        self.use_quota.copy_(torch.tensor(quota, dtype=self.use_quota.dtype))
+
+    @property
+    def quota(self) -> tuple[int, ...]:
+        if self.use_quota.is_meta:  # FLOP counting runs on meta tensors: no values to read
+            return (0,) * len(self.modalities)
+        return tuple(int(round(float(q))) for q in self.use_quota)
+
+    def decide(self, margins: torch.Tensor, whole_videos: bool = True) -> torch.Tensor:
+        """(B, K, M) margins (logit of "use") -> (B, K, M) deterministic {0, 1} decisions: the
+        thresholds, and each video's quota of best segments (``whole_videos=False``, a
+        stream's segments as they come: the thresholds alone)."""
+        decisions = (margins > self.use_thresholds.to(margins)).float()
+        if whole_videos and margins.dim() == 3 and any(self.quota):
+            decisions = torch.maximum(decisions, quota_decisions(margins, self.quota))
+        return decisions
 
     def policy_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The cheap inputs, keyed by source, from a batch in the adamml.layouts layout.
@@ -345,6 +372,8 @@ class PolicyNetwork(nn.Module):
         decisions = gumbel_decisions(
             scores, temperature=temperature, hard=hard, sample=sample, generator=generator
         )
+        if not sample and any(self.quota):  # the whole video is at hand: its quotas too
+            decisions = torch.maximum(decisions, quota_decisions(logits[..., 1] - logits[..., 0], self.quota).to(decisions))
         return PolicyOutput(decisions=decisions, logits=logits, probs=logits.softmax(-1)[..., 1])
 
     def joint_features(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -485,6 +514,7 @@ def build_policy(model_cfg: ModelConfig, clip: ClipSettings) -> PolicyNetwork:
         resolution=pcfg.resolution,
         pretrained=sorted(weights),
         joint=pcfg.joint,
+        allocation=pcfg.allocation,
     )
 
 

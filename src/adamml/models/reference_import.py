@@ -156,6 +156,7 @@ def map_adamml_state(state: Mapping[str, torch.Tensor], model: nn.Module) -> dic
     if "fusion.free" in own and "fusion.free" not in out:  # no --learnable_lf_weights: 1/M each
         out["fusion.free"] = torch.full_like(own["fusion.free"], 1.0 / len(modalities))
     out.setdefault("policy.use_thresholds", torch.zeros_like(own["policy.use_thresholds"]))
+    out.setdefault("policy.use_quota", torch.zeros_like(own["policy.use_quota"]))  # the reference has no quotas
     _check_fit(out, own, unknown)
     return out
 

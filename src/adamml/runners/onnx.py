@@ -305,6 +305,11 @@ class OnnxModel:
                 margins = self.decide(prepared)
             limits = np.asarray(self.policy["thresholds"] if thresholds is None else thresholds, np.float64)
             decisions = (margins > limits).astype(np.float32)
+            quota = (self.policy.get("quota") or []) if thresholds is None else []
+            for j, q in enumerate(int(q) for q in quota):
+                if q > 0:  # the video's q best segments of modality j (ties: the earlier), as the torch path
+                    best = np.argsort(-margins[:, j], kind="stable")[:q]
+                    decisions[best, j] = 1.0
         else:
             decisions = np.ones((k, len(self.modalities)), np.float32)
         if self.pipeline["defer_flow"]:

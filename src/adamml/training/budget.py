@@ -158,7 +158,7 @@ def decision_metrics(decisions: torch.Tensor, controller: BudgetController, moda
 
 
 def calibrate_policy(model, loader, controller: BudgetController, runtime,
-                     margins: torch.Tensor | None = None) -> Thresholds:
+                     margins: torch.Tensor | None = None, allocation: str = "threshold") -> Thresholds:
     """Set the policy's use thresholds so that its mean cost over ``loader``'s videos is the
     largest within ``controller.budget`` (adamml.models.thresholds.fit_thresholds); ``margins``:
     :func:`validation_margins` of that loader when already at hand."""
@@ -166,6 +166,6 @@ def calibrate_policy(model, loader, controller: BudgetController, runtime,
         margins = validation_margins(model, loader, runtime)
     k = margins.shape[1]
     thresholds = fit_thresholds(margins, controller.costs.tolist(), controller.policy_cost,
-                                controller.budget * controller.fusion * k, list(model.policy.modalities))
-    model.policy.use_thresholds.copy_(torch.tensor(thresholds.margins, dtype=model.policy.use_thresholds.dtype))
+                                controller.budget * controller.fusion * k, list(model.policy.modalities), allocation)
+    model.policy.set_thresholds(thresholds)
     return thresholds

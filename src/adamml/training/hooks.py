@@ -97,10 +97,11 @@ class BudgetHook(StageHooks):
     policy's thresholds fitted to the budget at each validation, and ``best.pt`` = the most
     accurate epoch within the budget."""
 
-    def __init__(self, controller, segments: int, calibrate: bool = True) -> None:
+    def __init__(self, controller, segments: int, calibrate: bool = True, allocation: str = "threshold") -> None:
         self.controller = controller
         self.segments = segments
         self.calibrate = calibrate
+        self.allocation = allocation  # model.policy.allocation: how the fit shares out the budget
 
     def after_step(self, phase, result) -> None:
         if phase.trains == "policy" and result.decisions is not None:
@@ -125,11 +126,12 @@ class BudgetHook(StageHooks):
         evaluated."""
         policy = task.model.policy
         policy.use_thresholds.zero_()
+        policy.use_quota.zero_()
         if not self.calibrate:
             return evaluate(task, loader, cfg, runtime)
         margins = validation_margins(task.model, loader, runtime)
         argmax = decision_metrics(policy.decide(margins), self.controller, list(policy.modalities))  # thresholds 0
-        thresholds = calibrate_policy(task.model, loader, self.controller, runtime, margins=margins)
+        thresholds = calibrate_policy(task.model, loader, self.controller, runtime, margins=margins, allocation=self.allocation)
         metrics = evaluate(task, loader, cfg, runtime)
         metrics |= {f"argmax_{k}": v for k, v in argmax.items()}
         metrics |= {f"threshold_{m}": round(p, 6) for m, p in thresholds.probabilities().items()}

@@ -51,6 +51,7 @@ REFERENCE_ROWS: list[tuple[str, tuple[str, ...], str]] = [
     ("Headline metric and selection score", ("data.metric",), "top1"),
     ("Policy pre-training", ("train.adamml.policy_pretrain_epochs",), "0"),
     ("Policy guidance", ("train.adamml.guidance",), "0"),
+    ("Budget allocation", ("model.policy.allocation",), "threshold"),
     ("Late fusion", ("model.fusion_mode",), "reference"),
     ("Class-wise / FC fusion", ("model.fusion",), "weighted (class-wise and FC do not run)"),
     ("Recognition networks' start", ("model.pretrained",), "torchvision ImageNet"),

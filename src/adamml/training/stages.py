@@ -249,7 +249,8 @@ def adamml_task(model: nn.Module, cfg: ExperimentConfig) -> Task:
         costs = segment_costs(cfg.model, cfg.data.clip)
         controller = BudgetController(tcfg.budget, [costs[m] for m in modalities], costs["policy"], step=tcfg.budget_step)
         weights = controller.weights  # the step reads it; the controller updates it in place
-        hooks = BudgetHook(controller, cfg.data.eval_segments or cfg.data.clip.num_segments, tcfg.calibrate)
+        hooks = BudgetHook(controller, cfg.data.eval_segments or cfg.data.clip.num_segments, tcfg.calibrate,
+                           allocation=cfg.model.policy.allocation)
 
     def set_trainable(phase: Phase) -> None:
         if phase.trains == "policy":
