@@ -3,6 +3,8 @@ budget; the sweep over budgets is monotone and its accuracies are those of real 
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from test_adamml import CLIP, calibrate_batch_norm, tiny_batch, tiny_cfg
@@ -19,6 +21,17 @@ MODALITIES = ["rgb", "audio"]
 
 def random_margins(n: int = 60, k: int = 5, seed: int = 0) -> torch.Tensor:
     return torch.randn(n, k, 2, generator=torch.Generator().manual_seed(seed)).double() * 3
+
+
+def labelled_batches(count: int, step: int) -> list[dict[str, torch.Tensor]]:
+    """``count`` tiny batches of two videos, labelled ``seed % 5`` and ``(seed + step) % 5``."""
+    batches = []
+    for seed in range(count):
+        b = tiny_batch(seed=seed)
+        b["label"] = torch.tensor([seed % 5, (seed + step) % 5])
+        b["multi_hot"] = torch.nn.functional.one_hot(b["label"], 5).float()
+        batches.append(b)
+    return batches
 
 
 def mean_cost(decisions: torch.Tensor, k: int) -> float:
@@ -90,12 +103,7 @@ def test_sweep_on_a_model_matches_conditional_execution_and_meets_budgets() -> N
     torch.manual_seed(0)
     model = build_adamml(tiny_cfg(), CLIP)
     calibrate_batch_norm(model, tiny_batch(seed=99))
-    batches = []
-    for seed in range(3):
-        b = tiny_batch(seed=seed)
-        b["label"] = torch.tensor([seed % 5, (seed + 1) % 5])
-        b["multi_hot"] = torch.nn.functional.one_hot(b["label"], 5).float()
-        batches.append(b)
+    batches = labelled_batches(3, step=1)
     plan = ExecutionPlan.for_device("cpu")
     data = collect(model, batches, plan)
     costs = {"rgb": 1.0, "audio": 0.05, "policy": 0.02}
@@ -210,15 +218,10 @@ def test_the_sweep_fits_with_the_models_allocation() -> None:
     from adamml.models.execution import ExecutionPlan
 
     torch.manual_seed(0)
-    model = build_adamml(tiny_cfg(policy=tiny_cfg().policy.__class__(**{**vars(tiny_cfg().policy), "allocation": "quota"})), CLIP)
+    model = build_adamml(tiny_cfg(policy=dataclasses.replace(tiny_cfg().policy, allocation="quota")), CLIP)
     calibrate_batch_norm(model, tiny_batch(seed=99))
     assert model.policy.allocation == "quota"
-    batches = []
-    for seed in range(4):
-        b = tiny_batch(seed=seed)
-        b["label"] = torch.tensor([seed % 5, (seed + 2) % 5])
-        b["multi_hot"] = torch.nn.functional.one_hot(b["label"], 5).float()
-        batches.append(b)
+    batches = labelled_batches(4, step=2)
     data = collect(model, batches, ExecutionPlan.for_device("cpu"))
     costs = {"rgb": 0.5, "audio": 0.4, "policy": 0.02}
     _, thresholds = budget_point(model, data, Budget(0.6, "fraction"), costs, multi_label=False)

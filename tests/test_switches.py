@@ -237,9 +237,8 @@ def test_one_validation_clip_of_the_audio_network_hears_the_video_centre_as_the_
     assert not _validation_hears_the_tone("clip")  # linspace with one clip: the first second
 
 
-def test_stage1_validation_clips_follow_val_segments(monkeypatch, tmp_path):
-    from adamml.data.datasets import build_datasets
-    from adamml.data.synth import generate_dataset
+def _unimodal_dataset_arguments(monkeypatch, overrides: list[str]) -> dict:
+    """The keyword arguments stage 1 (audio, tiny config) builds its datasets with."""
     from adamml.training import stages
 
     seen = {}
@@ -249,9 +248,16 @@ def test_stage1_validation_clips_follow_val_segments(monkeypatch, tmp_path):
         raise RuntimeError("stop here")
 
     monkeypatch.setattr(stages, "build_datasets", fake_build)
-    cfg = load_config("tiny", ["train.unimodal.val_segments=1"])
     with pytest.raises(RuntimeError, match="stop here"):
-        stages.train_unimodal(cfg, "audio", Runtime())
+        stages.train_unimodal(load_config("tiny", overrides), "audio", Runtime())
+    return seen
+
+
+def test_stage1_validation_clips_follow_val_segments(monkeypatch, tmp_path):
+    from adamml.data.datasets import build_datasets
+    from adamml.data.synth import generate_dataset
+
+    seen = _unimodal_dataset_arguments(monkeypatch, ["train.unimodal.val_segments=1"])
     assert seen["val_segments"] == 1
 
     from adamml.data.synth import CLASS_NAMES
@@ -267,18 +273,7 @@ def test_stage1_validation_clips_follow_val_segments(monkeypatch, tmp_path):
 
 
 def test_train_unimodal_passes_the_audio_window_to_its_dataset(monkeypatch):
-    from adamml.training import stages
-
-    seen = {}
-
-    def fake_build(cfg, **kwargs):
-        seen.update(kwargs)
-        raise RuntimeError("stop here")
-
-    monkeypatch.setattr(stages, "build_datasets", fake_build)
-    cfg = load_config("tiny", ["train.unimodal.audio_window=centre"])
-    with pytest.raises(RuntimeError, match="stop here"):
-        stages.train_unimodal(cfg, "audio", Runtime())
+    seen = _unimodal_dataset_arguments(monkeypatch, ["train.unimodal.audio_window=centre"])
     assert seen["audio_window"] == "centre" and seen["modalities"] == ["audio"]
 
 

@@ -31,7 +31,7 @@ from adamml.models.backbones import (
 )
 from adamml.models.execution import ExecutionPlan, run_many
 from adamml.models.temporal import TemporalMaxPool
-from adamml.models.thresholds import ALLOCATIONS, quota_decisions
+from adamml.models.thresholds import ALLOCATIONS, quota_decisions, use_margins
 
 
 @dataclass(frozen=True)
@@ -373,7 +373,7 @@ class PolicyNetwork(nn.Module):
             scores, temperature=temperature, hard=hard, sample=sample, generator=generator
         )
         if not sample and any(self.quota):  # the whole video is at hand: its quotas too
-            decisions = torch.maximum(decisions, quota_decisions(logits[..., 1] - logits[..., 0], self.quota).to(decisions))
+            decisions = torch.maximum(decisions, quota_decisions(use_margins(logits), self.quota).to(decisions))
         return PolicyOutput(decisions=decisions, logits=logits, probs=logits.softmax(-1)[..., 1])
 
     def joint_features(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
